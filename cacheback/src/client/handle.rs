@@ -1,0 +1,743 @@
+//! [`JobHandle`]: every operation on one job's keys.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tracing::{Instrument, debug_span, warn};
+
+use crate::client::coalesce::AnyValue;
+use crate::client::refresh::{self, Claimed};
+use crate::client::registry::JobEntry;
+use crate::client::{Cacheback, Core, QueueFallback, StoreFallback};
+use crate::clock::Timestamp;
+use crate::entry::{Entry, EntryMeta};
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::key::{self, Key};
+use crate::observe::Event;
+use crate::policy::Freshness;
+use crate::queue::{EnqueueError, RefreshRequest};
+use crate::store::{ClaimOutcome, ClaimState, Put, PutCondition, PutOutcome, Release};
+
+/// How a read was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// A Fresh value from the store.
+    Hit,
+    /// A Stale value served at once; a refresh was triggered unless one already runs.
+    Stale,
+    /// The value was stale beyond `stale_threshold`, so it was fetched synchronously.
+    StaleRefetched,
+    /// No value; a refresh was triggered (`fetch_on_miss = false`).
+    Miss,
+    /// No value, so it was fetched synchronously (`fetch_on_miss = true`).
+    MissFetched,
+}
+
+impl Status {
+    /// A stable lowercase label: `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Hit => "hit",
+            Status::Stale => "stale",
+            Status::StaleRefetched => "stale_refetched",
+            Status::Miss => "miss",
+            Status::MissFetched => "miss_fetched",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The answer of [`JobHandle::get_with_status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Lookup<V> {
+    /// The value, if there was one to serve.
+    pub value: Option<Arc<V>>,
+    /// How the read was answered.
+    pub status: Status,
+    /// How long ago the served value was fetched.
+    pub age: Option<Duration>,
+    /// Whether this read enqueued (or ran) a refresh.
+    pub refresh_triggered: bool,
+}
+
+/// An entry as [`JobHandle::peek`] sees it, with no side effects.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Peek<V> {
+    /// The value, if it decodes.
+    pub value: Option<Arc<V>>,
+    /// Why the value did not decode, if it did not.
+    pub decode_error: Option<String>,
+    /// The entry's metadata.
+    pub meta: EntryMeta,
+    /// The entry's state now.
+    pub freshness: Freshness,
+    /// The key's claim and failure state.
+    pub claim: ClaimState,
+    /// The key's text.
+    pub key: String,
+}
+
+/// Progress of [`JobHandle::refresh_many`], passed to its callback after each key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmProgress {
+    /// Keys finished (refreshed or failed).
+    pub done: usize,
+    /// Keys that failed.
+    pub failed: usize,
+    /// Total number of keys, when the iterator knew it.
+    pub total: Option<usize>,
+}
+
+/// The result of [`JobHandle::refresh_many`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WarmReport<A> {
+    /// Keys refreshed.
+    pub refreshed: usize,
+    /// Keys that failed, with their errors (the first 100).
+    pub failures: Vec<(A, Error)>,
+    /// Total keys that failed (may exceed `failures.len()`).
+    pub failed: usize,
+}
+
+/// A job registered with a [`Cacheback`] client: read, write, invalidate and warm its keys.
+///
+/// Cheap to clone. Get one from [`Cacheback::job`].
+pub struct JobHandle<J: Job> {
+    client: Cacheback,
+    job: Arc<JobEntry<J>>,
+}
+
+impl<J: Job> Clone for JobHandle<J> {
+    fn clone(&self) -> Self {
+        JobHandle {
+            client: self.client.clone(),
+            job: Arc::clone(&self.job),
+        }
+    }
+}
+
+impl<J: Job> fmt::Debug for JobHandle<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("job", &self.job.name)
+            .field("policy", &self.job.policy)
+            .finish()
+    }
+}
+
+type Value<J> = <J as Job>::Value;
+type Args<J> = <J as Job>::Args;
+
+impl<J: Job> JobHandle<J> {
+    pub(crate) fn new(client: Cacheback, job: Arc<JobEntry<J>>) -> Self {
+        JobHandle { client, job }
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        self.client.core()
+    }
+
+    /// The job's name.
+    pub fn name(&self) -> &str {
+        &self.job.name
+    }
+
+    /// The job's policy (as read once at registration).
+    pub fn policy(&self) -> &crate::Policy {
+        &self.job.policy
+    }
+
+    /// The job itself.
+    pub fn job(&self) -> &J {
+        &self.job.job
+    }
+
+    /// The client this handle belongs to.
+    pub fn client(&self) -> &Cacheback {
+        &self.client
+    }
+
+    /// The store key of `args`, as text (`prefix:job:digest`).
+    pub fn key(&self, args: &Args<J>) -> Result<String> {
+        Ok(Key::new(&self.core().prefix, &self.job.name, self.digest(args)?).to_string())
+    }
+
+    fn digest(&self, args: &Args<J>) -> Result<u128> {
+        key::digest(&self.core().prefix, &self.job.name, args).map_err(|e| Error::Key {
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads the value of `args` (SPEC §3): Fresh values at once; Stale values at once while one
+    /// refresh runs in the background; misses fetched synchronously (coalesced) or, with
+    /// `fetch_on_miss = false`, answered with `None` while a refresh is enqueued.
+    ///
+    /// Errors only when a synchronous fetch fails, the args cannot be hashed, or the store is
+    /// down and the client is configured with [`StoreFallback::Fail`]. A refresh that cannot be
+    /// queued never fails a read.
+    pub async fn get(&self, args: Args<J>) -> Result<Option<Arc<Value<J>>>> {
+        self.get_with_status(args).await.map(|lookup| lookup.value)
+    }
+
+    /// Like [`get`](Self::get), with how the read was answered, the value's age and whether a
+    /// refresh was triggered.
+    pub async fn get_with_status(&self, args: Args<J>) -> Result<Lookup<Value<J>>> {
+        let core = self.core();
+        let job = &*self.job;
+        let digest = self.digest(&args)?;
+        let key = Key::new(&core.prefix, &job.name, digest);
+        let read = match core.store.get_now(key) {
+            Some(read) => read,
+            None => core.store.get(key).await,
+        };
+        let now = core.clock.now();
+        let entry = match read {
+            Ok(entry) => entry,
+            Err(error) => return self.read_without_store(args, digest, error).await,
+        };
+        // The hit path ends here: one store read, one clock read, no allocation.
+        let mut generation = 0;
+        let mut stale_value = None;
+        if let Some(entry) = entry {
+            generation = entry.meta.generation;
+            match refresh::decode_value(core, job, &entry) {
+                Ok(Some(value)) => match entry.meta.freshness(now) {
+                    Freshness::Fresh => {
+                        job.metrics.hit.increment(1);
+                        let refresh_triggered = job.policy.early_refresh.is_some()
+                            && self.maybe_refresh_early(key, &args, &entry, now).await;
+                        return Ok(Lookup {
+                            value: Some(value),
+                            status: Status::Hit,
+                            age: Some(now.since(entry.meta.fetched_at)),
+                            refresh_triggered,
+                        });
+                    }
+                    Freshness::Stale => stale_value = Some((value, entry.meta)),
+                    Freshness::Expired => {}
+                },
+                Ok(None) => {}
+                Err(reason) => {
+                    job.metrics.decode_errors.increment(1);
+                    warn!(job = %job.name, key = %key, reason, "entry does not decode; reading it as a miss");
+                }
+            }
+        }
+        let span = debug_span!("cacheback.get", job = %job.name, key = %key);
+        async move {
+            match stale_value {
+                Some((value, meta)) => self.serve_stale(key, args, value, meta, now).await,
+                None => self.serve_miss(key, args, generation, now).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve_stale(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        value: Arc<Value<J>>,
+        meta: EntryMeta,
+        now: Timestamp,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        let age = now.since(meta.fetched_at);
+        if job.policy.threshold_exceeded(now, meta.fresh_until) {
+            let condition = Some(PutCondition::IfGeneration(meta.generation));
+            match self.fetch_coalesced(key.digest(), args, condition).await {
+                Ok(fresh) => {
+                    job.metrics.stale_refetched.increment(1);
+                    return Ok(Lookup {
+                        value: Some(fresh),
+                        status: Status::StaleRefetched,
+                        age: Some(Duration::ZERO),
+                        refresh_triggered: true,
+                    });
+                }
+                Err(error) => {
+                    // stale-if-error: a value we have beats an error.
+                    warn!(error = %error, "synchronous refetch of a stale value failed; serving the stale value");
+                }
+            }
+        } else {
+            let triggered = self.trigger(key, &args, meta.generation, now).await;
+            job.metrics.stale.increment(1);
+            job.metrics.served_age.record(age.as_secs_f64());
+            return Ok(Lookup {
+                value: Some(value),
+                status: Status::Stale,
+                age: Some(age),
+                refresh_triggered: triggered,
+            });
+        }
+        job.metrics.stale.increment(1);
+        job.metrics.served_age.record(age.as_secs_f64());
+        Ok(Lookup {
+            value: Some(value),
+            status: Status::Stale,
+            age: Some(age),
+            refresh_triggered: false,
+        })
+    }
+
+    async fn serve_miss(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        if job.policy.fetch_on_miss {
+            let condition = Some(PutCondition::IfGeneration(generation));
+            let value = self.fetch_coalesced(key.digest(), args, condition).await?;
+            job.metrics.miss_fetched.increment(1);
+            Ok(Lookup {
+                value: Some(value),
+                status: Status::MissFetched,
+                age: Some(Duration::ZERO),
+                refresh_triggered: false,
+            })
+        } else {
+            let triggered = self.trigger(key, &args, generation, now).await;
+            job.metrics.miss.increment(1);
+            Ok(Lookup {
+                value: None,
+                status: Status::Miss,
+                age: None,
+                refresh_triggered: triggered,
+            })
+        }
+    }
+
+    /// The store could not be read: follow [`StoreFallback`].
+    async fn read_without_store(
+        &self,
+        args: Args<J>,
+        digest: u128,
+        error: Error,
+    ) -> Result<Lookup<Value<J>>> {
+        self.job.metrics.store_error("get");
+        match self.core().store_fallback {
+            StoreFallback::Fail => Err(error),
+            StoreFallback::Fetch => {
+                warn!(job = %self.job.name, error = %error, "store unreachable; fetching without the cache");
+                let value = self.fetch_coalesced(digest, args, None).await?;
+                self.job.metrics.miss_fetched.increment(1);
+                Ok(Lookup {
+                    value: Some(value),
+                    status: Status::MissFetched,
+                    age: Some(Duration::ZERO),
+                    refresh_triggered: false,
+                })
+            }
+        }
+    }
+
+    async fn maybe_refresh_early(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        entry: &Entry,
+        now: Timestamp,
+    ) -> bool {
+        let p = self.job.policy.early_refresh_probability(
+            now,
+            entry.meta.fresh_until,
+            entry.meta.fetch_duration,
+        );
+        p > 0.0 && fastrand::f64() < p && self.trigger(key, args, entry.meta.generation, now).await
+    }
+
+    /// One fetch per key per process: runs (or joins) the fetch in a task and, when
+    /// `condition` is given, stores the value under it.
+    async fn fetch_coalesced(
+        &self,
+        digest: u128,
+        args: Args<J>,
+        condition: Option<PutCondition>,
+    ) -> Result<Arc<Value<J>>> {
+        let core = Arc::clone(self.core());
+        let job = Arc::clone(&self.job);
+        let (result, joined) = self
+            .core()
+            .coalescer
+            .run(digest, &self.core().tasks, move || async move {
+                let (value, took) = refresh::run_fetch(&job, args).await?;
+                let value = Arc::new(value);
+                if let Some(condition) = condition {
+                    let key = Key::new(&core.prefix, &job.name, digest);
+                    match refresh::store_value(
+                        &core,
+                        &job,
+                        key,
+                        Arc::clone(&value),
+                        took,
+                        condition,
+                    )
+                    .await
+                    {
+                        Ok(_) => {}
+                        Err(error @ Error::TooLarge { .. }) => {
+                            warn!(error = %error, "fetched value not cached: too large");
+                        }
+                        Err(error) => {
+                            job.metrics.store_error("put");
+                            warn!(error = %error, "fetched value not cached: the store failed");
+                        }
+                    }
+                }
+                Ok(value as AnyValue)
+            })
+            .await;
+        if joined {
+            self.job.metrics.coalesced.increment(1);
+        }
+        result.and_then(|any| {
+            any.downcast::<Value<J>>()
+                .map_err(|_| Error::codec("coalesced fetch produced a value of another type"))
+        })
+    }
+
+    /// Takes the key's claim and, if won, enqueues one refresh (SPEC §3.5). Returns whether a
+    /// refresh was enqueued or run. Never fails the read.
+    async fn trigger(&self, key: Key<'_>, args: &Args<J>, generation: u64, now: Timestamp) -> bool {
+        let core = self.core();
+        let job = &*self.job;
+        let outcome = core
+            .store
+            .claim(key, now, job.policy.refresh_timeout)
+            .instrument(debug_span!("cacheback.claim"))
+            .await;
+        let (token, failures) = match outcome {
+            Ok(ClaimOutcome::Won { token, failures }) => (token, failures),
+            Ok(ClaimOutcome::Held { .. }) => {
+                job.metrics.claim_held.increment(1);
+                return false;
+            }
+            Ok(ClaimOutcome::BackingOff { .. }) => {
+                job.metrics.claim_backing_off.increment(1);
+                return false;
+            }
+            Err(error) => {
+                job.metrics.store_error("claim");
+                warn!(error = %error, "could not claim the refresh; the next read will try again");
+                return false;
+            }
+        };
+        job.metrics.claim_won.increment(1);
+        let claimed = Claimed {
+            token,
+            generation,
+            prior_failures: failures,
+        };
+        let request = match self.request(key, args, claimed, now) {
+            Ok(request) => request,
+            Err(error) => {
+                warn!(error = %error, "could not encode the refresh request");
+                refresh::release(core, job, key, token, Release::Abandoned).await;
+                return false;
+            }
+        };
+        match core.queue.enqueue(request).await {
+            Ok(()) => true,
+            Err(EnqueueError::Full) => {
+                job.metrics.enqueue_dropped.increment(1);
+                warn!(job = %job.name, "refresh queue is full; dropped the refresh (the next read retries)");
+                refresh::release(core, job, key, token, Release::Abandoned).await;
+                core.emit(|| Event::EnqueueDropped {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                });
+                false
+            }
+            Err(error) => self.fall_back(key, args, claimed, error).await,
+        }
+    }
+
+    async fn fall_back(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        claimed: Claimed,
+        error: EnqueueError,
+    ) -> bool {
+        let core = self.core();
+        let job = &*self.job;
+        match core.queue_fallback {
+            QueueFallback::LocalRefresh => {
+                job.metrics.fallback_local.increment(1);
+                warn!(error = %error, "queue unavailable; refreshing in this process");
+                let (core, job, args, digest) = (
+                    Arc::clone(core),
+                    Arc::clone(&self.job),
+                    args.clone(),
+                    key.digest(),
+                );
+                self.core().tasks.spawn(async move {
+                    refresh::refresh_claimed(&core, &job, args, digest, claimed).await;
+                });
+                true
+            }
+            QueueFallback::SyncRefresh => {
+                job.metrics.fallback_sync.increment(1);
+                warn!(error = %error, "queue unavailable; refreshing before answering");
+                refresh::refresh_claimed(core, job, args.clone(), key.digest(), claimed).await;
+                true
+            }
+            QueueFallback::Skip => {
+                job.metrics.fallback_skip.increment(1);
+                warn!(error = %error, "queue unavailable; refresh skipped");
+                refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
+                false
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        claimed: Claimed,
+        now: Timestamp,
+    ) -> Result<RefreshRequest> {
+        let core = self.core();
+        Ok(RefreshRequest {
+            job: self.job.name.to_string(),
+            key: key.to_string(),
+            args: core.codec.encode(args)?,
+            codec: core.codec.id(),
+            token: claimed.token,
+            generation: claimed.generation,
+            enqueued_at: now,
+            prior_failures: claimed.prior_failures,
+            queue: self.job.policy.queue.to_string(),
+        })
+    }
+
+    /// Fetches now, stores the value (whatever the key held) and returns it: for warming and
+    /// cron jobs. Not coalesced with readers' fetches.
+    pub async fn refresh(&self, args: Args<J>) -> Result<Arc<Value<J>>> {
+        let core = self.core();
+        let job = &*self.job;
+        let digest = self.digest(&args)?;
+        let (value, took) = refresh::run_fetch(job, args).await?;
+        let value = Arc::new(value);
+        let key = Key::new(&core.prefix, &job.name, digest);
+        refresh::store_value(
+            core,
+            job,
+            key,
+            Arc::clone(&value),
+            took,
+            PutCondition::Always,
+        )
+        .await?;
+        refresh::release(
+            core,
+            job,
+            key,
+            crate::store::ClaimToken::from_u128(0),
+            Release::Refreshed,
+        )
+        .await;
+        Ok(value)
+    }
+
+    /// Stores a value computed elsewhere, Fresh for `lifetime`, without fetching. A refresh
+    /// that was requested before this write will not overwrite it.
+    pub async fn set(&self, args: Args<J>, value: Value<J>) -> Result<()> {
+        let core = self.core();
+        let digest = self.digest(&args)?;
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        refresh::store_value(
+            core,
+            &self.job,
+            key,
+            Arc::new(value),
+            Duration::ZERO,
+            PutCondition::Always,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the value of `args` (hard invalidation). Deleting a missing key is not an error.
+    /// A tombstone is kept for the client's `tombstone_ttl` so that a refresh requested before
+    /// the delete cannot bring the value back.
+    pub async fn delete(&self, args: Args<J>) -> Result<()> {
+        let core = self.core();
+        let digest = self.digest(&args)?;
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        let now = core.clock.now();
+        let until = now.saturating_add(core.tombstone_ttl);
+        let tombstone = Entry::new(
+            EntryMeta::new(now, until, until),
+            crate::entry::Payload::Tombstone,
+        );
+        core.store
+            .put(
+                key,
+                Put::new(tombstone, PutCondition::Always, core.tombstone_ttl),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Soft invalidation: marks a present value stale (it keeps being served) and enqueues one
+    /// refresh. Returns whether a refresh was enqueued; a missing key enqueues nothing.
+    pub async fn invalidate(&self, args: Args<J>) -> Result<bool> {
+        self.mark_stale(args, false).await
+    }
+
+    /// Like [`invalidate`](Self::invalidate), but also enqueues a refresh when the key has no
+    /// value (django-cacheback's `async_refresh`). Returns whether a refresh was enqueued.
+    pub async fn refresh_async(&self, args: Args<J>) -> Result<bool> {
+        self.mark_stale(args, true).await
+    }
+
+    async fn mark_stale(&self, args: Args<J>, even_if_missing: bool) -> Result<bool> {
+        let core = self.core();
+        let digest = self.digest(&args)?;
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        // Optimistic loop: another writer may move the generation between read and write.
+        for _ in 0..8 {
+            let now = core.clock.now();
+            let current = core.store.get(key).await?;
+            let live = current
+                .as_ref()
+                .filter(|e| !e.is_tombstone() && e.meta.freshness(now) != Freshness::Expired);
+            let Some(entry) = live else {
+                let generation = current.map_or(0, |e| e.meta.generation);
+                return Ok(even_if_missing && self.trigger(key, &args, generation, now).await);
+            };
+            let mut meta = entry.meta;
+            meta.fresh_until = meta.fresh_until.min(now);
+            let ttl = meta.stale_until.since(now);
+            let put = Put::new(
+                Entry::new(meta, entry.payload.clone()),
+                PutCondition::IfGeneration(meta.generation),
+                ttl,
+            );
+            if let PutOutcome::Written { generation } = core.store.put(key, put).await? {
+                return Ok(self.trigger(key, &args, generation, now).await);
+            }
+        }
+        Err(Error::store(
+            core.store.backend(),
+            "invalidate kept racing concurrent writes of the key; gave up after 8 attempts",
+        ))
+    }
+
+    /// The entry of `args` with its metadata and claim state, without any side effect
+    /// (django-cacheback's `raw_get`). `None` when the key has no entry (or was deleted).
+    pub async fn peek(&self, args: Args<J>) -> Result<Option<Peek<Value<J>>>> {
+        let core = self.core();
+        let digest = self.digest(&args)?;
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        let Some(entry) = core.store.get(key).await? else {
+            return Ok(None);
+        };
+        if entry.is_tombstone() {
+            return Ok(None);
+        }
+        let now = core.clock.now();
+        let claim = core.store.claim_state(key, now).await?;
+        let (value, decode_error) = match refresh::decode_value(core, &self.job, &entry) {
+            Ok(value) => (value, None),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ok(Some(Peek {
+            value,
+            decode_error,
+            meta: entry.meta,
+            freshness: entry.meta.freshness(now),
+            claim,
+            key: key.to_string(),
+        }))
+    }
+
+    /// Refreshes many keys with at most `concurrency` fetches at a time, calling `progress`
+    /// after each one. Failures do not stop the others; they are reported.
+    ///
+    /// ```
+    /// # use cacheback::{Cacheback, job_fn, Policy};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cacheback::Result<()> {
+    /// # let cache = Cacheback::builder().build()?;
+    /// let double = cache.job(job_fn("double", Policy::default(), |n: u32| async move {
+    ///     Ok::<_, std::io::Error>(n * 2)
+    /// }));
+    /// let report = double
+    ///     .refresh_many(0..100, 8, |p| {
+    ///         if p.done % 50 == 0 {
+    ///             println!("{}/{:?} warmed", p.done, p.total);
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert_eq!(report.refreshed, 100);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn refresh_many<I>(
+        &self,
+        args: I,
+        concurrency: usize,
+        mut progress: impl FnMut(&WarmProgress),
+    ) -> WarmReport<Args<J>>
+    where
+        I: IntoIterator<Item = Args<J>>,
+    {
+        let iter = args.into_iter();
+        let total = match iter.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let mut results = futures_util::stream::iter(iter)
+            .map(|args| async move {
+                let result = self.refresh(args.clone()).await;
+                (args, result)
+            })
+            .buffer_unordered(concurrency.max(1));
+        let mut report = WarmReport {
+            refreshed: 0,
+            failures: Vec::new(),
+            failed: 0,
+        };
+        let mut state = WarmProgress {
+            done: 0,
+            failed: 0,
+            total,
+        };
+        while let Some((args, result)) = results.next().await {
+            state.done += 1;
+            match result {
+                Ok(_) => report.refreshed += 1,
+                Err(error) => {
+                    state.failed += 1;
+                    report.failed += 1;
+                    if report.failures.len() < 100 {
+                        report.failures.push((args, error));
+                    }
+                }
+            }
+            progress(&state);
+        }
+        report
+    }
+}

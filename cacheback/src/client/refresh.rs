@@ -1,0 +1,352 @@
+//! Running fetches and writing their results: shared by readers (synchronous fetches), the
+//! trigger's local fallback and workers.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::client::Core;
+use crate::client::registry::{JobEntry, Processed, RefreshOutcome};
+use crate::clock::Timestamp;
+use crate::codec::Codec;
+use crate::entry::{Entry, EntryMeta, Payload};
+use crate::error::{Error, Result, panic_message};
+use crate::job::Job;
+use crate::key::{self, Key};
+use crate::observe::Event;
+use crate::queue::RefreshRequest;
+use crate::store::{ClaimToken, Put, PutCondition, PutOutcome, Release};
+
+/// Runs the job's fetch under its `fetch_timeout`, catching panics. Returns the value and how
+/// long the fetch took.
+pub(crate) async fn run_fetch<J: Job>(
+    job: &JobEntry<J>,
+    args: J::Args,
+) -> Result<(J::Value, Duration)> {
+    let started = tokio::time::Instant::now();
+    let timeout = job.policy.fetch_timeout;
+    let fetch = AssertUnwindSafe(job.job.fetch(args)).catch_unwind();
+    let result = match tokio::time::timeout(timeout, fetch)
+        .instrument(info_span!("cacheback.fetch", job = %job.name))
+        .await
+    {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(Error::fetch(&job.name, e)),
+        Ok(Err(panic)) => Err(Error::FetchPanicked {
+            job: Arc::clone(&job.name),
+            message: panic_message(&*panic),
+        }),
+        Err(_) => Err(Error::Timeout {
+            what: format!("fetch of job `{}`", job.name),
+            after: timeout,
+        }),
+    };
+    let elapsed = started.elapsed();
+    job.metrics.fetch_duration.record(elapsed.as_secs_f64());
+    result.map(|value| (value, elapsed))
+}
+
+/// Writes a value under `condition`, refusing it when it is over the size limit.
+pub(crate) async fn store_value<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    key: Key<'_>,
+    value: Arc<J::Value>,
+    fetch_duration: Duration,
+    condition: PutCondition,
+) -> Result<PutOutcome> {
+    let (payload, size) = if core.store.holds_objects() {
+        let size = core.codec.encoded_len(&*value)?;
+        check_size(core, job, size)?;
+        (Payload::Object(value as Arc<dyn Any + Send + Sync>), size)
+    } else {
+        let bytes = core.codec.encode(&*value)?;
+        check_size(core, job, bytes.len())?;
+        let size = bytes.len();
+        (
+            Payload::Encoded {
+                codec: core.codec.id(),
+                bytes: bytes.into(),
+            },
+            size,
+        )
+    };
+    let now = core.clock.now();
+    let windows = job.policy.windows(now, fastrand::f64());
+    let mut meta = EntryMeta::new(now, windows.fresh_until, windows.stale_until);
+    meta.fetch_duration = fetch_duration;
+    meta.schema_version = job.policy.schema_version;
+    meta.size = u32::try_from(size).unwrap_or(u32::MAX);
+    let ttl = windows.stale_until.since(now);
+    core.store
+        .put(key, Put::new(Entry::new(meta, payload), condition, ttl))
+        .await
+}
+
+fn check_size<J>(core: &Core, job: &JobEntry<J>, size: usize) -> Result<()> {
+    if size > core.max_value_bytes {
+        return Err(Error::TooLarge {
+            job: Arc::clone(&job.name),
+            size,
+            limit: core.max_value_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Why a stored entry could not be read as this job's value.
+pub(crate) fn decode_value<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    entry: &Entry,
+) -> std::result::Result<Option<Arc<J::Value>>, String> {
+    if entry.meta.schema_version != job.policy.schema_version && !entry.is_tombstone() {
+        return Err(format!(
+            "entry has schema version {}, job expects {}",
+            entry.meta.schema_version, job.policy.schema_version
+        ));
+    }
+    match &entry.payload {
+        Payload::Tombstone => Ok(None),
+        Payload::Object(any) => Arc::clone(any)
+            .downcast::<J::Value>()
+            .map(Some)
+            .map_err(|_| "entry holds a value of another type".to_owned()),
+        Payload::Encoded { codec, bytes } => {
+            if *codec != core.codec.id() {
+                return Err(format!(
+                    "entry was written with codec id {codec}, this client uses {}",
+                    core.codec.id()
+                ));
+            }
+            core.codec
+                .decode::<J::Value>(bytes)
+                .map(|v| Some(Arc::new(v)))
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Turns a received request back into typed args and runs it (worker side).
+pub(crate) async fn process_request<J: Job>(
+    core: Arc<Core>,
+    job: Arc<JobEntry<J>>,
+    request: RefreshRequest,
+) -> Processed {
+    let Some(codec) = Codec::from_id(request.codec) else {
+        return Processed::Rejected {
+            reason: format!("unknown codec id {} for args", request.codec),
+            kind: "malformed",
+        };
+    };
+    let args: J::Args = match codec.decode(&request.args) {
+        Ok(args) => args,
+        Err(e) => {
+            return Processed::Rejected {
+                reason: format!("args do not decode for job `{}`: {e}", job.name),
+                kind: "malformed",
+            };
+        }
+    };
+    let digest = match key::digest(&core.prefix, &job.name, &args) {
+        Ok(d) => d,
+        Err(e) => {
+            return Processed::Rejected {
+                reason: format!("no key for args of job `{}`: {e}", job.name),
+                kind: "malformed",
+            };
+        }
+    };
+    let key = Key::new(&core.prefix, &job.name, digest);
+    let text = key.to_string();
+    if text != request.key {
+        return Processed::Rejected {
+            reason: format!(
+                "key mismatch: the message names `{}` but this worker derives `{text}` \
+                 (do the web processes and the worker use the same prefix?)",
+                request.key
+            ),
+            kind: "key_mismatch",
+        };
+    }
+    let lag = core.clock.now().since(request.enqueued_at);
+    job.metrics.queue_lag.record(lag.as_secs_f64());
+    let claimed = Claimed {
+        token: request.token,
+        generation: request.generation,
+        prior_failures: request.prior_failures,
+    };
+    Processed::Done(refresh_claimed(&core, &job, args, digest, claimed).await)
+}
+
+/// What a refresh holds while it runs: the claim and the generation it may overwrite.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimed {
+    pub(crate) token: ClaimToken,
+    pub(crate) generation: u64,
+    pub(crate) prior_failures: u32,
+}
+
+/// Runs one claimed refresh: skip if the key moved on, fetch, write if the generation still
+/// matches, record failures, release the claim.
+pub(crate) async fn refresh_claimed<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    args: J::Args,
+    digest: u128,
+    claimed: Claimed,
+) -> RefreshOutcome {
+    let key = Key::new(&core.prefix, &job.name, digest);
+    let span = info_span!("cacheback.refresh", job = %job.name, key = %key);
+    async move {
+        // A backlog can hold requests for keys that were written since: don't redo their work.
+        if let Ok(Some(current)) = core.store.get(key).await
+            && current.meta.generation != claimed.generation
+        {
+            debug!(
+                current = current.meta.generation,
+                requested = claimed.generation,
+                "skipped: key changed since the request"
+            );
+            job.metrics.refresh_skipped.increment(1);
+            release(core, job, key, claimed.token, Release::Abandoned).await;
+            return RefreshOutcome::Skipped;
+        }
+        let fetched = run_fetch(job, args).await;
+        let stored = match fetched {
+            Ok((value, took)) => store_value(
+                core,
+                job,
+                key,
+                Arc::new(value),
+                took,
+                PutCondition::IfGeneration(claimed.generation),
+            )
+            .await
+            .map(|outcome| (outcome, took)),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok((PutOutcome::Written { generation }, took)) => {
+                job.metrics.refresh_ok.increment(1);
+                release(core, job, key, claimed.token, Release::Refreshed).await;
+                core.emit(|| Event::Refreshed {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                    fetch_duration: took,
+                    generation,
+                });
+                RefreshOutcome::Refreshed
+            }
+            Ok((PutOutcome::Discarded { current }, _)) => {
+                debug!(
+                    current,
+                    requested = claimed.generation,
+                    "discarded: key written during the refresh"
+                );
+                job.metrics.refresh_discarded.increment(1);
+                release(core, job, key, claimed.token, Release::Refreshed).await;
+                core.emit(|| Event::RefreshDiscarded {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                });
+                RefreshOutcome::Discarded
+            }
+            Err(error) => {
+                record_failure(core, job, key, claimed, error).await;
+                RefreshOutcome::Failed
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn record_failure<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    key: Key<'_>,
+    claimed: Claimed,
+    error: Error,
+) {
+    let failures = claimed.prior_failures.saturating_add(1);
+    let now = core.clock.now();
+    let backoff = job.policy.retry_backoff;
+    let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
+    warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), failures, "refresh failed; keeping the old value");
+    job.metrics.refresh_failed.increment(1);
+    if job.policy.stale_if_error.is_some() {
+        extend_for_error(core, job, key, claimed.generation, now).await;
+    }
+    let forget_at = retry_after.saturating_add(backoff.max);
+    release(
+        core,
+        job,
+        key,
+        claimed.token,
+        Release::Failed {
+            failures,
+            retry_after,
+            forget_at,
+        },
+    )
+    .await;
+    core.emit(|| Event::RefreshFailed {
+        job: Arc::clone(&job.name),
+        key: key.to_string(),
+        error,
+        failures,
+        retry_after,
+    });
+}
+
+/// `stale_if_error`: lets the old value be served longer than `stale_ttl` would.
+async fn extend_for_error<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    key: Key<'_>,
+    generation: u64,
+    now: Timestamp,
+) {
+    let Ok(Some(current)) = core.store.get(key).await else {
+        return;
+    };
+    if current.is_tombstone() || current.meta.generation != generation {
+        return;
+    }
+    let Some(until) = job.policy.stale_if_error_until(current.meta.fresh_until) else {
+        return;
+    };
+    if until <= current.meta.stale_until {
+        return;
+    }
+    let mut meta = current.meta;
+    meta.stale_until = until;
+    let put = Put::new(
+        Entry::new(meta, current.payload),
+        PutCondition::IfGeneration(generation),
+        until.since(now),
+    );
+    if let Err(e) = core.store.put(key, put).await {
+        job.metrics.store_error("put");
+        warn!(error = %e, "could not extend the entry for stale_if_error");
+    }
+}
+
+pub(crate) async fn release<J>(
+    core: &Core,
+    job: &JobEntry<J>,
+    key: Key<'_>,
+    token: ClaimToken,
+    how: Release,
+) {
+    if let Err(e) = core.store.release(key, token, how).await {
+        job.metrics.store_error("release");
+        // Not fatal: the claim expires after `refresh_timeout` on its own.
+        warn!(error = %e, "could not release the refresh claim; it will expire on its own");
+    }
+}

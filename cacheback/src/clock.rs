@@ -1,0 +1,185 @@
+//! Wall-clock time, injectable for tests.
+//!
+//! Freshness is decided on wall-clock time because entries are shared between processes (a web
+//! process writes, another reads): every process must agree on when an entry turns stale.
+//! In-process timing (fetch timeouts, backoff sleeps) uses `tokio::time` instead, so tests can
+//! drive it with `tokio::time::pause()`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in wall-clock time: milliseconds since the Unix epoch.
+///
+/// Milliseconds are what every store can hold (Redis `PX`, memcached, JSON), and they are fine
+/// enough for cache lifetimes.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch.
+    pub const EPOCH: Timestamp = Timestamp(0);
+    /// The latest representable instant.
+    pub const MAX: Timestamp = Timestamp(u64::MAX);
+
+    /// A timestamp from milliseconds since the Unix epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        Timestamp(millis)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at [`Timestamp::MAX`].
+    #[must_use]
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(duration_millis(d)))
+    }
+
+    /// `self - d`, saturating at the epoch.
+    #[must_use]
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_sub(duration_millis(d)))
+    }
+
+    /// How long after `earlier` this is; zero if it is not later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The current system time.
+    pub fn now() -> Self {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(duration_millis(since_epoch))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({}ms)", self.0)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        Timestamp(duration_millis(
+            t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO),
+        ))
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        UNIX_EPOCH + Duration::from_millis(t.0)
+    }
+}
+
+pub(crate) fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A source of wall-clock time.
+///
+/// The default is [`SystemClock`]; tests use [`TestClock`] to move time by hand.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that only moves when told to. Clones share one time.
+///
+/// ```
+/// use cacheback::{Clock, TestClock};
+/// use std::time::Duration;
+///
+/// let clock = TestClock::new();
+/// let t0 = clock.now();
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(clock.now().since(t0), Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+pub struct TestClock {
+    millis: Arc<AtomicU64>,
+}
+
+impl TestClock {
+    /// A clock frozen at an arbitrary fixed instant (2024-01-01T00:00:00Z), so tests are
+    /// reproducible.
+    pub fn new() -> Self {
+        Self::at(Timestamp::from_millis(1_704_067_200_000))
+    }
+
+    /// A clock frozen at `t`.
+    pub fn at(t: Timestamp) -> Self {
+        TestClock {
+            millis: Arc::new(AtomicU64::new(t.as_millis())),
+        }
+    }
+
+    /// Moves time forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        self.millis.fetch_add(duration_millis(d), Ordering::SeqCst);
+    }
+
+    /// Sets the time to `t` (which may be earlier: a clock step, as NTP can cause).
+    pub fn set(&self, t: Timestamp) {
+        self.millis.store(t.as_millis(), Ordering::SeqCst);
+    }
+}
+
+impl Default for TestClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.millis.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates() {
+        let t = Timestamp::from_millis(10);
+        assert_eq!(t.saturating_sub(Duration::from_secs(1)), Timestamp::EPOCH);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert_eq!(t.since(Timestamp::from_millis(20)), Duration::ZERO);
+        assert_eq!(
+            Timestamp::from_millis(1500).since(t),
+            Duration::from_millis(1490)
+        );
+    }
+
+    #[test]
+    fn system_time_round_trips() {
+        let t = Timestamp::from_millis(1_700_000_000_123);
+        assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+        assert!(Timestamp::now() > Timestamp::from_millis(1_600_000_000_000));
+    }
+}

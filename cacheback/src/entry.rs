@@ -1,0 +1,327 @@
+//! What a store holds for one key: metadata plus the value, and its byte envelope.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::clock::Timestamp;
+use crate::policy::Freshness;
+
+/// Metadata kept with every entry (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryMeta {
+    /// Bumped by every write of the key. A refresh only writes if the generation it was enqueued
+    /// with is still current, so a late refresh never overwrites a newer `set` or `delete`.
+    pub generation: u64,
+    /// When the value was fetched (or set).
+    pub fetched_at: Timestamp,
+    /// The value is Fresh before this.
+    pub fresh_until: Timestamp,
+    /// The value may be served (Stale) before this; the store may drop the entry from then on.
+    pub stale_until: Timestamp,
+    /// How long the fetch that produced the value took (XFetch uses it).
+    pub fetch_duration: Duration,
+    /// The job's schema version when the value was written.
+    pub schema_version: u32,
+    /// Encoded size of the value in bytes (what size limits and weighers use).
+    pub size: u32,
+}
+
+impl EntryMeta {
+    /// Metadata for a value fetched at `fetched_at` with the given windows. `generation` is
+    /// assigned by the store on write.
+    pub fn new(fetched_at: Timestamp, fresh_until: Timestamp, stale_until: Timestamp) -> Self {
+        EntryMeta {
+            generation: 0,
+            fetched_at,
+            fresh_until,
+            stale_until,
+            fetch_duration: Duration::ZERO,
+            schema_version: 0,
+            size: 0,
+        }
+    }
+
+    /// The state of the entry at `now`.
+    pub fn freshness(&self, now: Timestamp) -> Freshness {
+        Freshness::at(now, self.fresh_until, self.stale_until)
+    }
+}
+
+/// The value part of an [`Entry`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Payload {
+    /// A live value, held by stores that keep objects in memory (no encoding at all).
+    Object(Arc<dyn Any + Send + Sync>),
+    /// An encoded value, held by stores that keep bytes.
+    Encoded {
+        /// The [`Codec`](crate::Codec) id the bytes were written with.
+        codec: u8,
+        /// The encoded value.
+        bytes: Bytes,
+    },
+    /// The key was deleted. A tombstone keeps the generation alive so that a refresh enqueued
+    /// before the delete cannot resurrect the value; it reads as a miss.
+    Tombstone,
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Object(_) => f.write_str("Object(..)"),
+            Payload::Encoded { codec, bytes } => f
+                .debug_struct("Encoded")
+                .field("codec", codec)
+                .field("len", &bytes.len())
+                .finish(),
+            Payload::Tombstone => f.write_str("Tombstone"),
+        }
+    }
+}
+
+/// One key's entry: metadata and payload.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Entry {
+    /// Metadata.
+    pub meta: EntryMeta,
+    /// The value, or a tombstone.
+    pub payload: Payload,
+}
+
+impl Entry {
+    /// An entry from its parts.
+    pub fn new(meta: EntryMeta, payload: Payload) -> Self {
+        Entry { meta, payload }
+    }
+
+    /// Whether this entry is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.payload, Payload::Tombstone)
+    }
+}
+
+/// Length of the fixed envelope header.
+pub const ENVELOPE_HEADER_LEN: usize = 48;
+const MAGIC: [u8; 2] = *b"CB";
+const FORMAT_VERSION: u8 = 1;
+const FLAG_TOMBSTONE: u8 = 1;
+
+/// Why bytes read from a store are not a valid envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Fewer bytes than the header.
+    #[error("envelope is {0} bytes, shorter than its {ENVELOPE_HEADER_LEN}-byte header")]
+    Truncated(usize),
+    /// The bytes do not start with the envelope magic.
+    #[error("not a cacheback envelope (bad magic)")]
+    BadMagic,
+    /// Written by a newer or unknown envelope format.
+    #[error("unknown envelope format version {0}")]
+    UnknownVersion(u8),
+    /// Over the size limit the reader was given.
+    #[error("envelope is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the bytes.
+        size: usize,
+        /// The reader's limit.
+        limit: usize,
+    },
+    /// The header is inconsistent (e.g. flags this version does not know, tombstone with a value).
+    #[error("malformed envelope header: {0}")]
+    Malformed(&'static str),
+}
+
+/// Encodes an entry for a byte store.
+///
+/// The layout is a fixed 48-byte big-endian header followed by the value bytes, so that server
+/// side scripts (Redis Lua) can read and compare the generation at a fixed offset without a
+/// decoder:
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 2 | magic `"CB"` |
+/// | 2 | 1 | format version (1) |
+/// | 3 | 1 | codec id (0 for a tombstone) |
+/// | 4 | 1 | flags (bit 0: tombstone) |
+/// | 5 | 3 | reserved, zero |
+/// | 8 | 8 | generation |
+/// | 16 | 8 | `fetched_at` (ms since epoch) |
+/// | 24 | 8 | `fresh_until` |
+/// | 32 | 8 | `stale_until` |
+/// | 40 | 4 | fetch duration (ms, saturating) |
+/// | 44 | 4 | schema version |
+/// | 48 | .. | value bytes |
+///
+/// Returns `None` for [`Payload::Object`], which has no bytes to store.
+pub fn encode_envelope(entry: &Entry) -> Option<Vec<u8>> {
+    let (codec, flags, value): (u8, u8, &[u8]) = match &entry.payload {
+        Payload::Object(_) => return None,
+        Payload::Encoded { codec, bytes } => (*codec, 0, bytes),
+        Payload::Tombstone => (0, FLAG_TOMBSTONE, &[]),
+    };
+    let m = &entry.meta;
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + value.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(codec);
+    out.push(flags);
+    out.extend_from_slice(&[0; 3]);
+    out.extend_from_slice(&m.generation.to_be_bytes());
+    out.extend_from_slice(&m.fetched_at.as_millis().to_be_bytes());
+    out.extend_from_slice(&m.fresh_until.as_millis().to_be_bytes());
+    out.extend_from_slice(&m.stale_until.as_millis().to_be_bytes());
+    let fetch_ms = u32::try_from(m.fetch_duration.as_millis()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&fetch_ms.to_be_bytes());
+    out.extend_from_slice(&m.schema_version.to_be_bytes());
+    out.extend_from_slice(value);
+    Some(out)
+}
+
+/// Decodes an envelope written by [`encode_envelope`]. Checks `limit` before looking at
+/// anything else, never panics, and never allocates beyond the input (the value is a zero-copy
+/// slice of `bytes`).
+pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeError> {
+    if bytes.len() > limit {
+        return Err(EnvelopeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    if bytes.len() < ENVELOPE_HEADER_LEN {
+        return Err(EnvelopeError::Truncated(bytes.len()));
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(EnvelopeError::BadMagic);
+    }
+    if bytes[2] != FORMAT_VERSION {
+        return Err(EnvelopeError::UnknownVersion(bytes[2]));
+    }
+    let codec = bytes[3];
+    let flags = bytes[4];
+    if flags & !FLAG_TOMBSTONE != 0 {
+        return Err(EnvelopeError::Malformed("unknown flags"));
+    }
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let u32_at = |at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_be_bytes(b)
+    };
+    let value_len = bytes.len() - ENVELOPE_HEADER_LEN;
+    let meta = EntryMeta {
+        generation: u64_at(8),
+        fetched_at: Timestamp::from_millis(u64_at(16)),
+        fresh_until: Timestamp::from_millis(u64_at(24)),
+        stale_until: Timestamp::from_millis(u64_at(32)),
+        fetch_duration: Duration::from_millis(u64::from(u32_at(40))),
+        schema_version: u32_at(44),
+        size: u32::try_from(value_len).unwrap_or(u32::MAX),
+    };
+    if meta.fresh_until > meta.stale_until {
+        return Err(EnvelopeError::Malformed("fresh_until after stale_until"));
+    }
+    let payload = if flags & FLAG_TOMBSTONE != 0 {
+        if value_len != 0 || codec != 0 {
+            return Err(EnvelopeError::Malformed("tombstone with a value"));
+        }
+        Payload::Tombstone
+    } else {
+        Payload::Encoded {
+            codec,
+            bytes: bytes.slice(ENVELOPE_HEADER_LEN..),
+        }
+    };
+    Ok(Entry { meta, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta(generation: u64, a: u64, b: u64, c: u64) -> EntryMeta {
+        EntryMeta {
+            generation,
+            fetched_at: Timestamp::from_millis(a),
+            fresh_until: Timestamp::from_millis(b),
+            stale_until: Timestamp::from_millis(c),
+            fetch_duration: Duration::from_millis(1234),
+            schema_version: 7,
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        let entry = Entry::new(
+            meta(0x0102030405060708, 1, 2, 3),
+            Payload::Encoded {
+                codec: 1,
+                bytes: Bytes::from_static(b"hi"),
+            },
+        );
+        let bytes = encode_envelope(&entry).unwrap();
+        assert_eq!(&bytes[..8], b"CB\x01\x01\x00\x00\x00\x00");
+        assert_eq!(&bytes[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&bytes[40..48], &[0, 0, 4, 210, 0, 0, 0, 7]);
+        assert_eq!(&bytes[48..], b"hi");
+        assert!(encode_envelope(&Entry::new(entry.meta, Payload::Object(Arc::new(1u8)))).is_none());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let good = encode_envelope(&Entry::new(meta(1, 1, 2, 3), Payload::Tombstone)).unwrap();
+        let decode = |b: &[u8]| decode_envelope(Bytes::copy_from_slice(b), 1 << 20);
+        assert!(decode(&good).unwrap().is_tombstone());
+        assert_eq!(
+            decode(&good[..10]).unwrap_err(),
+            EnvelopeError::Truncated(10)
+        );
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(decode(&bad).unwrap_err(), EnvelopeError::BadMagic);
+        let mut bad = good.clone();
+        bad[2] = 9;
+        assert_eq!(decode(&bad).unwrap_err(), EnvelopeError::UnknownVersion(9));
+        let mut bad = good.clone();
+        bad.push(1);
+        assert!(matches!(decode(&bad), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(
+            decode_envelope(Bytes::from(good), 10),
+            Err(EnvelopeError::TooLarge {
+                size: 48,
+                limit: 10
+            })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(generation: u64, a: u64, b in 0u64..u64::MAX / 2, extra in 0u64..u64::MAX / 2, codec in 1u8.., value in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let m = meta(generation, a, b, b + extra);
+            let entry = Entry::new(m, Payload::Encoded { codec, bytes: Bytes::from(value.clone()) });
+            let decoded = decode_envelope(Bytes::from(encode_envelope(&entry).unwrap()), usize::MAX).unwrap();
+            prop_assert_eq!(decoded.meta, EntryMeta { size: value.len() as u32, ..m });
+            match decoded.payload {
+                Payload::Encoded { codec: c, bytes } => { prop_assert_eq!(c, codec); prop_assert_eq!(&bytes[..], &value[..]); }
+                other => prop_assert!(false, "unexpected payload {:?}", other),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_envelope(Bytes::from(bytes), 1 << 20);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Jobs: named, typed computations `Args -> Value` with a refresh policy.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::BoxError;
+use crate::policy::Policy;
+
+/// A named, typed computation whose results cacheback caches and refreshes.
+///
+/// The Rust form of django-cacheback's `Job` class. Its [`name`](Job::name) is what web
+/// processes and workers agree on: keep it stable across builds and deploys (never derive it
+/// from a Rust type name).
+///
+/// ```
+/// use cacheback::{Job, Policy};
+/// use std::time::Duration;
+///
+/// struct UserTweets;
+///
+/// impl Job for UserTweets {
+///     type Args = String;
+///     type Value = Vec<String>;
+///     type Error = std::io::Error;
+///
+///     fn name(&self) -> &str {
+///         "user_tweets"
+///     }
+///
+///     fn policy(&self) -> Policy {
+///         Policy::default().lifetime(Duration::from_secs(30))
+///     }
+///
+///     async fn fetch(&self, user: String) -> Result<Vec<String>, std::io::Error> {
+///         Ok(vec![format!("hello from {user}")])
+///     }
+/// }
+/// ```
+pub trait Job: Send + Sync + 'static {
+    /// The arguments that identify one cached value. They are hashed into the key and travel to
+    /// workers encoded with the client's codec.
+    type Args: Serialize + DeserializeOwned + Clone + Send + Sync + 'static;
+    /// The cached value.
+    type Value: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What `fetch` fails with.
+    type Error: Into<BoxError> + Send + 'static;
+
+    /// The job's stable name: printable ASCII without whitespace, `{` or `}`, at most 128 bytes.
+    fn name(&self) -> &str;
+
+    /// The refresh policy. Called once, when the job is registered with a client.
+    fn policy(&self) -> Policy {
+        Policy::default()
+    }
+
+    /// Computes the value for `args`: the slow call being cached.
+    fn fetch(
+        &self,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<Self::Value, Self::Error>> + Send;
+}
+
+/// A [`Job`] made from a name, a policy and an async closure. Build it with [`job_fn`].
+pub struct FnJob<A, V, E, F> {
+    name: String,
+    policy: Policy,
+    fetch: F,
+    _types: PhantomData<fn(A) -> (V, E)>,
+}
+
+impl<A, V, E, F> fmt::Debug for FnJob<A, V, E, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnJob")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a [`Job`] from an async closure.
+///
+/// ```
+/// use cacheback::{Policy, job_fn};
+/// use std::time::Duration;
+///
+/// let square = job_fn(
+///     "square",
+///     Policy::default().lifetime(Duration::from_secs(60)),
+///     |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
+/// );
+/// # let _ = square;
+/// ```
+pub fn job_fn<A, V, E, F, Fut>(
+    name: impl Into<String>,
+    policy: Policy,
+    fetch: F,
+) -> FnJob<A, V, E, F>
+where
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<V, E>> + Send,
+{
+    FnJob {
+        name: name.into(),
+        policy,
+        fetch,
+        _types: PhantomData,
+    }
+}
+
+impl<A, V, E, F, Fut> Job for FnJob<A, V, E, F>
+where
+    A: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    E: Into<BoxError> + Send + 'static,
+    F: Fn(A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<V, E>> + Send,
+{
+    type Args = A;
+    type Value = V;
+    type Error = E;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy.clone()
+    }
+
+    fn fetch(&self, args: A) -> impl Future<Output = Result<V, E>> + Send {
+        (self.fetch)(args)
+    }
+}

@@ -1,0 +1,171 @@
+//! Observability: the events hook and the metrics every job reports (SPEC §9).
+//!
+//! Metric names (all labelled with `job`):
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `cacheback_reads_total` | counter | `status` = `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched` | reads by outcome |
+//! | `cacheback_coalesced_waiters_total` | counter | | reads that shared another caller's in-flight fetch |
+//! | `cacheback_claims_total` | counter | `outcome` = `won`, `held`, `backing_off` | claim attempts |
+//! | `cacheback_refreshes_total` | counter | `outcome` = `ok`, `failed`, `skipped`, `discarded` | refreshes run by workers |
+//! | `cacheback_enqueue_dropped_total` | counter | | refresh requests dropped by a full queue |
+//! | `cacheback_fallbacks_total` | counter | `mode` = `local`, `sync`, `skip` | refreshes that could not be queued |
+//! | `cacheback_dead_letters_total` | counter | `reason` | messages dead-lettered by a worker (`job` = `unknown` when it could not be read) |
+//! | `cacheback_decode_errors_total` | counter | | entries that did not decode (read as misses) |
+//! | `cacheback_store_errors_total` | counter | `op` | store calls that failed |
+//! | `cacheback_fetch_duration_seconds` | histogram | | duration of every fetch |
+//! | `cacheback_queue_lag_seconds` | histogram | | enqueue-to-start delay of refreshes |
+//! | `cacheback_served_age_seconds` | histogram | | age of values served stale |
+//!
+//! Handles are registered when a job is registered with a client, so install your metrics
+//! recorder before creating job handles.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, histogram};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+
+/// Something that happened to a key, delivered to the hook set with
+/// [`CachebackBuilder::on_event`](crate::CachebackBuilder::on_event).
+///
+/// The hook runs inline on the task that caused the event: keep it quick and non-blocking.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A refresh stored a new value.
+    Refreshed {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+        /// How long the fetch took.
+        fetch_duration: Duration,
+        /// The new generation.
+        generation: u64,
+    },
+    /// A refresh failed; the old value is kept.
+    RefreshFailed {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+        /// Why.
+        error: Error,
+        /// Consecutive failures of this key, this one included.
+        failures: u32,
+        /// Readers do not trigger another refresh before this.
+        retry_after: Timestamp,
+    },
+    /// A refresh's result was not stored because the key was written after it was requested.
+    RefreshDiscarded {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+    },
+    /// A refresh request was dropped because the queue was full.
+    EnqueueDropped {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+    },
+    /// A message could not be processed and was dead-lettered.
+    DeadLettered {
+        /// Job name, when the message named one.
+        job: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The events hook.
+pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Per-job metric handles, registered once so the read path does no label lookups.
+#[derive(Clone)]
+pub(crate) struct JobMetrics {
+    pub(crate) hit: Counter,
+    pub(crate) stale: Counter,
+    pub(crate) stale_refetched: Counter,
+    pub(crate) miss: Counter,
+    pub(crate) miss_fetched: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) claim_won: Counter,
+    pub(crate) claim_held: Counter,
+    pub(crate) claim_backing_off: Counter,
+    pub(crate) refresh_ok: Counter,
+    pub(crate) refresh_failed: Counter,
+    pub(crate) refresh_skipped: Counter,
+    pub(crate) refresh_discarded: Counter,
+    pub(crate) enqueue_dropped: Counter,
+    pub(crate) fallback_local: Counter,
+    pub(crate) fallback_sync: Counter,
+    pub(crate) fallback_skip: Counter,
+    pub(crate) decode_errors: Counter,
+    pub(crate) fetch_duration: Histogram,
+    pub(crate) queue_lag: Histogram,
+    pub(crate) served_age: Histogram,
+    job: Arc<str>,
+}
+
+impl fmt::Debug for JobMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobMetrics")
+            .field("job", &self.job)
+            .finish()
+    }
+}
+
+impl JobMetrics {
+    pub(crate) fn new(job: &Arc<str>) -> Self {
+        let j = || metrics::SharedString::from(job.to_string());
+        let reads = |status: &'static str| counter!("cacheback_reads_total", "job" => j(), "status" => status);
+        let claims = |outcome: &'static str| counter!("cacheback_claims_total", "job" => j(), "outcome" => outcome);
+        let refreshes = |outcome: &'static str| counter!("cacheback_refreshes_total", "job" => j(), "outcome" => outcome);
+        let fallbacks = |mode: &'static str| counter!("cacheback_fallbacks_total", "job" => j(), "mode" => mode);
+        JobMetrics {
+            hit: reads("hit"),
+            stale: reads("stale"),
+            stale_refetched: reads("stale_refetched"),
+            miss: reads("miss"),
+            miss_fetched: reads("miss_fetched"),
+            coalesced: counter!("cacheback_coalesced_waiters_total", "job" => j()),
+            claim_won: claims("won"),
+            claim_held: claims("held"),
+            claim_backing_off: claims("backing_off"),
+            refresh_ok: refreshes("ok"),
+            refresh_failed: refreshes("failed"),
+            refresh_skipped: refreshes("skipped"),
+            refresh_discarded: refreshes("discarded"),
+            enqueue_dropped: counter!("cacheback_enqueue_dropped_total", "job" => j()),
+            fallback_local: fallbacks("local"),
+            fallback_sync: fallbacks("sync"),
+            fallback_skip: fallbacks("skip"),
+            decode_errors: counter!("cacheback_decode_errors_total", "job" => j()),
+            fetch_duration: histogram!("cacheback_fetch_duration_seconds", "job" => j()),
+            queue_lag: histogram!("cacheback_queue_lag_seconds", "job" => j()),
+            served_age: histogram!("cacheback_served_age_seconds", "job" => j()),
+            job: Arc::clone(job),
+        }
+    }
+
+    pub(crate) fn store_error(&self, op: &'static str) {
+        counter!("cacheback_store_errors_total", "job" => self.job.to_string(), "op" => op)
+            .increment(1);
+    }
+}
+
+/// Counts a dead letter (`job` is `"unknown"` when the message named none).
+pub(crate) fn dead_letter_metric(job: Option<&str>, reason_kind: &'static str) {
+    counter!(
+        "cacheback_dead_letters_total",
+        "job" => job.unwrap_or("unknown").to_owned(),
+        "reason" => reason_kind
+    )
+    .increment(1);
+}

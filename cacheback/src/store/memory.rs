@@ -1,0 +1,434 @@
+//! [`MemoryStore`]: entries in a moka cache, claims in a process-local map.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{self, BoxFuture};
+use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
+use moka::sync::Cache;
+
+use crate::clock::Timestamp;
+use crate::entry::{Entry, EntryMeta, Payload};
+use crate::error::Result;
+use crate::key::Key;
+use crate::store::{
+    ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
+};
+
+/// Bytes charged per entry on top of its value's encoded size, when bounded by bytes: roughly
+/// what moka and the entry header take.
+const ENTRY_OVERHEAD_BYTES: u64 = 200;
+
+/// An in-process store: the embedded default.
+///
+/// Values are kept as live `Arc`s: a hit costs one hash-map lookup and one reference-count
+/// increment, with no decoding. Entries expire at their `stale_until` (plus nothing: in-process
+/// there is no clock skew to allow for) and the store is bounded by entry count or by bytes
+/// (the values' encoded sizes plus a fixed per-entry overhead), evicting the least useful
+/// entries first (moka's TinyLFU).
+///
+/// Claims live in a process-local map, so claims coordinate the readers of one process only:
+/// use a shared store (Redis) to coordinate a fleet.
+///
+/// ```
+/// use cacheback::MemoryStore;
+///
+/// let store = MemoryStore::builder().max_entries(100_000).build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    entries: Cache<u128, MemEntry>,
+    claims: Mutex<Claims>,
+}
+
+/// The compact in-memory form of an [`Entry`] (kept small: W7 measures bytes per entry).
+#[derive(Clone)]
+struct MemEntry {
+    generation: u64,
+    fetched_at: Timestamp,
+    fresh_until: Timestamp,
+    stale_until: Timestamp,
+    fetch_ms: u32,
+    schema_version: u32,
+    size: u32,
+    ttl_ms: u64,
+    /// `None` is a tombstone. Encoded payloads (which clients never send here, but the trait
+    /// allows) are boxed as an [`EncodedBlob`] object.
+    value: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+struct EncodedBlob {
+    codec: u8,
+    bytes: Bytes,
+}
+
+impl MemEntry {
+    fn from_entry(entry: Entry, generation: u64, ttl: Duration) -> Self {
+        let m = entry.meta;
+        let value = match entry.payload {
+            Payload::Object(v) => Some(v),
+            Payload::Encoded { codec, bytes } => {
+                Some(Arc::new(EncodedBlob { codec, bytes }) as Arc<dyn Any + Send + Sync>)
+            }
+            Payload::Tombstone => None,
+        };
+        MemEntry {
+            generation,
+            fetched_at: m.fetched_at,
+            fresh_until: m.fresh_until,
+            stale_until: m.stale_until,
+            fetch_ms: u32::try_from(m.fetch_duration.as_millis()).unwrap_or(u32::MAX),
+            schema_version: m.schema_version,
+            size: m.size,
+            ttl_ms: crate::clock::duration_millis(ttl),
+            value,
+        }
+    }
+
+    fn to_entry(&self) -> Entry {
+        let payload = match &self.value {
+            None => Payload::Tombstone,
+            Some(v) => match v.downcast_ref::<EncodedBlob>() {
+                Some(blob) => Payload::Encoded {
+                    codec: blob.codec,
+                    bytes: blob.bytes.clone(),
+                },
+                None => Payload::Object(Arc::clone(v)),
+            },
+        };
+        Entry::new(
+            EntryMeta {
+                generation: self.generation,
+                fetched_at: self.fetched_at,
+                fresh_until: self.fresh_until,
+                stale_until: self.stale_until,
+                fetch_duration: Duration::from_millis(u64::from(self.fetch_ms)),
+                schema_version: self.schema_version,
+                size: self.size,
+            },
+            payload,
+        )
+    }
+}
+
+struct EntryExpiry;
+
+impl Expiry<u128, MemEntry> for EntryExpiry {
+    fn expire_after_create(&self, _: &u128, value: &MemEntry, _: Instant) -> Option<Duration> {
+        Some(Duration::from_millis(value.ttl_ms))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &u128,
+        value: &MemEntry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(value.ttl_ms))
+    }
+}
+
+/// Claim records with lazy expiry; dead records are swept when the map doubles.
+#[derive(Default)]
+struct Claims {
+    records: HashMap<u128, ClaimRecord>,
+    sweep_at: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ClaimRecord {
+    claim: Option<(ClaimToken, Timestamp)>,
+    failures: u32,
+    retry_after: Option<Timestamp>,
+    forget_at: Option<Timestamp>,
+}
+
+impl ClaimRecord {
+    /// Drops whatever has expired at `now`; true if nothing is left.
+    fn expire(&mut self, now: Timestamp) -> bool {
+        if matches!(self.claim, Some((_, until)) if until <= now) {
+            self.claim = None;
+        }
+        if matches!(self.forget_at, Some(at) if at <= now) {
+            self.failures = 0;
+            self.retry_after = None;
+            self.forget_at = None;
+        }
+        self.claim.is_none() && self.failures == 0 && self.retry_after.is_none()
+    }
+}
+
+impl Claims {
+    fn sweep(&mut self, now: Timestamp) {
+        if self.records.len() >= self.sweep_at.max(1024) {
+            self.records.retain(|_, r| !r.expire(now));
+            self.sweep_at = self.records.len() * 2;
+        }
+    }
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+}
+
+impl MemoryStoreBuilder {
+    /// Bounds the store to this many entries (default: 100,000). Replaces a byte bound.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = Some(n);
+        self.max_bytes = None;
+        self
+    }
+
+    /// Bounds the store by the values' encoded sizes plus a fixed per-entry overhead.
+    /// Replaces an entry-count bound.
+    pub fn max_bytes(mut self, n: u64) -> Self {
+        self.max_bytes = Some(n);
+        self.max_entries = None;
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        let builder = Cache::builder().expire_after(EntryExpiry);
+        let entries = match self.max_bytes {
+            Some(bytes) => builder
+                .weigher(|_: &u128, e: &MemEntry| {
+                    u32::try_from(u64::from(e.size) + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
+                })
+                .max_capacity(bytes)
+                .build(),
+            None => builder
+                .max_capacity(self.max_entries.unwrap_or(100_000))
+                .build(),
+        };
+        MemoryStore {
+            inner: Arc::new(Inner {
+                entries,
+                claims: Mutex::new(Claims::default()),
+            }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded to 100,000 entries.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// The approximate number of entries (tombstones included).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.inner.entries.entry_count()
+    }
+
+    fn claims(&self) -> MutexGuard<'_, Claims> {
+        // A panic while holding this lock cannot leave a record half-written (every update is a
+        // plain field assignment), so a poisoned lock is safe to keep using.
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[inline]
+    fn get_sync(&self, key: Key<'_>) -> Option<Entry> {
+        self.inner.entries.get(&key.digest()).map(|e| e.to_entry())
+    }
+
+    fn put_sync(&self, key: Key<'_>, put: Put) -> PutOutcome {
+        let Put {
+            entry,
+            condition,
+            ttl,
+        } = put;
+        let mut outcome = PutOutcome::Discarded { current: 0 };
+        let mut entry = Some(entry);
+        let _: CompResult<u128, MemEntry> = self
+            .inner
+            .entries
+            .entry(key.digest())
+            .and_compute_with(|current| {
+                let current_gen = current.map_or(0, |e| e.value().generation);
+                let allowed = match condition {
+                    PutCondition::Always => true,
+                    PutCondition::IfGeneration(g) => g == current_gen,
+                };
+                match (allowed, entry.take()) {
+                    (true, Some(new)) => {
+                        let generation = current_gen + 1;
+                        outcome = PutOutcome::Written { generation };
+                        Op::Put(MemEntry::from_entry(new, generation, ttl))
+                    }
+                    _ => {
+                        outcome = PutOutcome::Discarded {
+                            current: current_gen,
+                        };
+                        Op::Nop
+                    }
+                }
+            });
+        outcome
+    }
+
+    fn claim_sync(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> ClaimOutcome {
+        let mut claims = self.claims();
+        claims.sweep(now);
+        let record = claims.records.entry(key.digest()).or_default();
+        record.expire(now);
+        if let Some(retry_after) = record.retry_after.filter(|&at| at > now) {
+            return ClaimOutcome::BackingOff {
+                retry_after,
+                failures: record.failures,
+            };
+        }
+        if let Some((_, until)) = record.claim {
+            return ClaimOutcome::Held { until };
+        }
+        let token = ClaimToken::random();
+        record.claim = Some((token, now.saturating_add(ttl)));
+        ClaimOutcome::Won {
+            token,
+            failures: record.failures,
+        }
+    }
+
+    fn release_sync(&self, key: Key<'_>, token: ClaimToken, release: Release) {
+        let mut claims = self.claims();
+        let digest = key.digest();
+        let Some(record) = claims.records.get_mut(&digest) else {
+            if let Release::Failed { .. } = release {
+                let mut record = ClaimRecord::default();
+                apply_release(&mut record, release);
+                claims.records.insert(digest, record);
+            }
+            return;
+        };
+        if matches!(record.claim, Some((owner, _)) if owner == token) {
+            record.claim = None;
+        }
+        apply_release(record, release);
+        if record.claim.is_none() && record.failures == 0 && record.retry_after.is_none() {
+            claims.records.remove(&digest);
+        }
+    }
+}
+
+fn apply_release(record: &mut ClaimRecord, release: Release) {
+    match release {
+        Release::Refreshed => {
+            record.failures = 0;
+            record.retry_after = None;
+            record.forget_at = None;
+        }
+        Release::Failed {
+            failures,
+            retry_after,
+            forget_at,
+        } => {
+            record.failures = failures;
+            record.retry_after = Some(retry_after);
+            record.forget_at = Some(forget_at);
+        }
+        Release::Abandoned => {}
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.inner.entries.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn holds_objects(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
+        Some(Ok(self.get_sync(key)))
+    }
+
+    fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {
+        Box::pin(future::ready(Ok(self.get_sync(key))))
+    }
+
+    fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>> {
+        Box::pin(future::ready(Ok(self.put_sync(key, put))))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: Key<'a>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimOutcome>> {
+        Box::pin(future::ready(Ok(self.claim_sync(key, now, ttl))))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: Key<'a>,
+        token: ClaimToken,
+        release: Release,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.release_sync(key, token, release);
+        Box::pin(future::ready(Ok(())))
+    }
+
+    fn claim_state<'a>(
+        &'a self,
+        key: Key<'a>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<ClaimState>> {
+        let state = {
+            let claims = self.claims();
+            claims
+                .records
+                .get(&key.digest())
+                .map_or_else(ClaimState::default, |r| {
+                    let mut r = *r;
+                    r.expire(now);
+                    ClaimState {
+                        claim: r.claim,
+                        failures: r.failures,
+                        retry_after: r.retry_after,
+                    }
+                })
+        };
+        Box::pin(future::ready(Ok(state)))
+    }
+}

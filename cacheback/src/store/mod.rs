@@ -1,0 +1,227 @@
+//! Stores: where entries and claims live.
+//!
+//! A [`Store`] holds one [`Entry`] per key plus a small per-key *claim record*: who is refreshing
+//! the key right now, and how often its refreshes have failed. It is deliberately small so that
+//! it fits a plain in-process map, Redis (with or without scripting, Cluster included), and
+//! memcached (`add` for claims, `cas` for conditional writes).
+//!
+//! | store | feature | holds |
+//! |---|---|---|
+//! | [`MemoryStore`] | — | live `Arc` values, claims in a process-local map |
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::entry::Entry;
+use crate::error::Result;
+use crate::key::Key;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// When a [`Store::put`] may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutCondition {
+    /// Always write (a user's `set`, `refresh` or `delete`).
+    Always,
+    /// Write only if the key's current generation is exactly this one (a refresh enqueued when
+    /// the key was at this generation). A missing key has generation 0.
+    IfGeneration(u64),
+}
+
+/// What a [`Store::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutOutcome {
+    /// The entry was written with this generation.
+    Written {
+        /// The new generation: the previous one plus one.
+        generation: u64,
+    },
+    /// The condition did not hold; nothing was written.
+    Discarded {
+        /// The key's generation at the time (0 if missing).
+        current: u64,
+    },
+}
+
+/// A write: the entry, when it may be written, and how long the store must keep it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Put {
+    /// The entry. Its `meta.generation` is ignored: the store assigns it.
+    pub entry: Entry,
+    /// When the write may happen.
+    pub condition: PutCondition,
+    /// How long the store must keep the entry (it may drop it afterwards). Computed by the
+    /// caller from its own clock, so stores need no clock.
+    pub ttl: Duration,
+}
+
+impl Put {
+    /// A write of `entry` under `condition`, kept for `ttl`.
+    pub fn new(entry: Entry, condition: PutCondition, ttl: Duration) -> Self {
+        Put {
+            entry,
+            condition,
+            ttl,
+        }
+    }
+}
+
+/// The token that proves ownership of a claim. It travels with the refresh request so that
+/// whichever worker runs the refresh can release the claim, and only that claim.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClaimToken(u128);
+
+impl ClaimToken {
+    /// A fresh random token.
+    pub fn random() -> Self {
+        ClaimToken(fastrand::u128(..))
+    }
+
+    /// A token from its raw value (for backends that store it).
+    pub fn from_u128(raw: u128) -> Self {
+        ClaimToken(raw)
+    }
+
+    /// The raw value.
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl fmt::Debug for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClaimToken({:032x})", self.0)
+    }
+}
+
+impl fmt::Display for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// What a [`Store::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimOutcome {
+    /// The caller owns the claim until `now + ttl` and must enqueue the refresh.
+    Won {
+        /// Proof of ownership.
+        token: ClaimToken,
+        /// Consecutive failed refreshes of the key so far.
+        failures: u32,
+    },
+    /// Someone else's claim is live: a refresh is already on its way.
+    Held {
+        /// When that claim expires.
+        until: Timestamp,
+    },
+    /// The last refresh failed and the backoff has not elapsed.
+    BackingOff {
+        /// When readers may trigger again.
+        retry_after: Timestamp,
+        /// Consecutive failed refreshes so far.
+        failures: u32,
+    },
+}
+
+/// How a claim is let go of, in [`Store::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Release {
+    /// The refresh succeeded: clear the failure state.
+    Refreshed,
+    /// The refresh failed: record it. Readers will not claim before `retry_after`; the store
+    /// remembers the count until `forget_at`.
+    Failed {
+        /// The new count of consecutive failures.
+        failures: u32,
+        /// Readers do not trigger again before this.
+        retry_after: Timestamp,
+        /// After this, the failure state may be forgotten.
+        forget_at: Timestamp,
+    },
+    /// The refresh did not run (queue full, skipped, shut down): drop the claim, keep any
+    /// failure state, so the next reader triggers again.
+    Abandoned,
+}
+
+/// The claim record of one key, for inspection ([`Store::claim_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClaimState {
+    /// The live claim, if any: its token and expiry.
+    pub claim: Option<(ClaimToken, Timestamp)>,
+    /// Consecutive failed refreshes.
+    pub failures: u32,
+    /// Readers do not trigger before this, if set and in the future.
+    pub retry_after: Option<Timestamp>,
+}
+
+/// Where entries and claims live.
+///
+/// Implementations are shared by every reader and worker of a process (and, for remote stores,
+/// of a fleet), so every operation must be atomic per key as described on each method. A missing
+/// key is `Ok(None)`, never an error; errors mean the store could not answer (and must be
+/// returned promptly: remote stores bound every call with a timeout).
+///
+/// All times are passed in by the caller, so a store needs no clock of its own and tests can
+/// use [`TestClock`](crate::TestClock).
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// A short name for errors and metrics (`"memory"`, `"redis"`).
+    fn backend(&self) -> &'static str;
+
+    /// Whether the store keeps live objects ([`Payload::Object`](crate::entry::Payload::Object))
+    /// rather than bytes. Clients write objects to such stores and skip encoding entirely.
+    fn holds_objects(&self) -> bool {
+        false
+    }
+
+    /// Reads an entry without awaiting, when the store can (in-process stores); `None` means
+    /// "use [`Store::get`]". Must agree with `get`.
+    fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
+        let _ = key;
+        None
+    }
+
+    /// Reads the entry of `key` (tombstones included), or `None`.
+    fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>>;
+
+    /// Writes an entry, atomically checking [`PutCondition`] and assigning the next generation
+    /// (current + 1, where a missing key is at 0).
+    fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>>;
+
+    /// Tries to take the refresh claim of `key` at `now` for `ttl`. Atomic: of concurrent
+    /// callers (in every process sharing the store) at most one wins while a claim is live.
+    /// Returns [`ClaimOutcome::BackingOff`] while a recorded failure's `retry_after` is after
+    /// `now`. An expired claim counts as no claim.
+    fn claim<'a>(
+        &'a self,
+        key: Key<'a>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimOutcome>>;
+
+    /// Lets go of a claim, if `token` still owns it (a claim that expired and was re-taken by
+    /// someone else is left alone), and records the refresh's outcome. The failure state is
+    /// recorded even when the claim is no longer owned.
+    fn release<'a>(
+        &'a self,
+        key: Key<'a>,
+        token: ClaimToken,
+        release: Release,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// The claim record of `key` at `now`, without side effects.
+    fn claim_state<'a>(&'a self, key: Key<'a>, now: Timestamp)
+    -> BoxFuture<'a, Result<ClaimState>>;
+}

@@ -1,0 +1,485 @@
+//! Workers: take refresh requests off a queue and run them, by job name.
+//!
+//! The same [`Worker`] runs in-process (started by the client for a [`LocalQueue`]) and in
+//! dedicated worker processes fed by a shared queue. It looks each request's job up by name in
+//! the client's registry, runs it with bounded concurrency, acknowledges it, and dead-letters
+//! what it cannot run (unknown job, malformed message, too many deliveries) without stopping.
+//!
+//! [`LocalQueue`]: crate::LocalQueue
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::client::registry::Processed;
+use crate::client::{Cacheback, Core};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::observe::{Event, dead_letter_metric};
+use crate::queue::{Delivery, Queue};
+
+/// How a [`Worker`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Refreshes run at the same time (default 16).
+    pub concurrency: usize,
+    /// Messages taken from the queue per receive, at most (default 32).
+    pub batch: usize,
+    /// A message delivered more often than this is dead-lettered (default 5).
+    pub max_deliveries: u32,
+    /// On shutdown, how long in-flight refreshes may take to finish before they are
+    /// abandoned (left for redelivery) (default 30 s).
+    pub drain_timeout: Duration,
+    /// Pause after a failed receive before trying again (default 1 s).
+    pub receive_retry: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 16,
+            batch: 32,
+            max_deliveries: 5,
+            drain_timeout: Duration::from_secs(30),
+            receive_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// Sets [`WorkerOptions::concurrency`].
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Sets [`WorkerOptions::batch`].
+    #[must_use]
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+
+    /// Sets [`WorkerOptions::max_deliveries`].
+    #[must_use]
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n;
+        self
+    }
+
+    /// Sets [`WorkerOptions::drain_timeout`].
+    #[must_use]
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.drain_timeout = d;
+        self
+    }
+
+    /// Sets [`WorkerOptions::receive_retry`].
+    #[must_use]
+    pub fn receive_retry(mut self, d: Duration) -> Self {
+        self.receive_retry = d;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(Error::config("worker concurrency must be at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(Error::config("worker batch must be at least 1"));
+        }
+        if self.max_deliveries == 0 {
+            return Err(Error::config("worker max_deliveries must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Counts of what a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Requests processed and acknowledged (refreshed, failed, skipped or discarded).
+    pub processed: u64,
+    /// Requests dead-lettered.
+    pub dead_lettered: u64,
+    /// Refreshes still running at the drain deadline, abandoned to redelivery.
+    pub abandoned: usize,
+}
+
+/// A worker's liveness, for health probes. Cheap to clone; reads are lock-free.
+#[derive(Clone, Default)]
+pub struct WorkerHealth {
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Default)]
+struct HealthInner {
+    running: AtomicBool,
+    last_poll_ms: AtomicU64,
+    in_flight: AtomicUsize,
+    processed: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl WorkerHealth {
+    /// Whether the run loop is running.
+    pub fn is_running(&self) -> bool {
+        self.inner.running.load(Ordering::Relaxed)
+    }
+
+    /// When the worker last got an answer from its queue (per the client's clock).
+    pub fn last_poll(&self) -> Option<Timestamp> {
+        match self.inner.last_poll_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Timestamp::from_millis(ms)),
+        }
+    }
+
+    /// Refreshes running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests processed so far.
+    pub fn processed(&self) -> u64 {
+        self.inner.processed.load(Ordering::Relaxed)
+    }
+
+    /// Requests dead-lettered so far.
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner.dead_lettered.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for WorkerHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHealth")
+            .field("running", &self.is_running())
+            .field("last_poll", &self.last_poll())
+            .field("in_flight", &self.in_flight())
+            .field("processed", &self.processed())
+            .finish()
+    }
+}
+
+/// Runs refresh requests from a queue. See the [module docs](self).
+///
+/// ```no_run
+/// use cacheback::{Cacheback, Worker, WorkerOptions};
+///
+/// # async fn run(client: Cacheback) {
+/// // `client` is built with the same store, queue and prefix as the web processes, and has
+/// // every job registered (`client.job(...)`).
+/// let worker = Worker::builder(&client)
+///     .options(WorkerOptions::default().concurrency(64))
+///     .build()
+///     .expect("valid options");
+/// let report = worker
+///     .run_until(async {
+///         let _ = tokio::signal::ctrl_c().await;
+///     })
+///     .await;
+/// println!("{report:?}");
+/// # }
+/// ```
+pub struct Worker {
+    core: Arc<Core>,
+    queue: Arc<dyn Queue>,
+    options: WorkerOptions,
+    health: WorkerHealth,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.queue)
+            .field("options", &self.options)
+            .field("health", &self.health)
+            .finish()
+    }
+}
+
+/// Builds a [`Worker`].
+#[must_use]
+#[derive(Debug)]
+pub struct WorkerBuilder {
+    core: Arc<Core>,
+    queue: Option<Arc<dyn Queue>>,
+    options: WorkerOptions,
+}
+
+impl WorkerBuilder {
+    /// Drain this queue instead of the client's.
+    pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Sets the options.
+    pub fn options(mut self, options: WorkerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Builds the worker.
+    pub fn build(self) -> Result<Worker> {
+        self.options.validate()?;
+        let queue = self.queue.unwrap_or_else(|| Arc::clone(&self.core.queue));
+        Ok(Worker::from_core(self.core, queue, self.options))
+    }
+}
+
+impl Worker {
+    /// A worker for `client`'s jobs, store and (by default) queue.
+    pub fn builder(client: &Cacheback) -> WorkerBuilder {
+        WorkerBuilder {
+            core: Arc::clone(client.core()),
+            queue: None,
+            options: WorkerOptions::default(),
+        }
+    }
+
+    pub(crate) fn from_core(
+        core: Arc<Core>,
+        queue: Arc<dyn Queue>,
+        options: WorkerOptions,
+    ) -> Self {
+        Worker {
+            core,
+            queue,
+            options,
+            health: WorkerHealth::default(),
+        }
+    }
+
+    /// A handle on the worker's liveness, for probes.
+    pub fn health(&self) -> WorkerHealth {
+        self.health.clone()
+    }
+
+    /// Runs until `shutdown` completes, then stops taking work, lets in-flight refreshes finish
+    /// up to [`WorkerOptions::drain_timeout`] and returns what it did. Messages it did not
+    /// acknowledge are redelivered by queues that support it.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
+        let health = &self.health.inner;
+        health.running.store(true, Ordering::Relaxed);
+        let permits = Arc::new(Semaphore::new(self.options.concurrency));
+        let mut running: JoinSet<()> = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(
+            queue = self.queue.backend(),
+            concurrency = self.options.concurrency,
+            "worker started"
+        );
+        loop {
+            while let Some(done) = running.try_join_next() {
+                log_join(done);
+            }
+            // Take messages only when a refresh can start right away: messages held but not
+            // started would be invisible to other workers until their visibility timeout.
+            let first = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let room = 1 + permits.available_permits();
+            let batch = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                batch = self.queue.receive(room.min(self.options.batch)) => batch,
+            };
+            health
+                .last_poll_ms
+                .store(self.core.clock.now().as_millis(), Ordering::Relaxed);
+            let deliveries = match batch {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    warn!(error = %error, "receiving from the queue failed; retrying");
+                    drop(first);
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(self.options.receive_retry) => continue,
+                    }
+                }
+            };
+            let mut first = Some(first);
+            for delivery in deliveries {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match Arc::clone(&permits).try_acquire_owned() {
+                        Ok(permit) => permit,
+                        // Receive asked for no more than the free permits, so this only
+                        // happens with a queue that returns more than asked: wait for room.
+                        Err(_) => match Arc::clone(&permits).acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    },
+                };
+                let (core, queue, health) = (
+                    Arc::clone(&self.core),
+                    Arc::clone(&self.queue),
+                    self.health.clone(),
+                );
+                let max_deliveries = self.options.max_deliveries;
+                health.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+                running.spawn(async move {
+                    handle_delivery(&core, &*queue, &health, delivery, max_deliveries).await;
+                    health.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+        }
+        info!(
+            in_flight = running.len(),
+            "worker stopping; draining in-flight refreshes"
+        );
+        let drained = tokio::time::timeout(self.options.drain_timeout, async {
+            while let Some(done) = running.join_next().await {
+                log_join(done);
+            }
+        })
+        .await;
+        let abandoned = if drained.is_err() {
+            let n = running.len();
+            warn!(
+                abandoned = n,
+                "drain deadline passed; abandoning refreshes to redelivery"
+            );
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+            n
+        } else {
+            0
+        };
+        health.running.store(false, Ordering::Relaxed);
+        WorkerReport {
+            processed: health.processed.load(Ordering::Relaxed),
+            dead_lettered: health.dead_lettered.load(Ordering::Relaxed),
+            abandoned,
+        }
+    }
+}
+
+fn log_join(result: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = result
+        && e.is_panic()
+    {
+        // Fetch panics are caught where they happen; this is a bug in cacheback itself.
+        error!(error = %e, "worker task panicked");
+    }
+}
+
+async fn handle_delivery(
+    core: &Arc<Core>,
+    queue: &dyn Queue,
+    health: &WorkerHealth,
+    delivery: Delivery,
+    max_deliveries: u32,
+) {
+    let request = match &delivery.message {
+        Ok(request) => request,
+        Err(malformed) => {
+            return dead_letter(
+                core,
+                queue,
+                health,
+                &delivery,
+                None,
+                malformed.reason(),
+                "malformed",
+            )
+            .await;
+        }
+    };
+    if delivery.attempt > max_deliveries {
+        let reason = format!(
+            "delivered {} times, over the limit of {max_deliveries}: the refresh never completed",
+            delivery.attempt
+        );
+        return dead_letter(
+            core,
+            queue,
+            health,
+            &delivery,
+            Some(&request.job),
+            &reason,
+            "max_deliveries",
+        )
+        .await;
+    }
+    let Some(job) = core.registry.get(&request.job) else {
+        let reason = format!(
+            "unknown job `{}`: no job of that name is registered with this worker",
+            request.job
+        );
+        return dead_letter(
+            core,
+            queue,
+            health,
+            &delivery,
+            Some(&request.job),
+            &reason,
+            "unknown_job",
+        )
+        .await;
+    };
+    match job.process(Arc::clone(core), request.clone()).await {
+        Processed::Done(outcome) => {
+            debug!(job = %request.job, ?outcome, "refresh processed");
+            health.inner.processed.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = queue.ack(&delivery).await {
+                warn!(error = %error, "could not acknowledge a processed refresh; it may run again");
+            }
+        }
+        Processed::Rejected { reason, kind } => {
+            dead_letter(
+                core,
+                queue,
+                health,
+                &delivery,
+                Some(&request.job),
+                &reason,
+                kind,
+            )
+            .await;
+        }
+    }
+}
+
+async fn dead_letter(
+    core: &Core,
+    queue: &dyn Queue,
+    health: &WorkerHealth,
+    delivery: &Delivery,
+    job: Option<&str>,
+    reason: &str,
+    kind: &'static str,
+) {
+    warn!(
+        job = job.unwrap_or("unknown"),
+        reason, "dead-lettering a refresh request"
+    );
+    dead_letter_metric(job, kind);
+    health.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    if let Err(error) = queue.dead_letter(delivery, reason).await {
+        error!(error = %error, "could not dead-letter a message; it may be redelivered");
+    }
+    core.emit(|| Event::DeadLettered {
+        job: job.map(str::to_owned),
+        reason: reason.to_owned(),
+    });
+}
