@@ -1,2 +1,28 @@
-//! Conformance suites that every [`Store`](crate::Store) and [`Queue`](crate::Queue)
-//! implementation must pass (feature `testing`).
+//! Conformance suites that every [`Store`] and [`Queue`] implementation must pass
+//! (feature `testing`).
+//!
+//! Each suite is an `async fn` that exercises the trait's documented contract and panics with a
+//! message naming the violated rule. Backends run them from their own tests, against a real
+//! server:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use cacheback::{LocalQueue, MemoryStore, testing};
+//!
+//! testing::store_suite(&MemoryStore::new()).await;
+//! testing::queue_suite(&LocalQueue::new(100)).await;
+//! # }
+//! ```
+//!
+//! The suites use random key digests, so they can share a store with other data; the queue
+//! suite needs a queue that starts empty.
+
+mod queue;
+mod store;
+
+pub use queue::queue_suite;
+pub use store::store_suite;
+
+#[cfg(doc)]
+use crate::{Queue, Store};

@@ -1,0 +1,359 @@
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::clock::Timestamp;
+use crate::entry::{Entry, EntryMeta, Payload};
+use crate::key::Key;
+use crate::store::{ClaimOutcome, Put, PutCondition, PutOutcome, Release, Store};
+
+const PREFIX: &str = "conformance";
+const JOB: &str = "suite";
+const NOW: Timestamp = Timestamp::from_millis(1_704_067_200_000);
+const TTL: Duration = Duration::from_secs(60);
+
+fn key(digest: u128) -> Key<'static> {
+    Key::new(PREFIX, JOB, digest)
+}
+
+fn fresh_key() -> Key<'static> {
+    key(fastrand::u128(..))
+}
+
+fn meta(offset_ms: u64) -> EntryMeta {
+    let at = NOW.saturating_add(Duration::from_millis(offset_ms));
+    let mut m = EntryMeta::new(
+        at,
+        at.saturating_add(Duration::from_secs(10)),
+        at.saturating_add(Duration::from_secs(100)),
+    );
+    m.fetch_duration = Duration::from_millis(250);
+    m.schema_version = 3;
+    m.size = 5;
+    m
+}
+
+fn value_entry(store: &dyn Store, value: &str, offset_ms: u64) -> Entry {
+    let payload = if store.holds_objects() {
+        Payload::Object(Arc::new(value.to_owned()) as Arc<dyn Any + Send + Sync>)
+    } else {
+        Payload::Encoded {
+            codec: 1,
+            bytes: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    };
+    let mut m = meta(offset_ms);
+    m.size = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    Entry::new(m, payload)
+}
+
+fn tombstone() -> Entry {
+    let until = NOW.saturating_add(TTL);
+    Entry::new(EntryMeta::new(NOW, until, until), Payload::Tombstone)
+}
+
+fn value_of(entry: &Entry) -> String {
+    match &entry.payload {
+        Payload::Object(any) => any
+            .downcast_ref::<String>()
+            .cloned()
+            .expect("store returned an object of another type than it was given"),
+        Payload::Encoded { bytes, .. } => {
+            String::from_utf8(bytes.to_vec()).expect("store returned other bytes than it was given")
+        }
+        Payload::Tombstone => panic!("expected a value, the store returned a tombstone"),
+    }
+}
+
+async fn put(store: &dyn Store, k: Key<'_>, entry: Entry, condition: PutCondition) -> PutOutcome {
+    store
+        .put(k, Put::new(entry, condition, TTL))
+        .await
+        .unwrap_or_else(|e| panic!("put failed: {e}"))
+}
+
+async fn get(store: &dyn Store, k: Key<'_>) -> Option<Entry> {
+    let entry = store
+        .get(k)
+        .await
+        .unwrap_or_else(|e| panic!("get failed: {e}"));
+    if let Some(now) = store.get_now(k) {
+        let now = now.unwrap_or_else(|e| panic!("get_now failed: {e}"));
+        assert_eq!(
+            now.as_ref().map(|e| e.meta.generation),
+            entry.as_ref().map(|e| e.meta.generation),
+            "get_now must agree with get"
+        );
+    }
+    entry
+}
+
+async fn claim(store: &dyn Store, k: Key<'_>, now: Timestamp) -> ClaimOutcome {
+    store
+        .claim(k, now, TTL)
+        .await
+        .unwrap_or_else(|e| panic!("claim failed: {e}"))
+}
+
+async fn release(store: &dyn Store, k: Key<'_>, outcome: &ClaimOutcome, how: Release) {
+    let ClaimOutcome::Won { token, .. } = outcome else {
+        panic!("release of a claim that was not won: {outcome:?}");
+    };
+    store
+        .release(k, *token, how)
+        .await
+        .unwrap_or_else(|e| panic!("release failed: {e}"));
+}
+
+/// Runs the [`Store`] conformance suite against `store`. Panics on the first violation.
+pub async fn store_suite(store: &dyn Store) {
+    missing_keys_are_none(store).await;
+    writes_assign_generations(store).await;
+    conditional_writes(store).await;
+    tombstones_keep_the_generation(store).await;
+    claims_are_exclusive_and_expire(store).await;
+    release_checks_the_token(store).await;
+    failures_back_off_and_clear(store).await;
+    concurrent_claims_have_one_winner(store).await;
+}
+
+async fn missing_keys_are_none(store: &dyn Store) {
+    let k = fresh_key();
+    assert!(
+        get(store, k).await.is_none(),
+        "a missing key must read as None"
+    );
+    let state = store
+        .claim_state(k, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("claim_state failed: {e}"));
+    assert_eq!(state.claim, None, "a missing key has no claim");
+    assert_eq!(state.failures, 0, "a missing key has no failures");
+}
+
+async fn writes_assign_generations(store: &dyn Store) {
+    let k = fresh_key();
+    let first = value_entry(store, "one", 0);
+    assert_eq!(
+        put(store, k, first.clone(), PutCondition::Always).await,
+        PutOutcome::Written { generation: 1 },
+        "the first write of a key gets generation 1"
+    );
+    let read = get(store, k).await.expect("a written key must be readable");
+    assert_eq!(
+        read.meta.generation, 1,
+        "get must return the assigned generation"
+    );
+    let expected = EntryMeta {
+        generation: 1,
+        ..first.meta
+    };
+    assert_eq!(read.meta, expected, "metadata must round-trip unchanged");
+    assert_eq!(
+        value_of(&read),
+        "one",
+        "the value must round-trip unchanged"
+    );
+    assert_eq!(
+        put(store, k, value_entry(store, "two", 1), PutCondition::Always).await,
+        PutOutcome::Written { generation: 2 },
+        "every write bumps the generation"
+    );
+    assert_eq!(value_of(&get(store, k).await.expect("written")), "two");
+}
+
+async fn conditional_writes(store: &dyn Store) {
+    let k = fresh_key();
+    assert_eq!(
+        put(
+            store,
+            k,
+            value_entry(store, "a", 0),
+            PutCondition::IfGeneration(5)
+        )
+        .await,
+        PutOutcome::Discarded { current: 0 },
+        "IfGeneration(n>0) on a missing key must be discarded"
+    );
+    assert!(
+        get(store, k).await.is_none(),
+        "a discarded write must not create the key"
+    );
+    assert_eq!(
+        put(
+            store,
+            k,
+            value_entry(store, "a", 0),
+            PutCondition::IfGeneration(0)
+        )
+        .await,
+        PutOutcome::Written { generation: 1 },
+        "IfGeneration(0) on a missing key must write"
+    );
+    put(store, k, value_entry(store, "b", 1), PutCondition::Always).await;
+    assert_eq!(
+        put(
+            store,
+            k,
+            value_entry(store, "late", 2),
+            PutCondition::IfGeneration(1)
+        )
+        .await,
+        PutOutcome::Discarded { current: 2 },
+        "a write conditioned on an old generation must be discarded"
+    );
+    assert_eq!(
+        value_of(&get(store, k).await.expect("written")),
+        "b",
+        "a discarded write must leave the entry unchanged"
+    );
+    assert_eq!(
+        put(
+            store,
+            k,
+            value_entry(store, "c", 3),
+            PutCondition::IfGeneration(2)
+        )
+        .await,
+        PutOutcome::Written { generation: 3 },
+        "a write conditioned on the current generation must write"
+    );
+}
+
+async fn tombstones_keep_the_generation(store: &dyn Store) {
+    let k = fresh_key();
+    put(store, k, value_entry(store, "v", 0), PutCondition::Always).await;
+    assert_eq!(
+        put(store, k, tombstone(), PutCondition::Always).await,
+        PutOutcome::Written { generation: 2 },
+        "a tombstone is a write"
+    );
+    let read = get(store, k).await.expect("a tombstone must be readable");
+    assert!(
+        read.is_tombstone(),
+        "a tombstone must read back as a tombstone"
+    );
+    assert_eq!(read.meta.generation, 2);
+    assert_eq!(
+        put(
+            store,
+            k,
+            value_entry(store, "late", 1),
+            PutCondition::IfGeneration(1)
+        )
+        .await,
+        PutOutcome::Discarded { current: 2 },
+        "a refresh from before the delete must not resurrect the key"
+    );
+}
+
+async fn claims_are_exclusive_and_expire(store: &dyn Store) {
+    let k = fresh_key();
+    let won = claim(store, k, NOW).await;
+    assert!(
+        matches!(won, ClaimOutcome::Won { failures: 0, .. }),
+        "the first claim must win, got {won:?}"
+    );
+    let held = claim(store, k, NOW.saturating_add(Duration::from_secs(1))).await;
+    assert!(
+        matches!(held, ClaimOutcome::Held { .. }),
+        "a second claim while the first is live must be held, got {held:?}"
+    );
+    let state = store.claim_state(k, NOW).await.expect("claim_state");
+    assert!(state.claim.is_some(), "claim_state must show a live claim");
+    let after = claim(store, k, NOW.saturating_add(TTL)).await;
+    match (won, after) {
+        (ClaimOutcome::Won { token: a, .. }, ClaimOutcome::Won { token: b, .. }) => {
+            assert_ne!(a, b, "a re-taken claim must have a new token");
+        }
+        _ => panic!("a claim must be winnable again once its TTL passed, got {after:?}"),
+    }
+}
+
+async fn release_checks_the_token(store: &dyn Store) {
+    let k = fresh_key();
+    let first = claim(store, k, NOW).await;
+    // Someone whose claim expired and was re-taken must not free the new owner's claim.
+    let stale_owner = ClaimOutcome::Won {
+        token: crate::store::ClaimToken::random(),
+        failures: 0,
+    };
+    release(store, k, &stale_owner, Release::Abandoned).await;
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
+        "release with another token must leave the claim in place"
+    );
+    release(store, k, &first, Release::Abandoned).await;
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::Won { .. }),
+        "release by the owner must free the claim"
+    );
+}
+
+async fn failures_back_off_and_clear(store: &dyn Store) {
+    let k = fresh_key();
+    let won = claim(store, k, NOW).await;
+    let retry_after = NOW.saturating_add(Duration::from_secs(10));
+    let failed = Release::Failed {
+        failures: 1,
+        retry_after,
+        forget_at: NOW.saturating_add(Duration::from_secs(600)),
+    };
+    release(store, k, &won, failed).await;
+    let backing = claim(store, k, NOW.saturating_add(Duration::from_secs(5))).await;
+    assert_eq!(
+        backing,
+        ClaimOutcome::BackingOff {
+            retry_after,
+            failures: 1
+        },
+        "claims before retry_after must back off"
+    );
+    let state = store.claim_state(k, NOW).await.expect("claim_state");
+    assert_eq!((state.failures, state.retry_after), (1, Some(retry_after)));
+    let retry = claim(store, k, retry_after).await;
+    assert!(
+        matches!(retry, ClaimOutcome::Won { failures: 1, .. }),
+        "at retry_after the claim must be winnable and report the failure count, got {retry:?}"
+    );
+    release(store, k, &retry, Release::Abandoned).await;
+    let again = claim(store, k, retry_after).await;
+    assert!(
+        matches!(again, ClaimOutcome::Won { failures: 1, .. }),
+        "an abandoned refresh must keep the failure count, got {again:?}"
+    );
+    release(store, k, &again, Release::Refreshed).await;
+    let cleared = claim(store, k, retry_after).await;
+    assert!(
+        matches!(cleared, ClaimOutcome::Won { failures: 0, .. }),
+        "a successful refresh must clear the failure state, got {cleared:?}"
+    );
+
+    // A failure recorded after the claim expired is still recorded.
+    let k = fresh_key();
+    let lost = ClaimOutcome::Won {
+        token: crate::store::ClaimToken::random(),
+        failures: 0,
+    };
+    release(store, k, &lost, failed).await;
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::BackingOff { .. }),
+        "failure state must be recorded even without a live claim"
+    );
+}
+
+async fn concurrent_claims_have_one_winner(store: &dyn Store) {
+    let k = fresh_key();
+    let claims = (0..64).map(|_| claim(store, k, NOW));
+    let outcomes = futures_util::future::join_all(claims).await;
+    let winners = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Won { .. }))
+        .count();
+    assert_eq!(
+        winners, 1,
+        "64 concurrent claims must have exactly one winner"
+    );
+}
