@@ -377,32 +377,8 @@ impl<J: Job> JobHandle<J> {
         let (result, joined) = self
             .core()
             .coalescer
-            .run(digest, &self.core().tasks, move || async move {
-                let (value, took) = refresh::run_fetch(&job, args).await?;
-                let value = Arc::new(value);
-                if let Some(condition) = condition {
-                    let key = Key::new(&core.prefix, &job.name, digest);
-                    match refresh::store_value(
-                        &core,
-                        &job,
-                        key,
-                        Arc::clone(&value),
-                        took,
-                        condition,
-                    )
-                    .await
-                    {
-                        Ok(_) => {}
-                        Err(error @ Error::TooLarge { .. }) => {
-                            warn!(error = %error, "fetched value not cached: too large");
-                        }
-                        Err(error) => {
-                            job.metrics.store_error("put");
-                            warn!(error = %error, "fetched value not cached: the store failed");
-                        }
-                    }
-                }
-                Ok(value as AnyValue)
+            .run(digest, &self.core().tasks, move || {
+                Box::pin(Self::fetch_and_store(core, job, digest, args, condition))
             })
             .await;
         if joined {
@@ -412,6 +388,33 @@ impl<J: Job> JobHandle<J> {
             any.downcast::<Value<J>>()
                 .map_err(|_| Error::codec("coalesced fetch produced a value of another type"))
         })
+    }
+
+    /// The body of a coalesced fetch, run in its own task.
+    async fn fetch_and_store(
+        core: Arc<Core>,
+        job: Arc<JobEntry<J>>,
+        digest: u128,
+        args: Args<J>,
+        condition: Option<PutCondition>,
+    ) -> Result<AnyValue> {
+        let (value, took) = refresh::run_fetch(&job, args).await?;
+        let value = Arc::new(value);
+        if let Some(condition) = condition {
+            let key = Key::new(&core.prefix, &job.name, digest);
+            match refresh::store_value(&core, &job, key, Arc::clone(&value), took, condition).await
+            {
+                Ok(_) => {}
+                Err(error @ Error::TooLarge { .. }) => {
+                    warn!(error = %error, "fetched value not cached: too large");
+                }
+                Err(error) => {
+                    job.metrics.store_error("put");
+                    warn!(error = %error, "fetched value not cached: the store failed");
+                }
+            }
+        }
+        Ok(value as AnyValue)
     }
 
     /// Takes the key's claim and, if won, enqueues one refresh (SPEC §3.5). Returns whether a

@@ -30,8 +30,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 const MESSAGE_VERSION: u8 = 1;
 
 /// A request to refresh one key (SPEC §4).
+///
+/// This is a wire format: fields are only added together with a new message version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub struct RefreshRequest {
     /// The job's registered name.
     pub job: String,
