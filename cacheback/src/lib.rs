@@ -47,10 +47,10 @@
 //!
 //! ## Stores and queues
 //!
-//! | | in one process (default) | across a fleet |
+//! | | in one process (default) | across a fleet (feature `redis`) |
 //! |---|---|---|
-//! | store | [`MemoryStore`] | Redis (next release) |
-//! | queue | [`LocalQueue`] + in-process [`Worker`] | Redis Streams (next release) |
+//! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis (Cluster-ready hash tags) |
+//! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
 //!
 //! ## Feature flags
 //!
@@ -59,6 +59,7 @@
 //! | `macros` | yes | the [`cacheback`](macro@cacheback) attribute for `async fn` |
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
+//! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
 //!
 //! ## Semantics
 //!
@@ -80,6 +81,8 @@ mod key;
 mod observe;
 mod policy;
 pub mod queue;
+#[cfg(feature = "redis")]
+mod redis_support;
 pub mod store;
 mod worker;
 
@@ -104,7 +107,11 @@ pub use key::Key;
 pub use observe::Event;
 pub use policy::{Backoff, Freshness, Policy, Windows};
 pub use queue::{LocalQueue, Queue};
+#[cfg(feature = "redis")]
+pub use queue::{RedisDeadLetter, RedisQueue, RedisQueueBuilder};
 pub use store::{MemoryStore, Store};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
 pub use worker::{Worker, WorkerBuilder, WorkerHealth, WorkerOptions, WorkerReport};
 
 #[cfg(feature = "macros")]

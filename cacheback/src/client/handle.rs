@@ -206,27 +206,32 @@ impl<J: Job> JobHandle<J> {
         let now = core.clock.now();
         let entry = match read {
             Ok(entry) => entry,
-            Err(error) => return self.read_without_store(args, digest, error).await,
+            Err(error) => return Box::pin(self.read_without_store(args, digest, error)).await,
         };
-        // The hit path ends here: one store read, one clock read, no allocation.
+        // The hit path ends here: one store read, one clock read, no allocation. Everything
+        // slower runs in a boxed future, so that the future `get` returns stays small (a large
+        // future costs a memcpy on every call).
         let mut generation = 0;
-        let mut stale_value = None;
-        if let Some(entry) = entry {
-            generation = entry.meta.generation;
-            match refresh::decode_value(core, job, &entry) {
-                Ok(Some(value)) => match entry.meta.freshness(now) {
+        if let Some(Entry { meta, payload, .. }) = entry {
+            generation = meta.generation;
+            match refresh::decode_payload(core, job, &meta, payload) {
+                Ok(Some(value)) => match meta.freshness(now) {
                     Freshness::Fresh => {
                         job.metrics.hit.increment(1);
                         let refresh_triggered = job.policy.early_refresh.is_some()
-                            && self.maybe_refresh_early(key, &args, &entry, now).await;
+                            && Box::pin(self.maybe_refresh_early(key, &args, &meta, now)).await;
                         return Ok(Lookup {
                             value: Some(value),
                             status: Status::Hit,
-                            age: Some(now.since(entry.meta.fetched_at)),
+                            age: Some(now.since(meta.fetched_at)),
                             refresh_triggered,
                         });
                     }
-                    Freshness::Stale => stale_value = Some((value, entry.meta)),
+                    Freshness::Stale => {
+                        let span = debug_span!("cacheback.get", job = %job.name, key = %key);
+                        let stale = self.serve_stale(key, args, value, meta, now);
+                        return Box::pin(stale.instrument(span)).await;
+                    }
                     Freshness::Expired => {}
                 },
                 Ok(None) => {}
@@ -237,14 +242,7 @@ impl<J: Job> JobHandle<J> {
             }
         }
         let span = debug_span!("cacheback.get", job = %job.name, key = %key);
-        async move {
-            match stale_value {
-                Some((value, meta)) => self.serve_stale(key, args, value, meta, now).await,
-                None => self.serve_miss(key, args, generation, now).await,
-            }
-        }
-        .instrument(span)
-        .await
+        Box::pin(self.serve_miss(key, args, generation, now).instrument(span)).await
     }
 
     async fn serve_stale(
@@ -353,15 +351,14 @@ impl<J: Job> JobHandle<J> {
         &self,
         key: Key<'_>,
         args: &Args<J>,
-        entry: &Entry,
+        meta: &EntryMeta,
         now: Timestamp,
     ) -> bool {
-        let p = self.job.policy.early_refresh_probability(
-            now,
-            entry.meta.fresh_until,
-            entry.meta.fetch_duration,
-        );
-        p > 0.0 && fastrand::f64() < p && self.trigger(key, args, entry.meta.generation, now).await
+        let p =
+            self.job
+                .policy
+                .early_refresh_probability(now, meta.fresh_until, meta.fetch_duration);
+        p > 0.0 && fastrand::f64() < p && self.trigger(key, args, meta.generation, now).await
     }
 
     /// One fetch per key per process: runs (or joins) the fetch in a task and, when

@@ -98,33 +98,46 @@ fn check_size<J>(core: &Core, job: &JobEntry<J>, size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Why a stored entry could not be read as this job's value.
+/// Reads a stored entry as this job's value: `Ok(None)` for a tombstone, `Err(reason)` when
+/// the entry cannot be this job's value (another schema, codec or type; corrupt bytes).
 pub(crate) fn decode_value<J: Job>(
     core: &Core,
     job: &JobEntry<J>,
     entry: &Entry,
 ) -> std::result::Result<Option<Arc<J::Value>>, String> {
-    if entry.meta.schema_version != job.policy.schema_version && !entry.is_tombstone() {
+    decode_payload(core, job, &entry.meta, entry.payload.clone())
+}
+
+/// [`decode_value`] taking the payload by value, so a live object is handed over without
+/// touching its reference count (the hit path).
+#[inline]
+pub(crate) fn decode_payload<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    meta: &EntryMeta,
+    payload: Payload,
+) -> std::result::Result<Option<Arc<J::Value>>, String> {
+    if meta.schema_version != job.policy.schema_version && !matches!(payload, Payload::Tombstone) {
         return Err(format!(
             "entry has schema version {}, job expects {}",
-            entry.meta.schema_version, job.policy.schema_version
+            meta.schema_version, job.policy.schema_version
         ));
     }
-    match &entry.payload {
+    match payload {
         Payload::Tombstone => Ok(None),
-        Payload::Object(any) => Arc::clone(any)
+        Payload::Object(any) => any
             .downcast::<J::Value>()
             .map(Some)
             .map_err(|_| "entry holds a value of another type".to_owned()),
         Payload::Encoded { codec, bytes } => {
-            if *codec != core.codec.id() {
+            if codec != core.codec.id() {
                 return Err(format!(
                     "entry was written with codec id {codec}, this client uses {}",
                     core.codec.id()
                 ));
             }
             core.codec
-                .decode::<J::Value>(bytes)
+                .decode::<J::Value>(&bytes)
                 .map(|v| Some(Arc::new(v)))
                 .map_err(|e| e.to_string())
         }

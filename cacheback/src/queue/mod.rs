@@ -8,6 +8,7 @@
 //! | queue | feature | for |
 //! |---|---|---|
 //! | [`LocalQueue`] | — | one process: a bounded in-memory channel drained by an in-process worker |
+//! | `RedisQueue` | `redis` | a fleet: Redis Streams with consumer groups, drained by worker processes |
 
 use std::fmt;
 
@@ -19,7 +20,11 @@ use crate::error::{Error, Result};
 use crate::store::ClaimToken;
 
 pub mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisDeadLetter, RedisQueue, RedisQueueBuilder};
 pub use local::LocalQueue;
 
 /// The default bound on an encoded [`RefreshRequest`]: args are small by nature, and a

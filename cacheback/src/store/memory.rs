@@ -95,15 +95,15 @@ impl MemEntry {
         }
     }
 
-    fn to_entry(&self) -> Entry {
-        let payload = match &self.value {
+    fn into_entry(self) -> Entry {
+        let payload = match self.value {
             None => Payload::Tombstone,
             Some(v) => match v.downcast_ref::<EncodedBlob>() {
                 Some(blob) => Payload::Encoded {
                     codec: blob.codec,
                     bytes: blob.bytes.clone(),
                 },
-                None => Payload::Object(Arc::clone(v)),
+                None => Payload::Object(v),
             },
         };
         Entry::new(
@@ -253,7 +253,10 @@ impl MemoryStore {
 
     #[inline]
     fn get_sync(&self, key: Key<'_>) -> Option<Entry> {
-        self.inner.entries.get(&key.digest()).map(|e| e.to_entry())
+        self.inner
+            .entries
+            .get(&key.digest())
+            .map(MemEntry::into_entry)
     }
 
     fn put_sync(&self, key: Key<'_>, put: Put) -> PutOutcome {

@@ -8,6 +8,7 @@
 //! | store | feature | holds |
 //! |---|---|---|
 //! | [`MemoryStore`] | — | live `Arc` values, claims in a process-local map |
+//! | `RedisStore` | `redis` | envelopes, claims and failure state in Redis, shared by a fleet |
 
 use std::fmt;
 use std::time::Duration;
@@ -21,7 +22,11 @@ use crate::error::Result;
 use crate::key::Key;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 pub use memory::MemoryStore;
 
 /// When a [`Store::put`] may write.
