@@ -1000,3 +1000,49 @@ fn building_outside_a_runtime_is_a_clear_error() {
             .is_ok()
     );
 }
+
+// Messages whose args do not decode, or whose key this worker derives differently (another
+// prefix), are dead-lettered with the reason.
+#[tokio::test(start_paused = true)]
+async fn malformed_and_mismatched_requests_are_dead_lettered() {
+    let mut fx = Fixture::new(true);
+    let squares = fx.job(policy());
+    let good_key = squares.key(&29).unwrap();
+    let base = RefreshRequest {
+        job: "squares".to_owned(),
+        key: good_key,
+        args: vec![0xff, 0xff, 0xff],
+        codec: 1,
+        token: cacheback::store::ClaimToken::random(),
+        generation: 0,
+        enqueued_at: cacheback::Timestamp::EPOCH,
+        prior_failures: 0,
+        queue: "default".to_owned(),
+    };
+    fx.queue.enqueue(base.clone()).await.unwrap();
+    let Event::DeadLettered { reason, .. } =
+        fx.event(|e| matches!(e, Event::DeadLettered { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("args do not decode"), "{reason}");
+
+    let mismatched = RefreshRequest {
+        args: cacheback::Codec::Postcard.encode(&29u64).unwrap(),
+        key: "otherapp:squares:00000000000000000000000000000000".to_owned(),
+        ..base
+    };
+    fx.queue.enqueue(mismatched).await.unwrap();
+    let Event::DeadLettered { reason, .. } =
+        fx.event(|e| matches!(e, Event::DeadLettered { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("key mismatch"), "{reason}");
+    assert_eq!(fx.queue.dead_letters().len(), 2);
+    assert_eq!(
+        fx.upstream.calls(),
+        0,
+        "nothing was fetched for bad requests"
+    );
+}
