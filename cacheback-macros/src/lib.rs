@@ -1,7 +1,126 @@
-//! Work in progress.
+//! The `#[cacheback]` attribute macro. Use it through the `cacheback` crate
+//! (`cacheback::cacheback`, feature `macros`, on by default); the generated code refers to
+//! `::cacheback` only, so this crate is never a direct dependency.
+
+mod args;
+mod duration;
+mod expand;
+
 use proc_macro::TokenStream;
-/// Work in progress.
+
+/// Caches an `async fn`: every call is answered from the cache while refreshes run in the
+/// background. The Rust form of django-cacheback's `@cacheback` decorator.
+///
+/// ```text
+/// use cacheback::cacheback;
+///
+/// /// The user's tweets (doc comments and other attributes stay on the cached fn).
+/// #[cacheback(lifetime = "30s", stale_if_error = "1h")]
+/// pub async fn user_tweets(user: String) -> Result<Vec<Tweet>, TwitterError> {
+///     twitter::timeline(&user).await // the slow call, now run on a miss or in a refresh
+/// }
+///
+/// let tweets: Arc<Vec<Tweet>> = user_tweets("bob".into()).await?;
+///
+/// // The job behind the fn, for everything else; its methods take the args as a tuple.
+/// user_tweets::job().invalidate(("bob".to_owned(),)).await?;
+/// user_tweets::job().set(("bob".to_owned(),), vec![]).await?;
+/// ```
+///
+/// The `cacheback` crate's `tests/macros.rs` is a compiled, running version of these examples.
+///
+/// # What the fn becomes
+///
+/// The fn keeps its name, visibility, parameters and attributes, but now reads through the
+/// cache and returns:
+///
+/// | `fetch_on_miss` | the cached fn returns |
+/// |---|---|
+/// | `true` (default) | `cacheback::Result<Arc<V>>`: a miss fetches (once per key however many callers wait) |
+/// | `false` | `cacheback::Result<Option<Arc<V>>>`: a miss returns `None` at once and queues a refresh |
+///
+/// where `V` is the value type, taken from the original return type:
+///
+/// | the fn returns | value `V` | the job's error |
+/// |---|---|---|
+/// | `Result<V, E>` (any path ending in `Result`, two type arguments) | `V` | `E`, which must implement `Into<cacheback::BoxError> + Send + 'static` |
+/// | any other type `T` | `T` | none (`Infallible`) |
+/// | nothing | `()` | none |
+///
+/// A failed fetch surfaces as `Err(cacheback::Error::Fetch { .. })` with the fn's error as its
+/// `source()`. A one-argument alias such as `anyhow::Result<T>` or `io::Result<T>` is rejected:
+/// write `Result<T, anyhow::Error>` so that the macro can see the error type.
+///
+/// Next to the fn, a module of the same name holds `job()`, the
+/// `cacheback::JobHandle` of the fn's job, for `set`, `invalidate`, `refresh`,
+/// `refresh_async`, `delete`, `peek`, `get_with_status` and `refresh_many`. Its methods take
+/// the fn's arguments as a tuple: `(a, b)` for two parameters, `(a,)` for one, `()` for none.
+///
+/// ```text
+/// #[cacheback]
+/// async fn report(year: u16, region: String) -> Result<Report, sqlx::Error> { ... }
+///
+/// report::job().refresh((2024, "emea".to_owned())).await?;     // warm one key now
+/// let peek = report::job().peek((2024, "emea".to_owned())).await?;
+/// ```
+///
+/// # Arguments
+///
+/// All optional. Durations are strings of a number and a unit (`ms`, `s`, `m`, `h`, `d`), or
+/// several of them added up: `"500ms"`, `"30s"`, `"10m"`, `"1h"`, `"1d"`, `"1h30m"`. They are
+/// checked while your crate compiles.
+///
+/// | argument | example | default | meaning |
+/// |---|---|---|---|
+/// | `name` | `name = "tweets.by_user"` | `"<module path>::<fn name>"` | the job's stable name, shared by web processes and workers; set it if the fn may move between modules |
+/// | `lifetime` | `lifetime = "30s"` | 10 min | how long a fetched value is Fresh |
+/// | `stale_ttl` | `stale_ttl = "1d"` | 1 day | how long past its lifetime a stale value may still be served |
+/// | `refresh_timeout` | `refresh_timeout = "1m"` | 60 s | how long one refresh holds the key's claim |
+/// | `fetch_timeout` | `fetch_timeout = "10s"` | 30 s | a fetch that takes longer fails |
+/// | `stale_threshold` | `stale_threshold = "5m"` | none | values stale by more than this are fetched synchronously instead of served |
+/// | `stale_if_error` | `stale_if_error = "1h"` | none | after a failed refresh, keep serving the old value this much longer |
+/// | `fetch_on_miss` | `fetch_on_miss = false` | `true` | whether a miss fetches synchronously (see above) |
+/// | `early_refresh` | `early_refresh = 1.0` | off | XFetch `beta`: Fresh reads may refresh early, more eagerly for larger values |
+/// | `jitter` | `jitter = 0.1` | 0 | shorten each lifetime by up to this fraction (0.0 to 1.0) to spread expiries |
+/// | `queue` | `queue = "reports"` | `"default"` | the queue this job's refreshes go to |
+/// | `schema_version` | `schema_version = 2` | 0 | bump it when the value's encoding changes; older entries read as misses |
+/// | `client` | `client = crate::cache()` | the global client | the `Cacheback` client to register with: any expression of type `Cacheback`, `&Cacheback`, `&'static Cacheback` or `Arc<Cacheback>`, evaluated once, on the first call |
+///
+/// These map one to one onto `cacheback::Policy`, whose docs describe them in full. The global
+/// client is an in-memory one with an in-process worker, built on the first call, on that
+/// call's Tokio runtime; pass `client = ...` to use a configured one (a Redis store, a test
+/// clock, ...):
+///
+/// ```text
+/// static CACHE: OnceLock<Cacheback> = OnceLock::new();
+///
+/// fn cache() -> &'static Cacheback {
+///     CACHE.get_or_init(|| Cacheback::builder().store(redis_store()).build().expect("cache"))
+/// }
+///
+/// #[cacheback(client = cache(), lifetime = "5m", fetch_on_miss = false)]
+/// pub async fn exchange_rate(from: Currency, to: Currency) -> Result<f64, RatesError> { ... }
+/// ```
+///
+/// Workers find the job by name: a worker process must register the same job with its client,
+/// which calling `exchange_rate::job()` once at start-up does.
+///
+/// # Requirements
+///
+/// Checked at compile time, each with a message that says what to change:
+///
+/// - the fn is an `async fn` declared at module level (not a method, not inside a function
+///   body: the generated module refers to its siblings through `super::`);
+/// - it is not generic and takes no `impl Trait`;
+/// - each parameter is a plain `name: Type`, and every type is owned (`String`, not `&str`):
+///   arguments are hashed into the key and sent to workers, so they are `Serialize +
+///   DeserializeOwned + Clone + Send + Sync + 'static`; so is the value (without `Clone`);
+/// - the body is `Send` (workers run it on any thread).
+///
+/// `#[cfg(...)]` attributes apply to everything generated; `allow`, `warn`, `deny` and `forbid`
+/// apply to both the cached fn and the original body, `expect` to the body only; other
+/// attributes (docs, `#[deprecated]`, `#[tracing::instrument]`, ...) stay on the cached fn.
 #[proc_macro_attribute]
-pub fn cacheback(_attr: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn cacheback(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(attr.into(), item.into()).into()
 }

@@ -118,7 +118,8 @@ fn hit_path(c: &mut Criterion) {
             black_box(moka.get(&key).await)
         })
     });
-    for tasks in [64usize] {
+    {
+        let tasks = 64usize;
         group.bench_function(
             BenchmarkId::new("cacheback get", format!("{tasks} tasks")),
             |b| {

@@ -4,7 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use futures_util::StreamExt;
+use futures_util::future::{self, BoxFuture, Either};
 use tracing::{Instrument, debug_span, warn};
 
 use crate::client::coalesce::AnyValue;
@@ -20,6 +23,25 @@ use crate::observe::Event;
 use crate::policy::Freshness;
 use crate::queue::{EnqueueError, RefreshRequest};
 use crate::store::{ClaimOutcome, ClaimState, Put, PutCondition, PutOutcome, Release};
+
+/// A read entry, sorted by what answering it takes.
+enum Classified<V> {
+    Hit(Lookup<V>),
+    FreshMaybeEarly {
+        value: Arc<V>,
+        meta: EntryMeta,
+        now: Timestamp,
+    },
+    Stale {
+        value: Arc<V>,
+        meta: EntryMeta,
+        now: Timestamp,
+    },
+    Missing {
+        generation: u64,
+        now: Timestamp,
+    },
+}
 
 /// How a read was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,61 +210,130 @@ impl<J: Job> JobHandle<J> {
     /// Errors only when a synchronous fetch fails, the args cannot be hashed, or the store is
     /// down and the client is configured with [`StoreFallback::Fail`]. A refresh that cannot be
     /// queued never fails a read.
-    pub async fn get(&self, args: Args<J>) -> Result<Option<Arc<Value<J>>>> {
-        self.get_with_status(args).await.map(|lookup| lookup.value)
+    pub fn get(
+        &self,
+        args: Args<J>,
+    ) -> impl Future<Output = Result<Option<Arc<Value<J>>>>> + Send + '_ {
+        use futures_util::FutureExt;
+        self.get_with_status(args)
+            .map(|lookup| lookup.map(|lookup| lookup.value))
     }
 
     /// Like [`get`](Self::get), with how the read was answered, the value's age and whether a
     /// refresh was triggered.
-    pub async fn get_with_status(&self, args: Args<J>) -> Result<Lookup<Value<J>>> {
+    ///
+    /// With an in-process store, a Fresh hit is answered when this is called, and the returned
+    /// future is already complete: the hit path allocates nothing and runs no state machine.
+    pub fn get_with_status(
+        &self,
+        args: Args<J>,
+    ) -> impl Future<Output = Result<Lookup<Value<J>>>> + Send + '_ {
         let core = self.core();
+        let digest = match self.digest(&args) {
+            Ok(digest) => digest,
+            Err(error) => return Either::Left(future::ready(Err(error))),
+        };
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        match core.store.get_now(key) {
+            Some(Ok(entry)) => match self.classify(key, entry, core.clock.now()) {
+                Classified::Hit(lookup) => Either::Left(future::ready(Ok(lookup))),
+                slow => {
+                    Either::Right(Box::pin(self.finish(args, digest, slow)) as BoxFuture<'_, _>)
+                }
+            },
+            Some(Err(error)) => Either::Right(
+                Box::pin(self.read_without_store(args, digest, error)) as BoxFuture<'_, _>,
+            ),
+            None => Either::Right(Box::pin(self.get_remote(args, digest)) as BoxFuture<'_, _>),
+        }
+    }
+
+    /// The read path of stores that must be awaited.
+    async fn get_remote(&self, args: Args<J>, digest: u128) -> Result<Lookup<Value<J>>> {
+        let core = self.core();
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        match core.store.get(key).await {
+            Ok(entry) => match self.classify(key, entry, core.clock.now()) {
+                Classified::Hit(lookup) => Ok(lookup),
+                slow => self.finish(args, digest, slow).await,
+            },
+            Err(error) => self.read_without_store(args, digest, error).await,
+        }
+    }
+
+    /// Sorts a read entry into a plain hit (answered now) and the paths that need more work.
+    #[inline]
+    fn classify(&self, key: Key<'_>, entry: Option<Entry>, now: Timestamp) -> Classified<Value<J>> {
         let job = &*self.job;
-        let digest = self.digest(&args)?;
-        let key = Key::new(&core.prefix, &job.name, digest);
-        let read = match core.store.get_now(key) {
-            Some(read) => read,
-            None => core.store.get(key).await,
+        let Some(Entry { meta, payload, .. }) = entry else {
+            return Classified::Missing { generation: 0, now };
         };
-        let now = core.clock.now();
-        let entry = match read {
-            Ok(entry) => entry,
-            Err(error) => return Box::pin(self.read_without_store(args, digest, error)).await,
-        };
-        // The hit path ends here: one store read, one clock read, no allocation. Everything
-        // slower runs in a boxed future, so that the future `get` returns stays small (a large
-        // future costs a memcpy on every call).
-        let mut generation = 0;
-        if let Some(Entry { meta, payload, .. }) = entry {
-            generation = meta.generation;
-            match refresh::decode_payload(core, job, &meta, payload) {
-                Ok(Some(value)) => match meta.freshness(now) {
-                    Freshness::Fresh => {
-                        job.metrics.hit.increment(1);
-                        let refresh_triggered = job.policy.early_refresh.is_some()
-                            && Box::pin(self.maybe_refresh_early(key, &args, &meta, now)).await;
-                        return Ok(Lookup {
-                            value: Some(value),
-                            status: Status::Hit,
-                            age: Some(now.since(meta.fetched_at)),
-                            refresh_triggered,
-                        });
-                    }
-                    Freshness::Stale => {
-                        let span = debug_span!("cacheback.get", job = %job.name, key = %key);
-                        let stale = self.serve_stale(key, args, value, meta, now);
-                        return Box::pin(stale.instrument(span)).await;
-                    }
-                    Freshness::Expired => {}
+        match refresh::decode_payload(self.core(), job, &meta, payload) {
+            Ok(Some(value)) => match meta.freshness(now) {
+                Freshness::Fresh if job.policy.early_refresh.is_none() => {
+                    job.metrics.hit.increment(1);
+                    Classified::Hit(Lookup {
+                        value: Some(value),
+                        status: Status::Hit,
+                        age: Some(now.since(meta.fetched_at)),
+                        refresh_triggered: false,
+                    })
+                }
+                Freshness::Fresh => Classified::FreshMaybeEarly { value, meta, now },
+                Freshness::Stale => Classified::Stale { value, meta, now },
+                Freshness::Expired => Classified::Missing {
+                    generation: meta.generation,
+                    now,
                 },
-                Ok(None) => {}
-                Err(reason) => {
-                    job.metrics.decode_errors.increment(1);
-                    warn!(job = %job.name, key = %key, reason, "entry does not decode; reading it as a miss");
+            },
+            Ok(None) => Classified::Missing {
+                generation: meta.generation,
+                now,
+            },
+            Err(reason) => {
+                job.metrics.decode_errors.increment(1);
+                warn!(job = %job.name, key = %key, reason, "entry does not decode; reading it as a miss");
+                Classified::Missing {
+                    generation: meta.generation,
+                    now,
                 }
             }
         }
+    }
+
+    /// Everything but a plain hit.
+    async fn finish(
+        &self,
+        args: Args<J>,
+        digest: u128,
+        read: Classified<Value<J>>,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        let key = Key::new(&self.core().prefix, &job.name, digest);
         let span = debug_span!("cacheback.get", job = %job.name, key = %key);
-        Box::pin(self.serve_miss(key, args, generation, now).instrument(span)).await
+        async move {
+            match read {
+                Classified::Hit(lookup) => Ok(lookup),
+                Classified::FreshMaybeEarly { value, meta, now } => {
+                    job.metrics.hit.increment(1);
+                    let refresh_triggered = self.maybe_refresh_early(key, &args, &meta, now).await;
+                    Ok(Lookup {
+                        value: Some(value),
+                        status: Status::Hit,
+                        age: Some(now.since(meta.fetched_at)),
+                        refresh_triggered,
+                    })
+                }
+                Classified::Stale { value, meta, now } => {
+                    self.serve_stale(key, args, value, meta, now).await
+                }
+                Classified::Missing { generation, now } => {
+                    self.serve_miss(key, args, generation, now).await
+                }
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     async fn serve_stale(

@@ -47,7 +47,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    entries: Cache<u128, MemEntry>,
+    entries: Cache<u128, MemEntry, DigestHasher>,
     claims: Mutex<Claims>,
 }
 
@@ -118,6 +118,38 @@ impl MemEntry {
             },
             payload,
         )
+    }
+}
+
+/// Keys are already xxh3-128 digests of the args: hashing them again (moka's default is
+/// SipHash) would only cost time, so the map's hash is the digest folded to 64 bits.
+#[derive(Clone, Copy, Default)]
+struct DigestHasher(u64);
+
+impl std::hash::BuildHasher for DigestHasher {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u128 input, which this map never hashes; stay correct anyway.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        self.0 ^= (digest as u64) ^ ((digest >> 64) as u64);
     }
 }
 
@@ -211,10 +243,10 @@ impl MemoryStoreBuilder {
                     u32::try_from(u64::from(e.size) + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
                 })
                 .max_capacity(bytes)
-                .build(),
+                .build_with_hasher(DigestHasher::default()),
             None => builder
                 .max_capacity(self.max_entries.unwrap_or(100_000))
-                .build(),
+                .build_with_hasher(DigestHasher::default()),
         };
         MemoryStore {
             inner: Arc::new(Inner {

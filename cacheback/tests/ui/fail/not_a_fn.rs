@@ -1,0 +1,6 @@
+use cacheback::cacheback;
+
+#[cacheback]
+struct Report;
+
+fn main() {}

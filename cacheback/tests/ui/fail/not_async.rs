@@ -1,0 +1,8 @@
+use cacheback::cacheback;
+
+#[cacheback]
+fn tweets(user: String) -> Vec<String> {
+    vec![user]
+}
+
+fn main() {}

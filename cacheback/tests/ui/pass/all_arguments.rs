@@ -1,0 +1,66 @@
+//! Every argument at once, and each form of `client = ...`.
+#![deny(warnings)]
+
+use std::sync::{Arc, OnceLock};
+
+use cacheback::{Cacheback, cacheback};
+
+static CACHE: OnceLock<Cacheback> = OnceLock::new();
+
+fn cache() -> &'static Cacheback {
+    CACHE.get_or_init(|| Cacheback::builder().build().expect("client"))
+}
+
+fn owned_cache() -> Cacheback {
+    cache().clone()
+}
+
+fn shared_cache() -> Arc<Cacheback> {
+    Arc::new(cache().clone())
+}
+
+#[cacheback(
+    name = "reports.by_region",
+    lifetime = "1h30m",
+    stale_ttl = "2d",
+    refresh_timeout = "90s",
+    fetch_timeout = "500ms",
+    stale_threshold = "10m",
+    stale_if_error = "1h",
+    fetch_on_miss = false,
+    early_refresh = 1,
+    jitter = 0.1,
+    queue = "reports",
+    schema_version = 2,
+    client = cache()
+)]
+async fn report(region: String, year: u16) -> Result<String, std::io::Error> {
+    Ok(format!("{region} {year}"))
+}
+
+#[cacheback(client = owned_cache())]
+async fn with_owned_client() -> u8 {
+    1
+}
+
+#[cacheback(client = shared_cache(), lifetime = "1h 30m")]
+async fn with_shared_client() -> u8 {
+    2
+}
+
+#[cacheback(client = CACHE.get().expect("installed at start-up"))]
+async fn with_any_expression() -> u8 {
+    3
+}
+
+async fn call_them() -> cacheback::Result<()> {
+    let _: Option<Arc<String>> = report("emea".into(), 2024).await?;
+    let _: Arc<u8> = with_owned_client().await?;
+    let _: Arc<u8> = with_shared_client().await?;
+    let _: Arc<u8> = with_any_expression().await?;
+    Ok(())
+}
+
+fn main() {
+    drop(call_them());
+}
