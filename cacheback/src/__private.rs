@@ -11,24 +11,7 @@ use crate::job::Job;
 
 pub use std::sync::OnceLock;
 
-static GLOBAL: OnceLock<Cacheback> = OnceLock::new();
-
-/// The client used by `#[cacheback]` functions without a `client = ...` argument: the one
-/// installed with [`set_global`], or else an embedded-defaults client built on first use (on
-/// the runtime of that first call).
-pub fn global() -> &'static Cacheback {
-    GLOBAL.get_or_init(|| {
-        Cacheback::builder()
-            .build()
-            .unwrap_or_else(|e| panic!("cacheback: cannot build the default client: {e}"))
-    })
-}
-
-/// Installs the client used by `#[cacheback]` functions without a `client = ...` argument.
-/// Fails (returning the client) if one is already installed or was already built.
-pub fn set_global(client: Cacheback) -> Result<(), Cacheback> {
-    GLOBAL.set(client)
-}
+pub use crate::client::global::{global, set_global};
 
 /// What a `client = ...` expression may evaluate to. Like [`Borrow<Cacheback>`](std::borrow::Borrow), but a
 /// trait of our own so that a wrong type gets a message that names the attribute argument.

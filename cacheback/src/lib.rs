@@ -92,6 +92,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod __private;
 
+pub use client::global::{global, set_global};
 pub use client::{
     Cacheback, CachebackBuilder, DEFAULT_MAX_VALUE_BYTES, JobHandle, Lookup, Peek, QueueFallback,
     ShutdownReport, Status, StoreFallback, WarmProgress, WarmReport,

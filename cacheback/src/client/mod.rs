@@ -19,6 +19,7 @@ use crate::store::{MemoryStore, Store};
 use crate::worker::{Worker, WorkerOptions, WorkerReport};
 
 mod coalesce;
+pub(crate) mod global;
 mod handle;
 pub(crate) mod refresh;
 pub(crate) mod registry;
