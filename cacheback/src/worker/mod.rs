@@ -171,7 +171,13 @@ impl fmt::Debug for WorkerHealth {
     }
 }
 
-/// Runs refresh requests from a queue. See the [module docs](self).
+/// Runs refresh requests from a queue, by job name.
+///
+/// The same worker runs in-process (started by the client for a [`LocalQueue`](crate::LocalQueue))
+/// and in dedicated worker processes fed by a shared queue. It looks each request's job up by
+/// name in the client's registry, runs it with bounded concurrency, acknowledges it, and
+/// dead-letters what it cannot run (unknown job, malformed message, too many deliveries) without
+/// stopping.
 ///
 /// ```no_run
 /// use cacheback::{Cacheback, Worker, WorkerOptions};
