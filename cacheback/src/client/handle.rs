@@ -486,6 +486,19 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         condition: Option<PutCondition>,
     ) -> Result<AnyValue> {
+        // Double-check: a caller that read the store just before another fetch of the key
+        // landed, and reached the coalescer just after that fetch left it, finds the fresh
+        // value here instead of fetching a second time.
+        if let Some(PutCondition::IfGeneration(seen)) = condition {
+            let key = Key::new(&core.prefix, &job.name, digest);
+            if let Ok(Some(entry)) = core.store.get(key).await
+                && entry.meta.generation != seen
+                && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
+                && let Ok(Some(value)) = refresh::decode_value(&core, &job, &entry)
+            {
+                return Ok(value as AnyValue);
+            }
+        }
         let (value, took) = refresh::run_fetch(&job, args).await?;
         let value = Arc::new(value);
         if let Some(condition) = condition {
