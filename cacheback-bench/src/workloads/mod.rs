@@ -1,0 +1,195 @@
+//! The workload registry: every entry of WORKLOADS.md that the harness runs.
+//!
+//! An entry is an id (`W1` ... `W7`), a title, what it needs (nothing, or a Redis server) and a
+//! function from the run's [`Ctx`] to [`Record`]s. Several entries may share an id (`W1` memory,
+//! `W1` Redis): `-- W1` runs all of them. Redis entries are compiled with the `redis` feature and
+//! get the one `redis-server` of the run from [`Ctx::redis`].
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::redis_server::RedisServer;
+use crate::report::Record;
+
+pub(crate) mod w1;
+pub(crate) mod w2;
+pub(crate) mod w3;
+pub(crate) mod w4;
+pub(crate) mod w5;
+pub(crate) mod w6;
+pub(crate) mod w7;
+
+/// Full sizes (`all`, the figures of BENCHMARKS.md) or small ones (`quick`, a smoke test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scale {
+    Full,
+    Quick,
+}
+
+impl Scale {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scale::Full => "full",
+            Scale::Quick => "quick",
+        }
+    }
+
+    /// `full` at full scale, `quick` at quick scale.
+    pub(crate) fn pick<T>(self, full: T, quick: T) -> T {
+        match self {
+            Scale::Full => full,
+            Scale::Quick => quick,
+        }
+    }
+}
+
+/// What an entry needs besides this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Needs {
+    Nothing,
+    /// A `redis-server`, started by the harness on loopback.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Redis,
+}
+
+/// One registry entry.
+#[derive(Debug)]
+pub(crate) struct Workload {
+    pub(crate) id: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) needs: Needs,
+    pub(crate) run: fn(&Ctx) -> Result<Vec<Record>, String>,
+}
+
+/// Every entry, in the order they run (W6 reuses the W2 and W4 results of the same run).
+pub(crate) fn registry() -> Vec<Workload> {
+    #[allow(unused_mut)]
+    let mut entries = vec![
+        Workload {
+            id: "W1",
+            title: "hit path, memory store",
+            needs: Needs::Nothing,
+            run: w1::memory,
+        },
+        Workload {
+            id: "W2",
+            title: "stale burst, one process, memory store",
+            needs: Needs::Nothing,
+            run: w2::memory,
+        },
+        Workload {
+            id: "W3",
+            title: "refresh throughput, LocalQueue + in-process worker",
+            needs: Needs::Nothing,
+            run: w3::local,
+        },
+        Workload {
+            id: "W4",
+            title: "mixed Zipf workload, memory store",
+            needs: Needs::Nothing,
+            run: w4::memory,
+        },
+        Workload {
+            id: "W5",
+            title: "miss path, memory store",
+            needs: Needs::Nothing,
+            run: w5::memory,
+        },
+        Workload {
+            id: "W6",
+            title: "peers on W2 and W4",
+            needs: Needs::Nothing,
+            run: w6::peers,
+        },
+        Workload {
+            id: "W7",
+            title: "footprint of 1,000,000 entries",
+            needs: Needs::Nothing,
+            run: w7::footprint,
+        },
+    ];
+    #[cfg(feature = "redis")]
+    entries.insert(
+        1,
+        Workload {
+            id: "W1",
+            title: "hit path, Redis store",
+            needs: Needs::Redis,
+            run: w1::redis,
+        },
+    );
+    entries
+}
+
+/// What every workload of a run shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) scale: Scale,
+    redis: OnceLock<Result<RedisServer, String>>,
+    records: Mutex<Vec<Record>>,
+}
+
+impl Ctx {
+    pub(crate) fn new(scale: Scale) -> Self {
+        Ctx {
+            scale,
+            redis: OnceLock::new(),
+            records: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs one entry; a failure becomes a record that says so (the run goes on).
+    pub(crate) fn run(&self, workload: &Workload) -> Vec<Record> {
+        let result = match workload.needs {
+            Needs::Redis => match self.redis() {
+                Ok(_) => (workload.run)(self),
+                Err(e) => Err(format!("needs Redis: {e}")),
+            },
+            Needs::Nothing => (workload.run)(self),
+        };
+        result.unwrap_or_else(|error| {
+            let mut r = Record::new(workload.id, workload.title, "cacheback");
+            r.figure("error", error.clone());
+            r.summary = format!("not measured: {error}");
+            vec![r]
+        })
+    }
+
+    /// The run's `redis-server`, started on first use and stopped when the run ends.
+    pub(crate) fn redis(&self) -> Result<&RedisServer, String> {
+        self.redis
+            .get_or_init(RedisServer::start)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Keeps a workload's records (later workloads may compare against them).
+    pub(crate) fn keep(&self, records: Vec<Record>) {
+        self.lock().extend(records);
+    }
+
+    /// Every record so far.
+    pub(crate) fn records(&self) -> Vec<Record> {
+        self.lock().clone()
+    }
+
+    /// The first kept record of `workload` by `subject` of exactly this `variant`.
+    pub(crate) fn find(&self, workload: &str, variant: &str, subject: &str) -> Option<Record> {
+        self.lock()
+            .iter()
+            .find(|r| r.workload == workload && r.subject == subject && r.variant == variant)
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Record>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A Tokio runtime of 2 worker threads (the machine's cores), timers on.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

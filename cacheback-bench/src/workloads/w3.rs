@@ -1,0 +1,133 @@
+//! W3, refresh throughput: N refreshes of distinct keys through the LocalQueue and the
+//! in-process worker, the fetch returning at once; worker concurrency 2 and 64.
+//!
+//! End to end: `refresh_async` on N distinct keys (each takes the key's claim and enqueues one
+//! request), timed from the first enqueue until the events hook has seen N `Refreshed` events
+//! (each emitted after the worker stored the value); then every key is checked with `peek`.
+//! Enqueue alone: the same N calls on a client without a worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cacheback::{Event, Policy};
+use tokio::sync::Notify;
+
+use crate::report::{self, Record};
+use crate::stats;
+use crate::value::{ClientSetup, Fetcher, memory_client};
+use crate::workloads::{Ctx, runtime};
+
+/// Celery's end-to-end rate in WORKLOADS.md.
+const CELERY_PER_SEC: f64 = 386.0;
+
+pub(crate) fn local(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let sizes: &[u64] = ctx.scale.pick(&[5_000, 50_000], &[2_000]);
+    let rt = runtime();
+    let mut records = Vec::new();
+    for &n in sizes {
+        let enqueue_rate = rt.block_on(enqueue_only(n))?;
+        for concurrency in [2usize, 64] {
+            let (rate, took) = rt.block_on(end_to_end(n, concurrency))?;
+            let mut r = Record::new(
+                "W3",
+                format!("LocalQueue, {n} keys, worker concurrency {concurrency}"),
+                "cacheback",
+            )
+            .param("keys", n)
+            .param("worker_concurrency", concurrency as u64)
+            .param("fetch", "returns at once");
+            r.figure("refreshes_per_sec", stats::round3(rate));
+            r.figure("seconds", stats::round3(took.as_secs_f64()));
+            r.figure("enqueue_alone_per_sec", stats::round3(enqueue_rate));
+            r.figure("celery_reference_per_sec", CELERY_PER_SEC);
+            r.summary = format!(
+                "{} end to end ({:.2} s); enqueue alone {}",
+                report::rate(rate),
+                took.as_secs_f64(),
+                report::rate(enqueue_rate)
+            );
+            r.check(
+                "≥ 20,000 refreshes/s end to end (≥ 50× Celery)",
+                format!(
+                    "{} = {:.0}× Celery",
+                    report::rate(rate),
+                    rate / CELERY_PER_SEC
+                ),
+                rate >= 20_000.0,
+            );
+            records.push(r);
+        }
+    }
+    Ok(records)
+}
+
+fn setup(n: u64, worker: Option<usize>) -> ClientSetup {
+    let mut setup = ClientSetup::new(Policy::default().lifetime(Duration::from_secs(3600)));
+    setup.queue_capacity = usize::try_from(n).unwrap_or(usize::MAX);
+    setup.worker = worker;
+    setup
+}
+
+async fn enqueue_only(n: u64) -> Result<f64, String> {
+    let (handle, queue) = memory_client(&setup(n, None), Fetcher::new(Duration::ZERO), None);
+    let start = Instant::now();
+    for key in 0..n {
+        if !handle.refresh_async(key).await.map_err(|e| e.to_string())? {
+            return Err(format!("refresh of key {key} was not enqueued"));
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    if queue.enqueued() != n {
+        return Err(format!("{} of {n} enqueued", queue.enqueued()));
+    }
+    Ok(rate)
+}
+
+async fn end_to_end(n: u64, concurrency: usize) -> Result<(f64, Duration), String> {
+    let refreshed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let hook = {
+        let (refreshed, done) = (Arc::clone(&refreshed), Arc::clone(&done));
+        Box::new(move |event: &Event| {
+            if let Event::Refreshed { .. } = event
+                && refreshed.fetch_add(1, Ordering::Relaxed) + 1 == n
+            {
+                done.notify_one();
+            }
+        })
+    };
+    let fetcher = Fetcher::new(Duration::ZERO);
+    let (handle, queue) = memory_client(
+        &setup(n, Some(concurrency)),
+        Arc::clone(&fetcher),
+        Some(hook),
+    );
+    let start = Instant::now();
+    for key in 0..n {
+        handle.refresh_async(key).await.map_err(|e| e.to_string())?;
+    }
+    tokio::time::timeout(Duration::from_secs(300), done.notified())
+        .await
+        .map_err(|_| {
+            format!(
+                "only {} of {n} refreshes landed in 300 s",
+                refreshed.load(Ordering::Relaxed)
+            )
+        })?;
+    let took = start.elapsed();
+    if queue.enqueued() != n || fetcher.calls() != n {
+        return Err(format!(
+            "{} enqueued, {} fetched, of {n}",
+            queue.enqueued(),
+            fetcher.calls()
+        ));
+    }
+    for key in 0..n {
+        let peek = handle.peek(key).await.map_err(|e| e.to_string())?;
+        if peek.and_then(|p| p.value).is_none() {
+            return Err(format!("key {key} is not in the store after its refresh"));
+        }
+    }
+    Ok((n as f64 / took.as_secs_f64(), took))
+}

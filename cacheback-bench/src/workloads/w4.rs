@@ -1,0 +1,317 @@
+//! W4, mixed and fleet-like (one process, memory store): 10,000 keys read with Zipf(1.1)
+//! popularity by 8 reader tasks for 20 s; lifetime 2 s; the fetch sleeps 20 ms. Cold start
+//! (empty cache) and prewarmed (every key fetched first).
+//!
+//! Readers model request handlers: each read is followed by `yield_now`, as a handler returns
+//! to the runtime between requests (a reader that never yields would starve the refresh tasks
+//! sharing its 2 worker threads, which no real server does).
+//!
+//! Definitions, the same for every subject:
+//! - *served past its lifetime*: the value's own timestamp (end of its fetch) plus the lifetime
+//!   is before the read's end; the age past it is the difference.
+//! - *refresh event*: the fetches of one key, grouped so that a fetch starting more than half a
+//!   lifetime after the group's first starts a new group (no legitimate refresh of a key can
+//!   follow the previous one that soon); *fetch calls per refresh event* = fetches ÷ groups.
+//!   The cold-start miss of a key is an event like any other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cacheback::Policy;
+use serde_json::json;
+
+use crate::peers::{Subject, W4_LIFETIME};
+use crate::report::{self, Record};
+use crate::stats;
+use crate::value::{ClientSetup, Fetcher, memory_client, unix_ms};
+use crate::workloads::{Ctx, Scale, runtime};
+use crate::zipf::Zipf;
+
+pub(crate) const KEYS: usize = 10_000;
+pub(crate) const ZIPF_S: f64 = 1.1;
+pub(crate) const FETCH: Duration = Duration::from_millis(20);
+pub(crate) const READERS: usize = 8;
+
+/// The run length of a scale.
+pub(crate) fn duration(scale: Scale) -> Duration {
+    scale.pick(Duration::from_secs(20), Duration::from_secs(2))
+}
+
+/// Worker concurrency of the in-process worker in W4: all 10,000 keys turn stale every 2 s and
+/// each refresh sleeps 20 ms, so keeping up takes 100 refreshes in flight; the default (16) is
+/// measured too, as its own variant.
+pub(crate) const WORKER_CONCURRENCY: usize = 128;
+
+/// W4 on the memory store: cold start (fetch_on_miss on, then off) and prewarmed (worker of
+/// 128, then the default 16); a new client each.
+pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let rt = runtime();
+    let mut records = Vec::new();
+    let variants = [
+        ("memory, cold start", false, true, WORKER_CONCURRENCY),
+        (
+            "memory, cold start, fetch_on_miss off",
+            false,
+            false,
+            WORKER_CONCURRENCY,
+        ),
+        ("memory, prewarmed", true, true, WORKER_CONCURRENCY),
+        (
+            "memory, prewarmed, default worker concurrency 16",
+            true,
+            true,
+            16,
+        ),
+    ];
+    for (variant, prewarm, fetch_on_miss, concurrency) in variants {
+        let record = rt.block_on(async {
+            let fetcher = Fetcher::new(FETCH);
+            let mut setup = ClientSetup::new(
+                Policy::default()
+                    .lifetime(W4_LIFETIME)
+                    .fetch_on_miss(fetch_on_miss),
+            );
+            setup.worker = Some(concurrency);
+            let (handle, queue) = memory_client(&setup, Arc::clone(&fetcher), None);
+            let subject = Arc::new(Subject::Cacheback { handle, queue });
+            let r = mixed(subject, &fetcher, duration(ctx.scale), prewarm, variant).await?;
+            Ok::<_, String>(
+                r.param("worker_concurrency", concurrency as u64)
+                    .param("fetch_on_miss", fetch_on_miss),
+            )
+        })?;
+        records.push(with_targets(record));
+    }
+    Ok(records)
+}
+
+fn with_targets(mut r: Record) -> Record {
+    let per_event = r
+        .number("fetch_calls_per_refresh_event")
+        .unwrap_or(f64::NAN);
+    let rate = r.number("reads_per_sec").unwrap_or(0.0);
+    let p99 = r.number("read_latency/p99_us").unwrap_or(f64::NAN);
+    let backlog = r.number("queue_backlog_at_end").unwrap_or(f64::NAN);
+    let mean_past = r
+        .number("served_past_lifetime/mean_age_past_ms")
+        .unwrap_or(0.0);
+    r.check(
+        "fetch calls per stale event = 1.00",
+        format!("{per_event:.3}"),
+        (per_event - 1.0).abs() < 0.005,
+    );
+    r.check("≥ 50,000 reads/s", report::rate(rate), rate >= 50_000.0);
+    r.check("read p99 < 5 ms", report::micros(p99), p99 < 5_000.0);
+    r.check(
+        "no backlog at the end",
+        format!("{backlog}"),
+        backlog == 0.0,
+    );
+    r.check(
+        "mean age past fresh_until of served values < 100 ms",
+        format!("{mean_past:.1} ms"),
+        mean_past < 100.0,
+    );
+    r
+}
+
+#[derive(Debug, Default)]
+struct ReaderTally {
+    reads: u64,
+    empty: u64,
+    past: u64,
+    past_sum_ms: u64,
+    past_max_ms: u64,
+    statuses: HashMap<&'static str, u64>,
+}
+
+/// Runs W4 against `subject` for `length`, after prewarming every key if asked.
+pub(crate) async fn mixed(
+    subject: Arc<Subject>,
+    fetcher: &Fetcher,
+    length: Duration,
+    prewarm: bool,
+    variant: &str,
+) -> Result<Record, String> {
+    let lifetime_ms = W4_LIFETIME.as_millis() as u64;
+    if prewarm {
+        let t = Instant::now();
+        // 500 at a time: the 10,000 fetches take about 0.4 s, well within one lifetime.
+        let warmers: Vec<_> = (0..500u64)
+            .map(|w| {
+                let subject = Arc::clone(&subject);
+                tokio::spawn(async move {
+                    for key in (w..KEYS as u64).step_by(500) {
+                        subject.read(key).await;
+                    }
+                })
+            })
+            .collect();
+        for w in warmers {
+            w.await.map_err(|e| e.to_string())?;
+        }
+        eprintln!(
+            "   prewarmed {KEYS} keys in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    fetcher.reset();
+    let zipf = Arc::new(Zipf::new(KEYS, ZIPF_S));
+    let start = Instant::now();
+    let deadline = start + length;
+    let readers: Vec<_> = (0..READERS)
+        .map(|i| {
+            let (subject, zipf) = (Arc::clone(&subject), Arc::clone(&zipf));
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(0xC0FFEE + i as u64);
+                let mut hist = stats::latency_histogram();
+                let mut tally = ReaderTally::default();
+                while Instant::now() < deadline {
+                    let key = zipf.sample(&mut rng) as u64;
+                    let t = Instant::now();
+                    let read = subject.read(key).await;
+                    stats::record(&mut hist, t.elapsed());
+                    tally.reads += 1;
+                    *tally.statuses.entry(read.status).or_default() += 1;
+                    match read.value {
+                        None => tally.empty += 1,
+                        Some(v) => {
+                            let past = unix_ms().saturating_sub(v.at_ms + lifetime_ms);
+                            if past > 0 {
+                                tally.past += 1;
+                                tally.past_sum_ms += past;
+                                tally.past_max_ms = tally.past_max_ms.max(past);
+                            }
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                (hist, tally)
+            })
+        })
+        .collect();
+    let mut hist = stats::latency_histogram();
+    let mut all = ReaderTally::default();
+    for r in readers {
+        let (h, t) = r.await.map_err(|e| e.to_string())?;
+        stats::merge(&mut hist, &h);
+        all.reads += t.reads;
+        all.empty += t.empty;
+        all.past += t.past;
+        all.past_sum_ms += t.past_sum_ms;
+        all.past_max_ms = all.past_max_ms.max(t.past_max_ms);
+        for (k, v) in t.statuses {
+            *all.statuses.entry(k).or_default() += v;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let backlog = subject.backlog();
+    let log = fetcher.log();
+    let events = refresh_events(&log, W4_LIFETIME / 2);
+    let fetches = log.len() as f64;
+    let per_event = if events == 0 {
+        0.0
+    } else {
+        fetches / events as f64
+    };
+    let reads_per_sec = all.reads as f64 / elapsed;
+    let share = |n: u64| stats::round3(n as f64 / all.reads.max(1) as f64);
+    let mean_past = if all.past == 0 {
+        0.0
+    } else {
+        all.past_sum_ms as f64 / all.past as f64
+    };
+
+    let mut r = Record::new("W4", variant, subject.name())
+        .param("keys", KEYS as u64)
+        .param("zipf_s", ZIPF_S)
+        .param("lifetime_ms", lifetime_ms)
+        .param("fetch_ms", FETCH.as_millis() as u64)
+        .param("readers", READERS as u64)
+        .param("duration_s", length.as_secs_f64())
+        .param("prewarmed", prewarm)
+        .param("what_it_does", subject.describe());
+    r.figure("reads", all.reads);
+    r.figure("reads_per_sec", stats::round3(reads_per_sec));
+    r.figure("read_latency", stats::latency_figures(&hist));
+    r.figure("fetch_calls", log.len() as u64);
+    r.figure("refresh_events", events as u64);
+    r.figure("fetch_calls_per_refresh_event", stats::round3(per_event));
+    r.figure("empty_read_share", share(all.empty));
+    r.figure(
+        "served_past_lifetime",
+        json!({
+            "share": share(all.past),
+            "mean_age_past_ms": stats::round3(mean_past),
+            "max_age_past_ms": all.past_max_ms,
+        }),
+    );
+    r.figure("statuses", json!(all.statuses));
+    match backlog {
+        Some(b) => r.figure("queue_backlog_at_end", b as u64),
+        None => r.figure("queue_backlog_at_end", "n/a (no queue)"),
+    }
+    r.summary = format!(
+        "{}; p50 {}, p99 {}; {} fetches, {:.2}/event; empty {:.1}%; past lifetime {:.1}% (mean {:.0} ms, max {} ms); backlog {}",
+        report::rate(reads_per_sec),
+        report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
+        report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
+        log.len(),
+        per_event,
+        100.0 * share(all.empty),
+        100.0 * share(all.past),
+        mean_past,
+        all.past_max_ms,
+        backlog.map_or("n/a".to_owned(), |b| b.to_string()),
+    );
+    r.latencies = Some(hist);
+    Ok(r)
+}
+
+/// Groups each key's fetches into refresh events: a fetch starting more than `gap` after the
+/// first fetch of the key's current event starts a new one.
+pub(crate) fn refresh_events(log: &[(u64, Instant)], gap: Duration) -> usize {
+    let mut by_key: HashMap<u64, Vec<Instant>> = HashMap::new();
+    for &(key, at) in log {
+        by_key.entry(key).or_default().push(at);
+    }
+    by_key
+        .into_values()
+        .map(|mut starts| {
+            starts.sort_unstable();
+            let mut events = 0;
+            let mut current: Option<Instant> = None;
+            for s in starts {
+                if current.is_none_or(|first| s.duration_since(first) > gap) {
+                    events += 1;
+                    current = Some(s);
+                }
+            }
+            events
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_group_fetches_per_key() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let gap = Duration::from_millis(1000);
+        let log = vec![
+            (1, ms(0)),
+            (1, ms(5)),
+            (1, ms(900)),  // same event as 0
+            (1, ms(2100)), // new event
+            (2, ms(0)),
+            (2, ms(3000)),
+            (3, ms(10)),
+        ];
+        assert_eq!(refresh_events(&log, gap), 5);
+        assert_eq!(refresh_events(&[], gap), 0);
+    }
+}
