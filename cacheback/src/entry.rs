@@ -208,6 +208,9 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
     if flags & !FLAG_TOMBSTONE != 0 {
         return Err(EnvelopeError::Malformed("unknown flags"));
     }
+    if bytes[5..8] != [0; 3] {
+        return Err(EnvelopeError::Malformed("reserved bytes are not zero"));
+    }
     let u64_at = |at: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&bytes[at..at + 8]);
@@ -294,6 +297,12 @@ mod tests {
         let mut bad = good.clone();
         bad[2] = 9;
         assert_eq!(decode(&bad).unwrap_err(), EnvelopeError::UnknownVersion(9));
+        let mut bad = good.clone();
+        bad[6] = 1;
+        assert_eq!(
+            decode(&bad).unwrap_err(),
+            EnvelopeError::Malformed("reserved bytes are not zero")
+        );
         let mut bad = good.clone();
         bad.push(1);
         assert!(matches!(decode(&bad), Err(EnvelopeError::Malformed(_))));
