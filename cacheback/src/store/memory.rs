@@ -334,12 +334,10 @@ impl MemoryStore {
         let mut entry = Some(entry);
         // `entry` runs the closure under the shard's write lock: check and write are atomic.
         let result = self.inner.entries.entry(&key.digest(), None, |_, current| {
-            // An entry past its TTL is gone, whatever the map still holds.
-            let generation = if current.expires_ms > now {
-                current.generation
-            } else {
-                0
-            };
+            // An entry past its TTL keeps its generation until a purge drops it: `get` returns
+            // it too (the client, not the store, decides freshness), so readers and writers
+            // agree on the generation.
+            let generation = current.generation;
             match entry.take() {
                 Some(new) if allowed(generation) => {
                     *current = MemEntry::from_entry(new, generation + 1, expires_ms);
@@ -516,5 +514,62 @@ impl Store for MemoryStore {
                 })
         };
         Box::pin(future::ready(Ok(state)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value: u64) -> Entry {
+        let t = Timestamp::from_millis(1_000);
+        Entry::new(
+            EntryMeta::new(t, t, t),
+            Payload::Object(Arc::new(value) as Arc<dyn Any + Send + Sync>),
+        )
+    }
+
+    #[test]
+    fn expired_entries_are_purged_and_live_ones_kept() {
+        let store = MemoryStore::new();
+        let put = |digest: u128, ttl: Duration| {
+            store.put_sync(
+                Key::new("p", "j", digest),
+                Put::new(entry(1), PutCondition::Always, ttl),
+            )
+        };
+        put(1, Duration::ZERO);
+        put(2, Duration::from_secs(3600));
+        assert_eq!(store.entry_count(), 2);
+        store.purge_expired();
+        assert_eq!(store.entry_count(), 1);
+        assert!(store.get_sync(Key::new("p", "j", 1)).is_none());
+        assert!(store.get_sync(Key::new("p", "j", 2)).is_some());
+    }
+
+    #[test]
+    fn bounded_by_entries_evicts() {
+        let store = MemoryStore::builder().max_entries(100).build();
+        for digest in 0..1_000u128 {
+            store.put_sync(
+                Key::new("p", "j", digest),
+                Put::new(entry(1), PutCondition::Always, Duration::from_secs(60)),
+            );
+        }
+        assert!(store.entry_count() <= 100, "{}", store.entry_count());
+    }
+
+    #[test]
+    fn bounded_by_bytes_evicts() {
+        let store = MemoryStore::builder()
+            .max_bytes(10 * ENTRY_OVERHEAD_BYTES)
+            .build();
+        for digest in 0..1_000u128 {
+            store.put_sync(
+                Key::new("p", "j", digest),
+                Put::new(entry(1), PutCondition::Always, Duration::from_secs(60)),
+            );
+        }
+        assert!(store.entry_count() <= 10, "{}", store.entry_count());
     }
 }
