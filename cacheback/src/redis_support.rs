@@ -39,7 +39,7 @@ pub(crate) fn open_client(url: &str) -> Result<Client, Error> {
 
 /// rustls needs a process-wide crypto provider; ring is the one this crate builds with. Another
 /// provider installed by the application first is kept.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -73,8 +73,9 @@ impl ConnOptions {
 #[derive(Clone)]
 pub(crate) struct Conn {
     manager: ConnectionManager,
-    /// Bound on one command, waiting for a (re)connection included.
-    timeout: Duration,
+    /// Bound on one command, waiting for a (re)connection included, when the manager's own
+    /// timeouts do not already bound it (a manager the application built).
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Conn {
@@ -104,9 +105,11 @@ impl Conn {
             .set_max_delay(Duration::from_millis(500));
         let manager = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| Error::config(format!("cannot set up the Redis connection: {e}")))?;
+        // The manager bounds every call by itself: one connection attempt (no retries) within
+        // `connect_timeout`, then the response within `response`. No second timer per call.
         Ok(Conn {
             manager,
-            timeout: response + options.connect_timeout,
+            timeout: None,
         })
     }
 
@@ -114,7 +117,7 @@ impl Conn {
     pub(crate) fn from_manager(manager: ConnectionManager, options: ConnOptions) -> Conn {
         Conn {
             manager,
-            timeout: options.command_timeout + options.connect_timeout,
+            timeout: Some(options.command_timeout + options.connect_timeout),
         }
     }
 
@@ -151,14 +154,17 @@ impl Conn {
 
 async fn bounded<T>(
     what: &'static str,
-    after: Duration,
+    after: Option<Duration>,
     fut: impl Future<Output = Result<T, RedisError>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(after, fut).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(Failure::Redis { what, source }),
-        Err(_) => Err(Failure::Timeout { what, after }),
-    }
+    let result = match after {
+        None => fut.await,
+        Some(after) => match tokio::time::timeout(after, fut).await {
+            Ok(result) => result,
+            Err(_) => return Err(Failure::Timeout { what, after }),
+        },
+    };
+    result.map_err(|source| Failure::Redis { what, source })
 }
 
 /// Why a Redis call failed. Private: it reaches users only as the `source` of an

@@ -25,8 +25,8 @@
 //!   (`XAUTOCLAIM`), with their delivery count (`XPENDING`) as [`Delivery::attempt`]; then new
 //!   messages are read with `XREADGROUP ... BLOCK` on a connection of their own, so a blocked
 //!   read never delays the other commands.
-//! - `ack`: `XACK` + `XDEL` (one round trip): the stream holds only unfinished requests, so
-//!   `MAXLEN` trimming only bites on a real backlog.
+//! - `ack`: `XACK` + `XDEL` (one round trip, shared by the acks that arrive meanwhile): the
+//!   stream holds only unfinished requests, so `MAXLEN` trimming only bites on a real backlog.
 //! - `dead_letter`: a script copies the message (raw, even when it did not decode) with the
 //!   reason to the dead-letter stream, then acknowledges and deletes it.
 //!
@@ -119,11 +119,33 @@ struct Inner {
     options: Options,
     enqueued: AtomicU64,
     dead_letter: Script,
+    /// Acknowledgements waiting for the next flush, and the lock of whoever flushes.
+    acks: std::sync::Mutex<Vec<PendingAck>>,
+    ack_flush: tokio::sync::Mutex<()>,
+}
+
+struct PendingAck {
+    key: String,
+    id: String,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+impl Inner {
+    fn pending_acks(&self) -> std::sync::MutexGuard<'_, Vec<PendingAck>> {
+        // Pushing or taking a `Vec` cannot leave it half-updated: a poisoned lock is fine.
+        self.acks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Default)]
 struct ReadState {
     last_takeover: Option<tokio::time::Instant>,
+    /// Per drained stream, where the next `XAUTOCLAIM` scan resumes (`XAUTOCLAIM` scans a
+    /// bounded part of the pending list per call: restarting at `0-0` every time would never
+    /// reach idle messages behind many busy ones).
+    cursors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +375,8 @@ impl RedisQueueBuilder {
                 options: o,
                 enqueued: AtomicU64::new(0),
                 dead_letter: Script::new(DEAD_LETTER_LUA),
+                acks: std::sync::Mutex::new(Vec::new()),
+                ack_flush: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -401,6 +425,8 @@ impl RedisQueue {
     /// Configures a queue on a `redis::Client` the application built. The queue opens two
     /// connections from it: a multiplexed one and one for blocking reads.
     pub fn from_client(client: redis::Client) -> RedisQueueBuilder {
+        // A `rediss://` client needs rustls' crypto provider before it connects.
+        redis_support::install_crypto_provider();
         RedisQueueBuilder::new(Source::Client(Box::new(client)))
     }
 
@@ -569,7 +595,7 @@ impl RedisQueue {
         let now = tokio::time::Instant::now();
         if state.last_takeover.is_none_or(|at| now - at >= every) {
             state.last_takeover = Some(now);
-            let taken = self.take_over(max).await?;
+            let taken = self.take_over(state, max).await?;
             if !taken.is_empty() {
                 return Ok(taken);
             }
@@ -578,11 +604,16 @@ impl RedisQueue {
     }
 
     /// `XAUTOCLAIM`s messages idle past the visibility timeout, with their delivery counts.
-    async fn take_over(&self, max: usize) -> std::result::Result<Vec<Delivery>, Failure> {
+    async fn take_over(
+        &self,
+        state: &mut ReadState,
+        max: usize,
+    ) -> std::result::Result<Vec<Delivery>, Failure> {
         let inner = &*self.inner;
+        state.cursors.resize(inner.streams.len(), "0-0".to_owned());
         let idle = u64::try_from(inner.options.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for stream in &inner.streams {
+        for (stream, cursor) in inner.streams.iter().zip(&mut state.cursors) {
             if out.len() >= max {
                 break;
             }
@@ -591,7 +622,7 @@ impl RedisQueue {
                 .arg(&inner.group)
                 .arg(&inner.consumer)
                 .arg(idle)
-                .arg("0-0")
+                .arg(cursor.as_str())
                 .arg("COUNT")
                 .arg(max - out.len());
             let reply: Value = inner.conn.query(&cmd, "XAUTOCLAIM").await?;
@@ -601,6 +632,9 @@ impl RedisQueue {
             if parts.len() < 2 {
                 continue;
             }
+            *cursor = bytes_of(parts[0].clone())
+                .and_then(|c| String::from_utf8(c).ok())
+                .unwrap_or_else(|| "0-0".to_owned());
             let entries: Vec<RawEntry> = parse_entry_list(parts.swap_remove(1))
                 .into_iter()
                 .filter(|(_, fields)| fields.is_some())
@@ -688,18 +722,64 @@ impl RedisQueue {
         Ok((stream_key(&self.inner.prefix, name), name, id))
     }
 
+    /// Acknowledges by group commit: the ack joins a buffer, and whoever holds the flush lock
+    /// sends every buffered ack in one round trip (`XACK` + `XDEL` with many ids per stream).
+    /// Under load a worker's concurrent refreshes share one round trip; alone, an ack costs
+    /// one, as before.
     async fn do_ack(&self, delivery: &Delivery) -> Result<()> {
+        let inner = &*self.inner;
         let (key, _, id) = self.stream_of(&delivery.receipt)?;
+        let (done, mut result) = tokio::sync::oneshot::channel();
+        inner.pending_acks().push(PendingAck {
+            key,
+            id: id.to_owned(),
+            done,
+        });
+        let flushing = inner.ack_flush.lock().await;
+        match result.try_recv() {
+            // A previous holder of the lock sent it.
+            Ok(outcome) => return outcome,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(Error::queue(
+                    BACKEND,
+                    "the acknowledgement was interrupted; the message may be redelivered",
+                ));
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Ours is still buffered (only lock holders take from the buffer): send it all.
+        let batch = std::mem::take(&mut *inner.pending_acks());
+        let outcome = self.flush_acks(&batch).await;
+        for ack in batch {
+            let _ = ack.done.send(outcome.clone());
+        }
+        drop(flushing);
+        result.await.unwrap_or(outcome)
+    }
+
+    async fn flush_acks(&self, batch: &[PendingAck]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();
+        for ack in batch {
+            match by_stream.iter_mut().find(|(key, _)| *key == ack.key) {
+                Some((_, ids)) => ids.push(&ack.id),
+                None => by_stream.push((&ack.key, vec![&ack.id])),
+            }
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&key)
-            .arg(&self.inner.group)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(id)
-            .ignore();
+        for (key, ids) in &by_stream {
+            pipe.cmd("XACK")
+                .arg(*key)
+                .arg(&self.inner.group)
+                .arg(ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(*key)
+                .arg(ids)
+                .ignore();
+        }
         let _: Value = self
             .inner
             .conn

@@ -297,6 +297,8 @@ impl RedisStore {
 
     /// Configures a store on a `redis::Client` the application built (custom TLS, ...).
     pub fn from_client(client: redis::Client) -> RedisStoreBuilder {
+        // A `rediss://` client needs rustls' crypto provider before it connects.
+        redis_support::install_crypto_provider();
         RedisStoreBuilder::new(Source::Client(Box::new(client)))
     }
 
@@ -304,6 +306,7 @@ impl RedisStore {
     /// application's own Redis traffic). Its own timeouts and reconnection settings apply, and
     /// the builder's timeouts bound every call on top.
     pub fn from_connection_manager(manager: ConnectionManager) -> RedisStoreBuilder {
+        redis_support::install_crypto_provider();
         RedisStoreBuilder::new(Source::Manager(Box::new(manager)))
     }
 
@@ -321,11 +324,17 @@ impl RedisStore {
     }
 
     fn decode(&self, key: Key<'_>, bytes: Bytes) -> Entry {
-        match decode_envelope(bytes.clone(), self.max_entry_bytes) {
+        // Keep what `undecodable` needs, rather than a second handle on the bytes (cloning a
+        // `Vec`-backed `Bytes` allocates).
+        let mut head = [0u8; 16];
+        let n = bytes.len().min(16);
+        head[..n].copy_from_slice(&bytes[..n]);
+        let len = bytes.len();
+        match decode_envelope(bytes, self.max_entry_bytes) {
             Ok(entry) => entry,
             Err(error) => {
                 debug!(key = %key, error = %error, "entry is not a valid envelope");
-                undecodable(&bytes)
+                undecodable(&head[..n], len)
             }
         }
     }
@@ -498,17 +507,19 @@ impl RedisStore {
     }
 }
 
-/// The entry for bytes that are not a valid envelope: no job decodes it (codec id 0 is no
+/// The entry for bytes (`head`: their first 16 bytes; `len`: their length) that are not a
+/// valid envelope: no job decodes it (codec id 0 is no
 /// codec), it is already expired (so `invalidate` leaves it alone), and its generation is the
 /// one the `put` script sees in the same bytes.
-fn undecodable(bytes: &[u8]) -> Entry {
-    let generation = if bytes.len() >= ENVELOPE_HEADER_LEN && bytes.starts_with(ENVELOPE_PREFIX) {
-        let mut g = [0u8; 8];
-        g.copy_from_slice(&bytes[8..16]);
-        u64::from_be_bytes(g)
-    } else {
-        0
-    };
+fn undecodable(head: &[u8], len: usize) -> Entry {
+    let generation =
+        if len >= ENVELOPE_HEADER_LEN && head.len() >= 16 && head.starts_with(ENVELOPE_PREFIX) {
+            let mut g = [0u8; 8];
+            g.copy_from_slice(&head[8..16]);
+            u64::from_be_bytes(g)
+        } else {
+            0
+        };
     let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
     meta.generation = generation;
     Entry::new(
@@ -520,16 +531,36 @@ fn undecodable(bytes: &[u8]) -> Entry {
     )
 }
 
-fn entry_key(key: Key<'_>) -> String {
-    format!("{{{key}}}")
+/// `{<key text>}<suffix>`, written by hand: this runs on every read (`format!` of the 32 hex
+/// digits costs about as much as the rest of the key handling together).
+fn tagged(key: Key<'_>, suffix: &str) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (prefix, job) = (key.prefix().as_bytes(), key.job().as_bytes());
+    let mut out = Vec::with_capacity(prefix.len() + job.len() + 36 + suffix.len());
+    out.push(b'{');
+    out.extend_from_slice(prefix);
+    out.push(b':');
+    out.extend_from_slice(job);
+    out.push(b':');
+    let digest = key.digest();
+    for shift in (0..32).rev() {
+        out.push(HEX[((digest >> (shift * 4)) & 0xf) as usize]);
+    }
+    out.push(b'}');
+    out.extend_from_slice(suffix.as_bytes());
+    out
 }
 
-fn claim_key(key: Key<'_>) -> String {
-    format!("{{{key}}}:c")
+fn entry_key(key: Key<'_>) -> Vec<u8> {
+    tagged(key, "")
 }
 
-fn fail_key(key: Key<'_>) -> String {
-    format!("{{{key}}}:f")
+fn claim_key(key: Key<'_>) -> Vec<u8> {
+    tagged(key, ":c")
+}
+
+fn fail_key(key: Key<'_>) -> Vec<u8> {
+    tagged(key, ":f")
 }
 
 /// A timestamp as 20 zero-padded digits: compares as a string the way it compares as a number.
@@ -587,11 +618,18 @@ mod tests {
 
     #[test]
     fn keys_share_one_hash_tag() {
-        let key = Key::new("app", "job", 0xabc);
-        let text = key.to_string();
-        assert_eq!(entry_key(key), format!("{{{text}}}"));
-        assert_eq!(claim_key(key), format!("{{{text}}}:c"));
-        assert_eq!(fail_key(key), format!("{{{text}}}:f"));
+        for digest in [
+            0,
+            0xabc,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        ] {
+            let key = Key::new("app", "job.v2", digest);
+            let text = key.to_string();
+            assert_eq!(entry_key(key), format!("{{{text}}}").into_bytes());
+            assert_eq!(claim_key(key), format!("{{{text}}}:c").into_bytes());
+            assert_eq!(fail_key(key), format!("{{{text}}}:f").into_bytes());
+        }
     }
 
     #[test]
@@ -604,12 +642,17 @@ mod tests {
 
     #[test]
     fn garbage_has_the_generation_the_script_sees() {
-        assert_eq!(undecodable(b"garbage").meta.generation, 0);
-        let mut header = vec![0u8; ENVELOPE_HEADER_LEN];
+        assert_eq!(undecodable(b"garbage", 7).meta.generation, 0);
+        let mut header = [0u8; ENVELOPE_HEADER_LEN];
         header[..3].copy_from_slice(ENVELOPE_PREFIX);
         header[15] = 7;
         header[4] = 0xff; // unknown flags: not a valid envelope, but the header is readable
-        assert_eq!(undecodable(&header).meta.generation, 7);
-        assert!(!undecodable(&header).is_tombstone());
+        assert_eq!(undecodable(&header[..16], 48).meta.generation, 7);
+        assert_eq!(
+            undecodable(&header[..16], 47).meta.generation,
+            0,
+            "too short"
+        );
+        assert!(!undecodable(&header[..16], 48).is_tombstone());
     }
 }
