@@ -59,6 +59,18 @@ pub(crate) async fn store_value<J: Job>(
     fetch_duration: Duration,
     condition: PutCondition,
 ) -> Result<PutOutcome> {
+    let put = prepare_put(core, job, value, fetch_duration, condition)?;
+    core.store.put(key, put).await
+}
+
+/// The write of a fetched value: encoded (for byte stores), size-checked, with its windows.
+fn prepare_put<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    value: Arc<J::Value>,
+    fetch_duration: Duration,
+    condition: PutCondition,
+) -> Result<Put> {
     let (payload, size) = if core.store.holds_objects() {
         let size = core.codec.encoded_len(&*value)?;
         check_size(core, job, size)?;
@@ -82,9 +94,7 @@ pub(crate) async fn store_value<J: Job>(
     meta.schema_version = job.policy.schema_version;
     meta.size = u32::try_from(size).unwrap_or(u32::MAX);
     let ttl = windows.stale_until.since(now);
-    core.store
-        .put(key, Put::new(Entry::new(meta, payload), condition, ttl))
-        .await
+    Ok(Put::new(Entry::new(meta, payload), condition, ttl))
 }
 
 fn check_size<J>(core: &Core, job: &JobEntry<J>, size: usize) -> Result<()> {
@@ -230,23 +240,24 @@ pub(crate) async fn refresh_claimed<J: Job>(
             return RefreshOutcome::Skipped;
         }
         let fetched = run_fetch(job, args).await;
-        let stored = match fetched {
-            Ok((value, took)) => store_value(
-                core,
-                job,
-                key,
-                Arc::new(value),
+        // The write and the claim's release go together (one round trip where the store can).
+        let stored = match fetched.and_then(|(value, took)| {
+            let condition = PutCondition::IfGeneration(claimed.generation);
+            Ok((
+                prepare_put(core, job, Arc::new(value), took, condition)?,
                 took,
-                PutCondition::IfGeneration(claimed.generation),
-            )
-            .await
-            .map(|outcome| (outcome, took)),
+            ))
+        }) {
+            Ok((put, took)) => core
+                .store
+                .put_and_release(key, put, claimed.token)
+                .await
+                .map(|outcome| (outcome, took)),
             Err(e) => Err(e),
         };
         match stored {
             Ok((PutOutcome::Written { generation }, took)) => {
                 job.metrics.refresh_ok.increment(1);
-                release(core, job, key, claimed.token, Release::Refreshed).await;
                 core.emit(|| Event::Refreshed {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),
@@ -262,7 +273,6 @@ pub(crate) async fn refresh_claimed<J: Job>(
                     "discarded: key written during the refresh"
                 );
                 job.metrics.refresh_discarded.increment(1);
-                release(core, job, key, claimed.token, Release::Refreshed).await;
                 core.emit(|| Event::RefreshDiscarded {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),

@@ -226,6 +226,24 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         release: Release,
     ) -> BoxFuture<'a, Result<()>>;
 
+    /// A refresh's write and the release of its claim: [`put`](Store::put), then — whether
+    /// the write happened or was discarded (the fetch itself succeeded) —
+    /// [`release`](Store::release) with [`Release::Refreshed`]. Backends that can do both in
+    /// one round trip (a Redis script) override this; the default makes the two calls. On an
+    /// error the claim may or may not have been released.
+    fn put_and_release<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: Put,
+        token: ClaimToken,
+    ) -> BoxFuture<'a, Result<PutOutcome>> {
+        Box::pin(async move {
+            let outcome = self.put(key, put).await?;
+            self.release(key, token, Release::Refreshed).await?;
+            Ok(outcome)
+        })
+    }
+
     /// The claim record of `key` at `now`, without side effects.
     fn claim_state<'a>(&'a self, key: Key<'a>, now: Timestamp)
     -> BoxFuture<'a, Result<ClaimState>>;

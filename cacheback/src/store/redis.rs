@@ -95,6 +95,44 @@ redis.call('SETRANGE', KEYS[1], 8, new)
 return {1, new}
 ";
 
+/// `put_and_release`: the `put` script, then the release of a successful refresh's claim
+/// (token-checked) and of the key's failure state, in one round trip. KEYS = entry, claim,
+/// fail; ARGV = as `put`, then the token. Same reply as `put`.
+const PUT_RELEASE_LUA: &str = r"
+local function release()
+  local c = redis.call('GET', KEYS[2])
+  if c and string.sub(c, 1, 32) == ARGV[4] then
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('DEL', KEYS[3])
+end
+local cur = redis.call('GET', KEYS[1])
+local gen = '\0\0\0\0\0\0\0\0'
+if cur and #cur >= 48 and string.sub(cur, 1, 3) == 'CB\1' then
+  gen = string.sub(cur, 9, 16)
+end
+if ARGV[1] ~= '' and ARGV[1] ~= gen then
+  release()
+  return {0, gen}
+end
+local b = {string.byte(gen, 1, 8)}
+local i = 8
+while i >= 1 do
+  if b[i] == 255 then
+    b[i] = 0
+    i = i - 1
+  else
+    b[i] = b[i] + 1
+    break
+  end
+end
+local new = string.char(unpack(b))
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SETRANGE', KEYS[1], 8, new)
+release()
+return {1, new}
+";
+
 /// `claim`: KEYS = claim, fail; ARGV = now, new token, until, PX (times as 20-digit strings).
 /// Returns {0, failures} (won), {1, until} (held) or {2, retry_after, failures} (backing off).
 const CLAIM_LUA: &str = r"
@@ -171,6 +209,7 @@ pub struct RedisStore {
 #[derive(Clone)]
 struct Scripts {
     put: Script,
+    put_release: Script,
     claim: Script,
     release: Script,
 }
@@ -179,6 +218,7 @@ impl Scripts {
     fn new() -> Self {
         Scripts {
             put: Script::new(PUT_LUA),
+            put_release: Script::new(PUT_RELEASE_LUA),
             claim: Script::new(CLAIM_LUA),
             release: Script::new(RELEASE_LUA),
         }
@@ -354,7 +394,13 @@ impl RedisStore {
         }
     }
 
-    async fn do_put(&self, key: Key<'_>, put: Put) -> Result<PutOutcome> {
+    /// `put`, or with `release` the put-and-release script.
+    async fn do_put(
+        &self,
+        key: Key<'_>,
+        put: Put,
+        release: Option<ClaimToken>,
+    ) -> Result<PutOutcome> {
         let Put {
             entry,
             condition,
@@ -370,11 +416,21 @@ impl RedisStore {
             PutCondition::Always => Vec::new(),
             PutCondition::IfGeneration(g) => g.to_be_bytes().to_vec(),
         };
-        let mut invocation = self.scripts.put.key(entry_key(key));
+        let script = match release {
+            Some(_) => &self.scripts.put_release,
+            None => &self.scripts.put,
+        };
+        let mut invocation = script.key(entry_key(key));
+        if release.is_some() {
+            invocation.key(claim_key(key)).key(fail_key(key));
+        }
         invocation
             .arg(expected)
             .arg(envelope)
             .arg(px(ttl.saturating_add(self.expiry_grace)));
+        if let Some(token) = release {
+            invocation.arg(token.to_string());
+        }
         let reply: Vec<Value> = self
             .conn
             .script(&invocation, "put script")
@@ -582,7 +638,16 @@ impl Store for RedisStore {
     }
 
     fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>> {
-        Box::pin(self.do_put(key, put))
+        Box::pin(self.do_put(key, put, None))
+    }
+
+    fn put_and_release<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: Put,
+        token: ClaimToken,
+    ) -> BoxFuture<'a, Result<PutOutcome>> {
+        Box::pin(self.do_put(key, put, Some(token)))
     }
 
     fn claim<'a>(

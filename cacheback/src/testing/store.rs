@@ -116,6 +116,7 @@ pub async fn store_suite(store: &dyn Store) {
     claims_are_exclusive_and_expire(store).await;
     release_checks_the_token(store).await;
     failures_back_off_and_clear(store).await;
+    put_and_release_frees_the_owners_claim(store).await;
     concurrent_claims_have_one_winner(store).await;
 }
 
@@ -342,6 +343,77 @@ async fn failures_back_off_and_clear(store: &dyn Store) {
         matches!(claim(store, k, NOW).await, ClaimOutcome::BackingOff { .. }),
         "failure state must be recorded even without a live claim"
     );
+}
+
+async fn put_and_release_frees_the_owners_claim(store: &dyn Store) {
+    let k = fresh_key();
+    let won = claim(store, k, NOW).await;
+    let failed = Release::Failed {
+        failures: 2,
+        retry_after: NOW,
+        forget_at: NOW.saturating_add(Duration::from_secs(600)),
+    };
+    release(store, k, &won, failed).await;
+    let won = claim(store, k, NOW).await;
+    let ClaimOutcome::Won { token, .. } = won else {
+        panic!("a claim at retry_after must win, got {won:?}");
+    };
+    let outcome = store
+        .put_and_release(
+            k,
+            Put::new(
+                value_entry(store, "v", 0),
+                PutCondition::IfGeneration(0),
+                TTL,
+            ),
+            token,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("put_and_release failed: {e}"));
+    assert_eq!(
+        outcome,
+        PutOutcome::Written { generation: 1 },
+        "put_and_release writes"
+    );
+    assert_eq!(value_of(&get(store, k).await.expect("written")), "v");
+    let next = claim(store, k, NOW).await;
+    assert!(
+        matches!(next, ClaimOutcome::Won { failures: 0, .. }),
+        "put_and_release must free the claim and clear the failures, got {next:?}"
+    );
+    // A discarded write still releases (the fetch succeeded), and another owner's claim stays.
+    let ClaimOutcome::Won { token: owner, .. } = next else {
+        unreachable!()
+    };
+    let stranger = crate::store::ClaimToken::random();
+    let outcome = store
+        .put_and_release(
+            k,
+            Put::new(
+                value_entry(store, "late", 1),
+                PutCondition::IfGeneration(0),
+                TTL,
+            ),
+            stranger,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("put_and_release failed: {e}"));
+    assert_eq!(outcome, PutOutcome::Discarded { current: 1 });
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
+        "put_and_release with another token must leave the claim in place"
+    );
+    let _ = token;
+    release(
+        store,
+        k,
+        &ClaimOutcome::Won {
+            token: owner,
+            failures: 0,
+        },
+        Release::Abandoned,
+    )
+    .await;
 }
 
 async fn concurrent_claims_have_one_winner(store: &dyn Store) {
