@@ -118,6 +118,6 @@ pub use worker::{Worker, WorkerBuilder, WorkerHealth, WorkerOptions, WorkerRepor
 #[cfg(feature = "macros")]
 pub use cacheback_macros::cacheback;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "redis", feature = "macros"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
