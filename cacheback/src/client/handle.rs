@@ -24,6 +24,9 @@ use crate::policy::Freshness;
 use crate::queue::{EnqueueError, RefreshRequest};
 use crate::store::{ClaimOutcome, ClaimState, Put, PutCondition, PutOutcome, Release};
 
+/// An answer available now, or a future for it.
+type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
+
 /// A read entry, sorted by what answering it takes.
 enum Classified<V> {
     Hit(Lookup<V>),
@@ -198,7 +201,7 @@ impl<J: Job> JobHandle<J> {
     }
 
     fn digest(&self, args: &Args<J>) -> Result<u128> {
-        key::digest(&self.core().prefix, &self.job.name, args).map_err(|e| Error::Key {
+        key::digest_seeded(self.job.seed, args).map_err(|e| Error::Key {
             message: e.to_string(),
         })
     }
@@ -214,9 +217,15 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Option<Arc<Value<J>>>>> + Send + '_ {
-        use futures_util::FutureExt;
-        self.get_with_status(args)
-            .map(|lookup| lookup.map(|lookup| lookup.value))
+        match self.lookup(args) {
+            Either::Left(now) => Either::Left(future::ready(now.map(|lookup| lookup.value))),
+            Either::Right(later) => {
+                Either::Right(
+                    Box::pin(async move { later.await.map(|lookup| lookup.value) })
+                        as BoxFuture<'_, _>,
+                )
+            }
+        }
     }
 
     /// Like [`get`](Self::get), with how the read was answered, the value's age and whether a
@@ -228,15 +237,27 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Lookup<Value<J>>>> + Send + '_ {
+        match self.lookup(args) {
+            Either::Left(now) => Either::Left(future::ready(now)),
+            Either::Right(later) => Either::Right(later),
+        }
+    }
+
+    /// A read answered now (an in-process hit, or an error) or a future for the rest.
+    #[inline]
+    fn lookup(
+        &self,
+        args: Args<J>,
+    ) -> NowOrLater<'_, Lookup<Value<J>>> {
         let core = self.core();
         let digest = match self.digest(&args) {
             Ok(digest) => digest,
-            Err(error) => return Either::Left(future::ready(Err(error))),
+            Err(error) => return Either::Left(Err(error)),
         };
         let key = Key::new(&core.prefix, &self.job.name, digest);
         match core.store.get_now(key) {
             Some(Ok(entry)) => match self.classify(key, entry, core.clock.now()) {
-                Classified::Hit(lookup) => Either::Left(future::ready(Ok(lookup))),
+                Classified::Hit(lookup) => Either::Left(Ok(lookup)),
                 slow => {
                     Either::Right(Box::pin(self.finish(args, digest, slow)) as BoxFuture<'_, _>)
                 }

@@ -183,8 +183,10 @@ impl Cacheback {
             .validate()
             .map_err(|m| Error::config(format!("job `{name}`: {m}")))?;
         let metrics = JobMetrics::new(&name);
+        let seed = key::job_seed(&self.inner.core.prefix, &name);
         let entry = Arc::new(JobEntry {
             job,
+            seed,
             name,
             policy,
             metrics,

@@ -16,6 +16,8 @@ use crate::queue::RefreshRequest;
 pub(crate) struct JobEntry<J> {
     pub(crate) job: J,
     pub(crate) name: Arc<str>,
+    /// [`key::job_seed`](crate::key) of the client's prefix and this name.
+    pub(crate) seed: u64,
     pub(crate) policy: Policy,
     pub(crate) metrics: JobMetrics,
 }
