@@ -245,10 +245,7 @@ impl<J: Job> JobHandle<J> {
 
     /// A read answered now (an in-process hit, or an error) or a future for the rest.
     #[inline]
-    fn lookup(
-        &self,
-        args: Args<J>,
-    ) -> NowOrLater<'_, Lookup<Value<J>>> {
+    fn lookup(&self, args: Args<J>) -> NowOrLater<'_, Lookup<Value<J>>> {
         let core = self.core();
         let digest = match self.digest(&args) {
             Ok(digest) => digest,
