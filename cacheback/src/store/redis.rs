@@ -66,45 +66,21 @@ pub const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 /// The envelope's first bytes: magic `CB`, format version 1.
 const ENVELOPE_PREFIX: &[u8] = b"CB\x01";
 
-/// `put`: KEYS[1] = entry; ARGV[1] = "" (always) or the expected generation as 8 big-endian
-/// bytes; ARGV[2] = the envelope; ARGV[3] = PX. Returns {1, new generation} or
-/// {0, current generation}, generations as 8-byte strings.
+/// `put` (and `put_and_release`): KEYS[1] = entry; ARGV[1] = "" (always) or the expected
+/// generation as 8 big-endian bytes; ARGV[2] = the envelope; ARGV[3] = PX. Returns
+/// {1, new generation} or {0, current generation}, generations as 8-byte strings.
+/// With KEYS[2] = claim, KEYS[3] = fail and ARGV[4] = a token, it then also releases a
+/// successful refresh's claim (if the token owns it) and clears the failure state, written or
+/// discarded alike: one round trip instead of two.
 const PUT_LUA: &str = r"
-local cur = redis.call('GET', KEYS[1])
-local gen = '\0\0\0\0\0\0\0\0'
-if cur and #cur >= 48 and string.sub(cur, 1, 3) == 'CB\1' then
-  gen = string.sub(cur, 9, 16)
-end
-if ARGV[1] ~= '' and ARGV[1] ~= gen then
-  return {0, gen}
-end
-local b = {string.byte(gen, 1, 8)}
-local i = 8
-while i >= 1 do
-  if b[i] == 255 then
-    b[i] = 0
-    i = i - 1
-  else
-    b[i] = b[i] + 1
-    break
-  end
-end
-local new = string.char(unpack(b))
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SETRANGE', KEYS[1], 8, new)
-return {1, new}
-";
-
-/// `put_and_release`: the `put` script, then the release of a successful refresh's claim
-/// (token-checked) and of the key's failure state, in one round trip. KEYS = entry, claim,
-/// fail; ARGV = as `put`, then the token. Same reply as `put`.
-const PUT_RELEASE_LUA: &str = r"
 local function release()
-  local c = redis.call('GET', KEYS[2])
-  if c and string.sub(c, 1, 32) == ARGV[4] then
-    redis.call('DEL', KEYS[2])
+  if #KEYS == 3 then
+    local c = redis.call('GET', KEYS[2])
+    if c and string.sub(c, 1, 32) == ARGV[4] then
+      redis.call('DEL', KEYS[2])
+    end
+    redis.call('DEL', KEYS[3])
   end
-  redis.call('DEL', KEYS[3])
 end
 local cur = redis.call('GET', KEYS[1])
 local gen = '\0\0\0\0\0\0\0\0'
@@ -209,7 +185,6 @@ pub struct RedisStore {
 #[derive(Clone)]
 struct Scripts {
     put: Script,
-    put_release: Script,
     claim: Script,
     release: Script,
 }
@@ -218,7 +193,6 @@ impl Scripts {
     fn new() -> Self {
         Scripts {
             put: Script::new(PUT_LUA),
-            put_release: Script::new(PUT_RELEASE_LUA),
             claim: Script::new(CLAIM_LUA),
             release: Script::new(RELEASE_LUA),
         }
@@ -416,11 +390,7 @@ impl RedisStore {
             PutCondition::Always => Vec::new(),
             PutCondition::IfGeneration(g) => g.to_be_bytes().to_vec(),
         };
-        let script = match release {
-            Some(_) => &self.scripts.put_release,
-            None => &self.scripts.put,
-        };
-        let mut invocation = script.key(entry_key(key));
+        let mut invocation = self.scripts.put.key(entry_key(key));
         if release.is_some() {
             invocation.key(claim_key(key)).key(fail_key(key));
         }
