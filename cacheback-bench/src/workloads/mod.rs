@@ -117,6 +117,22 @@ pub(crate) fn registry() -> Vec<Workload> {
             run: w1::redis,
         },
     );
+    #[cfg(feature = "redis")]
+    {
+        let after_w3 = entries
+            .iter()
+            .position(|w| w.id == "W3")
+            .map_or(entries.len(), |i| i + 1);
+        entries.insert(
+            after_w3,
+            Workload {
+                id: "W3",
+                title: "refresh throughput, RedisStore + RedisQueue + worker",
+                needs: Needs::Redis,
+                run: w3::redis,
+            },
+        );
+    }
     entries
 }
 

@@ -131,3 +131,167 @@ async fn end_to_end(n: u64, concurrency: usize) -> Result<(f64, Duration), Strin
     }
     Ok((n as f64 / took.as_secs_f64(), took))
 }
+
+/// W3 through Redis: `RedisStore` + `RedisQueue` and a [`Worker`](cacheback::Worker) in this
+/// process, the same N distinct keys; a fresh key prefix per variant so runs do not mix.
+#[cfg(feature = "redis")]
+pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let url = ctx.redis()?.url();
+    let sizes: &[u64] = ctx.scale.pick(&[5_000, 50_000], &[1_000]);
+    let rt = runtime();
+    let mut records = Vec::new();
+    for &n in sizes {
+        for concurrency in [2usize, 64] {
+            let prefix = format!("w3-{n}-{concurrency}-{}", std::process::id());
+            let (rate, took, enqueue_rate) =
+                rt.block_on(redis_end_to_end(&url, &prefix, n, concurrency))?;
+            let mut r = Record::new(
+                "W3",
+                format!("RedisQueue, {n} keys, worker concurrency {concurrency}"),
+                "cacheback",
+            )
+            .param("keys", n)
+            .param("worker_concurrency", concurrency as u64)
+            .param("fetch", "returns at once")
+            .param("store", "RedisStore")
+            .param("queue", "RedisQueue");
+            r.figure("refreshes_per_sec", stats::round3(rate));
+            r.figure("seconds", stats::round3(took.as_secs_f64()));
+            r.figure("enqueue_alone_per_sec", stats::round3(enqueue_rate));
+            r.figure("celery_reference_per_sec", CELERY_PER_SEC);
+            r.summary = format!(
+                "{} end to end ({:.2} s); enqueue alone {}",
+                report::rate(rate),
+                took.as_secs_f64(),
+                report::rate(enqueue_rate)
+            );
+            r.check(
+                "≥ 20,000 refreshes/s end to end (≥ 50× Celery)",
+                format!(
+                    "{} = {:.0}× Celery",
+                    report::rate(rate),
+                    rate / CELERY_PER_SEC
+                ),
+                rate >= 20_000.0,
+            );
+            records.push(r);
+        }
+    }
+    Ok(records)
+}
+
+/// Enqueues N refreshes with nobody draining (the enqueue rate alone), lets a worker drain them,
+/// then times N more refreshes from the first enqueue, with the worker running, until all N
+/// landed in Redis (end to end).
+#[cfg(feature = "redis")]
+async fn redis_end_to_end(
+    url: &str,
+    prefix: &str,
+    n: u64,
+    concurrency: usize,
+) -> Result<(f64, Duration, f64), String> {
+    use cacheback::{Cacheback, RedisQueue, RedisStore, Worker, WorkerOptions};
+
+    let refreshed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let hook = {
+        let (refreshed, done) = (Arc::clone(&refreshed), Arc::clone(&done));
+        move |event: &Event| {
+            if let Event::Refreshed { .. } = event
+                && refreshed.fetch_add(1, Ordering::Relaxed) + 1 == n
+            {
+                done.notify_one();
+            }
+        }
+    };
+    let fetcher = Fetcher::new(Duration::ZERO);
+    let client = Cacheback::builder()
+        .prefix(prefix)
+        .store(RedisStore::from_url(url).map_err(|e| e.to_string())?)
+        .queue(RedisQueue::from_url(url).map_err(|e| e.to_string())?)
+        .on_event(hook)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let handle = client.job(crate::value::BenchJob {
+        fetcher: Arc::clone(&fetcher),
+        policy: Policy::default().lifetime(Duration::from_secs(3600)),
+    });
+    // Enqueue alone: nobody drains the stream yet.
+    let start = Instant::now();
+    enqueue_concurrently(&handle, 0..n).await?;
+    let enqueue_rate = n as f64 / start.elapsed().as_secs_f64();
+    let worker = Worker::builder(&client)
+        .options(WorkerOptions::default().concurrency(concurrency).batch(256))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stop = Arc::new(Notify::new());
+    let worker = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        worker.run_until(async move { stop.notified().await })
+    });
+    tokio::time::timeout(Duration::from_secs(300), done.notified())
+        .await
+        .map_err(|_| {
+            format!(
+                "only {} of {n} refreshes landed",
+                refreshed.load(Ordering::Relaxed)
+            )
+        })?;
+    refreshed.store(0, Ordering::Relaxed);
+    fetcher.reset();
+    let start = Instant::now();
+    enqueue_concurrently(&handle, n..2 * n).await?;
+    tokio::time::timeout(Duration::from_secs(300), done.notified())
+        .await
+        .map_err(|_| {
+            format!(
+                "only {} of {n} refreshes landed",
+                refreshed.load(Ordering::Relaxed)
+            )
+        })?;
+    let took = start.elapsed();
+    stop.notify_one();
+    let _ = worker.await;
+    if fetcher.calls() != n {
+        return Err(format!("{} fetches for {n} refreshes", fetcher.calls()));
+    }
+    for key in n..2 * n {
+        let peek = handle.peek(key).await.map_err(|e| e.to_string())?;
+        if peek.and_then(|p| p.value).is_none() {
+            return Err(format!("key {key} is not in Redis after its refresh"));
+        }
+    }
+    client.shutdown(Duration::from_secs(5)).await;
+    Ok((n as f64 / took.as_secs_f64(), took, enqueue_rate))
+}
+
+/// `refresh_async` of every key, from 64 tasks (as 64 request handlers would), each key's
+/// refresh checked to be enqueued.
+#[cfg(feature = "redis")]
+async fn enqueue_concurrently(
+    handle: &cacheback::JobHandle<crate::value::BenchJob>,
+    keys: std::ops::Range<u64>,
+) -> Result<(), String> {
+    const TASKS: u64 = 64;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let handle = handle.clone();
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                for key in keys
+                    .skip(usize::try_from(t).unwrap_or(0))
+                    .step_by(TASKS as usize)
+                {
+                    if !handle.refresh_async(key).await.map_err(|e| e.to_string())? {
+                        return Err(format!("refresh of key {key} was not enqueued"));
+                    }
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
