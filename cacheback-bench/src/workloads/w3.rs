@@ -29,37 +29,60 @@ pub(crate) fn local(ctx: &Ctx) -> Result<Vec<Record>, String> {
         let enqueue_rate = rt.block_on(enqueue_only(n))?;
         for concurrency in [2usize, 64] {
             let (rate, took) = rt.block_on(end_to_end(n, concurrency))?;
-            let mut r = Record::new(
-                "W3",
+            let r = record(
                 format!("LocalQueue, {n} keys, worker concurrency {concurrency}"),
-                "cacheback",
-            )
-            .param("keys", n)
-            .param("worker_concurrency", concurrency as u64)
-            .param("fetch", "returns at once");
-            r.figure("refreshes_per_sec", stats::round3(rate));
-            r.figure("seconds", stats::round3(took.as_secs_f64()));
-            r.figure("enqueue_alone_per_sec", stats::round3(enqueue_rate));
-            r.figure("celery_reference_per_sec", CELERY_PER_SEC);
-            r.summary = format!(
-                "{} end to end ({:.2} s); enqueue alone {}",
-                report::rate(rate),
-                took.as_secs_f64(),
-                report::rate(enqueue_rate)
-            );
-            r.check(
-                "≥ 20,000 refreshes/s end to end (≥ 50× Celery)",
-                format!(
-                    "{} = {:.0}× Celery",
-                    report::rate(rate),
-                    rate / CELERY_PER_SEC
-                ),
-                rate >= 20_000.0,
+                n,
+                concurrency,
+                Rates {
+                    end_to_end: rate,
+                    took,
+                    enqueue_alone: enqueue_rate,
+                },
             );
             records.push(r);
         }
     }
     Ok(records)
+}
+
+/// What one W3 variant measured.
+struct Rates {
+    end_to_end: f64,
+    took: Duration,
+    enqueue_alone: f64,
+}
+
+/// The record of one W3 variant, with its figures and the target check.
+fn record(variant: String, n: u64, concurrency: usize, rates: Rates) -> Record {
+    let Rates {
+        end_to_end,
+        took,
+        enqueue_alone,
+    } = rates;
+    let mut r = Record::new("W3", variant, "cacheback")
+        .param("keys", n)
+        .param("worker_concurrency", concurrency as u64)
+        .param("fetch", "returns at once");
+    r.figure("refreshes_per_sec", stats::round3(end_to_end));
+    r.figure("seconds", stats::round3(took.as_secs_f64()));
+    r.figure("enqueue_alone_per_sec", stats::round3(enqueue_alone));
+    r.figure("celery_reference_per_sec", CELERY_PER_SEC);
+    r.summary = format!(
+        "{} end to end ({:.2} s); enqueue alone {}",
+        report::rate(end_to_end),
+        took.as_secs_f64(),
+        report::rate(enqueue_alone)
+    );
+    r.check(
+        "≥ 20,000 refreshes/s end to end (≥ 50× Celery)",
+        format!(
+            "{} = {:.0}× Celery",
+            report::rate(end_to_end),
+            end_to_end / CELERY_PER_SEC
+        ),
+        end_to_end >= 20_000.0,
+    );
+    r
 }
 
 fn setup(n: u64, worker: Option<usize>) -> ClientSetup {
@@ -145,35 +168,18 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             let prefix = format!("w3-{n}-{concurrency}-{}", std::process::id());
             let (rate, took, enqueue_rate) =
                 rt.block_on(redis_end_to_end(&url, &prefix, n, concurrency))?;
-            let mut r = Record::new(
-                "W3",
+            let r = record(
                 format!("RedisQueue, {n} keys, worker concurrency {concurrency}"),
-                "cacheback",
+                n,
+                concurrency,
+                Rates {
+                    end_to_end: rate,
+                    took,
+                    enqueue_alone: enqueue_rate,
+                },
             )
-            .param("keys", n)
-            .param("worker_concurrency", concurrency as u64)
-            .param("fetch", "returns at once")
             .param("store", "RedisStore")
             .param("queue", "RedisQueue");
-            r.figure("refreshes_per_sec", stats::round3(rate));
-            r.figure("seconds", stats::round3(took.as_secs_f64()));
-            r.figure("enqueue_alone_per_sec", stats::round3(enqueue_rate));
-            r.figure("celery_reference_per_sec", CELERY_PER_SEC);
-            r.summary = format!(
-                "{} end to end ({:.2} s); enqueue alone {}",
-                report::rate(rate),
-                took.as_secs_f64(),
-                report::rate(enqueue_rate)
-            );
-            r.check(
-                "≥ 20,000 refreshes/s end to end (≥ 50× Celery)",
-                format!(
-                    "{} = {:.0}× Celery",
-                    report::rate(rate),
-                    rate / CELERY_PER_SEC
-                ),
-                rate >= 20_000.0,
-            );
             records.push(r);
         }
     }
