@@ -294,13 +294,19 @@ async fn fresh_hit_fetches_and_enqueues_nothing() {
 }
 
 // 5. A stale hit returns the stale value at once and enqueues exactly one refresh, even with
-// 64 concurrent readers.
+// 64 concurrent readers; and the 64 readers of one process ask Redis for the claim once (the
+// others know it is in flight), so a burst costs Redis 64 GETs and one claim script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_burst_of_64_readers_enqueues_one_refresh() {
     let Some(mut fx) = Fx::new() else { return };
     let squares = fx.job("squares", policy());
     squares.set(5, "old".into()).await.unwrap();
+    // Another stale key read once first, so Redis has loaded the claim script before the count.
+    squares.set(50, "other".into()).await.unwrap();
     fx.clock.advance(LIFETIME);
+    assert!(squares.get_with_status(50).await.unwrap().refresh_triggered);
+    let claims = || fx.server.command_calls("evalsha");
+    let claims_before = claims();
     let reads = (0..64).map(|_| {
         let squares = squares.clone();
         tokio::spawn(async move { squares.get_with_status(5).await.unwrap() })
@@ -313,13 +319,23 @@ async fn stale_burst_of_64_readers_enqueues_one_refresh() {
         triggered += usize::from(read.refresh_triggered);
     }
     assert_eq!(triggered, 1, "exactly one reader enqueues");
-    assert_eq!(fx.queued().await, 1, "exactly one message in the stream");
+    assert_eq!(
+        claims() - claims_before,
+        1,
+        "one claim script for the whole burst"
+    );
+    assert_eq!(
+        fx.queued().await,
+        2,
+        "exactly one message in the stream for key 5"
+    );
+
     fx.start_default_worker();
     eventually("refreshed", WITHIN, || async {
-        is_fresh(&squares, 5).await
+        is_fresh(&squares, 5).await && is_fresh(&squares, 50).await
     })
     .await;
-    assert_eq!(fx.upstream.calls(), 1);
+    assert_eq!(fx.upstream.calls(), 2, "one fetch each for keys 5 and 50");
     fx.stop_workers().await;
 }
 

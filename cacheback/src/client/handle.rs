@@ -11,6 +11,7 @@ use futures_util::future::{self, BoxFuture, Either};
 use tracing::{Instrument, debug_span, warn};
 
 use crate::client::coalesce::AnyValue;
+use crate::client::hints::ClaimHints;
 use crate::client::refresh::{self, Claimed};
 use crate::client::registry::JobEntry;
 use crate::client::{Cacheback, Core, QueueFallback, StoreFallback};
@@ -382,7 +383,7 @@ impl<J: Job> JobHandle<J> {
                 }
             }
         } else {
-            let triggered = self.trigger(key, &args, meta.generation, now).await;
+            let triggered = self.trigger_on_read(key, &args, meta.generation, now).await;
             job.metrics.stale.increment(1);
             job.metrics.served_age.record(age.as_secs_f64());
             return Ok(Lookup {
@@ -421,7 +422,7 @@ impl<J: Job> JobHandle<J> {
                 refresh_triggered: false,
             })
         } else {
-            let triggered = self.trigger(key, &args, generation, now).await;
+            let triggered = self.trigger_on_read(key, &args, generation, now).await;
             job.metrics.miss.increment(1);
             Ok(Lookup {
                 value: None,
@@ -467,7 +468,9 @@ impl<J: Job> JobHandle<J> {
             self.job
                 .policy
                 .early_refresh_probability(now, meta.fresh_until, meta.fetch_duration);
-        p > 0.0 && fastrand::f64() < p && self.trigger(key, args, meta.generation, now).await
+        p > 0.0
+            && fastrand::f64() < p
+            && self.trigger_on_read(key, args, meta.generation, now).await
     }
 
     /// One fetch per key per process: runs (or joins) the fetch in a task and, when
@@ -536,9 +539,43 @@ impl<J: Job> JobHandle<J> {
         Ok(value as AnyValue)
     }
 
-    /// Takes the key's claim and, if won, enqueues one refresh (SPEC §3.5). Returns whether a
-    /// refresh was enqueued or run. Never fails the read.
-    async fn trigger(&self, key: Key<'_>, args: &Args<J>, generation: u64, now: Timestamp) -> bool {
+    /// [`trigger`](Self::trigger) for a read: with a remote store, asks for the claim at most
+    /// once per hint window per process (see `client::hints`). Returns whether a refresh was
+    /// enqueued or run.
+    async fn trigger_on_read(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> bool {
+        let Some(hints) = &self.core().claim_hints else {
+            return self.trigger(key, args, generation, now).await == Trigger::Started;
+        };
+        let window = ClaimHints::window(self.job.policy.lifetime);
+        if !hints.should_claim(key.digest(), now, window) {
+            self.job.metrics.claim_held.increment(1);
+            return false;
+        }
+        match self.trigger(key, args, generation, now).await {
+            Trigger::Started => true,
+            Trigger::Taken => false,
+            Trigger::Retry => {
+                hints.forget(key.digest());
+                false
+            }
+        }
+    }
+
+    /// Takes the key's claim and, if won, enqueues one refresh (SPEC §3.5). Never fails the
+    /// read.
+    async fn trigger(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> Trigger {
         let core = self.core();
         let job = &*self.job;
         let outcome = core
@@ -550,16 +587,16 @@ impl<J: Job> JobHandle<J> {
             Ok(ClaimOutcome::Won { token, failures }) => (token, failures),
             Ok(ClaimOutcome::Held { .. }) => {
                 job.metrics.claim_held.increment(1);
-                return false;
+                return Trigger::Taken;
             }
             Ok(ClaimOutcome::BackingOff { .. }) => {
                 job.metrics.claim_backing_off.increment(1);
-                return false;
+                return Trigger::Taken;
             }
             Err(error) => {
                 job.metrics.store_error("claim");
                 warn!(error = %error, "could not claim the refresh; the next read will try again");
-                return false;
+                return Trigger::Retry;
             }
         };
         job.metrics.claim_won.increment(1);
@@ -573,11 +610,11 @@ impl<J: Job> JobHandle<J> {
             Err(error) => {
                 warn!(error = %error, "could not encode the refresh request");
                 refresh::release(core, job, key, token, Release::Abandoned).await;
-                return false;
+                return Trigger::Retry;
             }
         };
         match core.queue.enqueue(request).await {
-            Ok(()) => true,
+            Ok(()) => Trigger::Started,
             Err(EnqueueError::Full) => {
                 job.metrics.enqueue_dropped.increment(1);
                 warn!(job = %job.name, "refresh queue is full; dropped the refresh (the next read retries)");
@@ -586,7 +623,7 @@ impl<J: Job> JobHandle<J> {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),
                 });
-                false
+                Trigger::Retry
             }
             Err(error) => self.fall_back(key, args, claimed, error).await,
         }
@@ -598,7 +635,7 @@ impl<J: Job> JobHandle<J> {
         args: &Args<J>,
         claimed: Claimed,
         error: EnqueueError,
-    ) -> bool {
+    ) -> Trigger {
         let core = self.core();
         let job = &*self.job;
         match core.queue_fallback {
@@ -614,19 +651,19 @@ impl<J: Job> JobHandle<J> {
                 self.core().tasks.spawn(async move {
                     refresh::refresh_claimed(&core, &job, args, digest, claimed).await;
                 });
-                true
+                Trigger::Started
             }
             QueueFallback::SyncRefresh => {
                 job.metrics.fallback_sync.increment(1);
                 warn!(error = %error, "queue unavailable; refreshing before answering");
                 refresh::refresh_claimed(core, job, args.clone(), key.digest(), claimed).await;
-                true
+                Trigger::Started
             }
             QueueFallback::Skip => {
                 job.metrics.fallback_skip.increment(1);
                 warn!(error = %error, "queue unavailable; refresh skipped");
                 refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
-                false
+                Trigger::Retry
             }
         }
     }
@@ -746,7 +783,8 @@ impl<J: Job> JobHandle<J> {
                 .filter(|e| !e.is_tombstone() && e.meta.freshness(now) != Freshness::Expired);
             let Some(entry) = live else {
                 let generation = current.map_or(0, |e| e.meta.generation);
-                return Ok(even_if_missing && self.trigger(key, &args, generation, now).await);
+                return Ok(even_if_missing
+                    && self.trigger(key, &args, generation, now).await == Trigger::Started);
             };
             let mut meta = entry.meta;
             meta.fresh_until = meta.fresh_until.min(now);
@@ -757,7 +795,7 @@ impl<J: Job> JobHandle<J> {
                 ttl,
             );
             if let PutOutcome::Written { generation } = core.store.put(key, put).await? {
-                return Ok(self.trigger(key, &args, generation, now).await);
+                return Ok(self.trigger(key, &args, generation, now).await == Trigger::Started);
             }
         }
         Err(Error::store(
@@ -862,4 +900,16 @@ impl<J: Job> JobHandle<J> {
         }
         report
     }
+}
+
+/// What [`JobHandle::trigger`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Won the claim; the refresh is enqueued (or runs in this process).
+    Started,
+    /// The claim is taken: a refresh is under way elsewhere, or failures are backing off.
+    Taken,
+    /// Nothing started and nothing holds the key (a store error, a dropped request): the next
+    /// read should try again.
+    Retry,
 }

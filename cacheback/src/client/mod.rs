@@ -21,6 +21,7 @@ use crate::worker::{Worker, WorkerOptions, WorkerReport};
 mod coalesce;
 pub(crate) mod global;
 mod handle;
+mod hints;
 pub(crate) mod refresh;
 pub(crate) mod registry;
 
@@ -73,6 +74,8 @@ pub(crate) struct Core {
     pub(crate) tombstone_ttl: Duration,
     pub(crate) registry: Registry,
     pub(crate) coalescer: Arc<Coalescer>,
+    /// Claim hints for read-triggered refreshes; `None` for in-process stores.
+    pub(crate) claim_hints: Option<hints::ClaimHints>,
     /// Every background task of the client (coalesced fetches, local fallback refreshes).
     pub(crate) tasks: TaskTracker,
 }
@@ -414,6 +417,7 @@ impl CachebackBuilder {
             .queue
             .unwrap_or_else(|| Arc::new(LocalQueue::default()) as SharedQueue);
         let start_worker = self.worker.unwrap_or_else(|| queue.is_in_process());
+        let claim_hints = (!store.is_in_process()).then(hints::ClaimHints::default);
         let runtime = if start_worker {
             Some(tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::config(
@@ -437,6 +441,7 @@ impl CachebackBuilder {
             tombstone_ttl: self.tombstone_ttl,
             registry: Registry::default(),
             coalescer: Arc::new(Coalescer::default()),
+            claim_hints,
             tasks: TaskTracker::new(),
         });
         let stop = CancellationToken::new();

@@ -461,6 +461,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn is_in_process(&self) -> bool {
+        true
+    }
+
     #[inline]
     fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
         Some(Ok(self.get_sync(key)))

@@ -191,6 +191,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether the store lives in this process (its claims cost no round trip). Clients ask a
+    /// remote store for a key's refresh claim at most once per short window per process when
+    /// many readers find the key stale at once; an in-process store is asked every time.
+    fn is_in_process(&self) -> bool {
+        false
+    }
+
     /// Reads an entry without awaiting, when the store can (in-process stores); `None` means
     /// "use [`Store::get`]". Must agree with `get`.
     fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
