@@ -127,8 +127,11 @@ impl Conn {
         cmd: &Cmd,
         what: &'static str,
     ) -> Result<T, Failure> {
-        let mut manager = self.manager.clone();
-        bounded(what, self.timeout, cmd.query_async(&mut manager)).await
+        let run = || {
+            let mut manager = self.manager.clone();
+            async move { cmd.query_async(&mut manager).await }
+        };
+        bounded(what, self.timeout, again_if_refused(run)).await
     }
 
     /// Runs a pipeline (one round trip).
@@ -137,8 +140,11 @@ impl Conn {
         pipe: &Pipeline,
         what: &'static str,
     ) -> Result<T, Failure> {
-        let mut manager = self.manager.clone();
-        bounded(what, self.timeout, pipe.query_async(&mut manager)).await
+        let run = || {
+            let mut manager = self.manager.clone();
+            async move { pipe.query_async(&mut manager).await }
+        };
+        bounded(what, self.timeout, again_if_refused(run)).await
     }
 
     /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`).
@@ -147,8 +153,30 @@ impl Conn {
         invocation: &redis::ScriptInvocation<'_>,
         what: &'static str,
     ) -> Result<T, Failure> {
-        let mut manager = self.manager.clone();
-        bounded(what, self.timeout, invocation.invoke_async(&mut manager)).await
+        let run = || {
+            let mut manager = self.manager.clone();
+            async move { invocation.invoke_async(&mut manager).await }
+        };
+        bounded(what, self.timeout, again_if_refused(run)).await
+    }
+}
+
+/// Runs `attempt`, and once more if the connection was refused.
+///
+/// The connection manager keeps the outcome of its last reconnection attempt: after an outage,
+/// the first command finds the attempt made while Redis was down, fails with its "connection
+/// refused", and only then starts a new attempt. A refused connection means the command was
+/// never sent, so trying once more is safe for every command (scripts included), and cheap
+/// (a refusal comes back at once). Other errors (timeouts, a connection dropped after the
+/// command was sent) are returned as they are.
+async fn again_if_refused<T, F, Fut>(mut attempt: F) -> Result<T, RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, RedisError>>,
+{
+    match attempt().await {
+        Err(error) if error.is_connection_refusal() => attempt().await,
+        result => result,
     }
 }
 
