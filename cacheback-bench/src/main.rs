@@ -10,15 +10,19 @@
 //! cargo run --release -p cacheback-bench -- W2 W4        # some workloads, full size
 //! cargo run --release -p cacheback-bench -- W4 --quick   # one workload, small size
 //! cargo run --release -p cacheback-bench -- all --out DIR
+//! cargo run --release -p cacheback-bench -- chaos        # reliability: faults across processes
+//! cargo run --release -p cacheback-bench -- soak         # reliability: 10 min, RSS + connections
 //! ```
 //!
 //! Workloads are entries of a registry ([`workloads::registry`]); an entry that needs Redis says
 //! so and gets a `redis-server` the harness starts on loopback and stops at the end.
 
+mod fleet;
 mod machine;
 mod peers;
 mod plot;
 mod redis_server;
+mod reliability;
 mod report;
 mod stats;
 mod value;
@@ -31,6 +35,9 @@ use std::time::{Instant, SystemTime};
 use clap::Parser;
 
 use crate::workloads::{Ctx, Scale};
+
+/// The `main` of a reliability run (`chaos`, `soak`): its own arguments in, an error out.
+type ReliabilityRun = fn(&[String]) -> Result<(), String>;
 
 /// Runs the workloads of WORKLOADS.md.
 #[derive(Debug, Parser)]
@@ -50,8 +57,21 @@ struct Cli {
 fn main() {
     // W7 measures each store in a fresh child process of this binary.
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(workloads::w7::CHILD_COMMAND) {
-        workloads::w7::child_main(&args[2..]);
+    let reliability_run: Option<ReliabilityRun> = match args.get(1).map(String::as_str) {
+        Some(workloads::w7::CHILD_COMMAND) => {
+            workloads::w7::child_main(&args[2..]);
+            return;
+        }
+        Some(fleet::CHILD_COMMAND) => fleet::child_main(&args[2..]),
+        Some("chaos") => Some(reliability::chaos::main),
+        Some("soak") => Some(reliability::soak::main),
+        _ => None,
+    };
+    if let Some(run) = reliability_run {
+        if let Err(error) = run(&args[2..]) {
+            eprintln!("cacheback-bench {}: {error}", args[1]);
+            std::process::exit(1);
+        }
         return;
     }
     let cli = Cli::parse();

@@ -31,7 +31,7 @@ use crate::value::{BenchJob, Fetcher, Value};
 pub(crate) enum Subject {
     Cacheback {
         handle: JobHandle<BenchJob>,
-        queue: LocalQueue,
+        queue: BenchQueue,
     },
     Moka {
         cache: moka::future::Cache<u64, Arc<Value>>,
@@ -39,6 +39,27 @@ pub(crate) enum Subject {
     },
     CachedPlain(Lifetime),
     CachedSwr(Lifetime),
+}
+
+/// The queue behind a cacheback subject, for its counters.
+#[derive(Debug, Clone)]
+pub(crate) enum BenchQueue {
+    Local(LocalQueue),
+    #[cfg(feature = "redis")]
+    Redis(cacheback::RedisQueue),
+}
+
+impl From<LocalQueue> for BenchQueue {
+    fn from(queue: LocalQueue) -> Self {
+        BenchQueue::Local(queue)
+    }
+}
+
+#[cfg(feature = "redis")]
+impl From<cacheback::RedisQueue> for BenchQueue {
+    fn from(queue: cacheback::RedisQueue) -> Self {
+        BenchQueue::Redis(queue)
+    }
 }
 
 /// The lifetimes the `cached` functions are compiled with (its TTL is an attribute literal).
@@ -77,9 +98,15 @@ impl Subject {
     /// What exactly the subject does (recorded with its figures).
     pub(crate) fn describe(&self) -> &'static str {
         match self {
-            Subject::Cacheback { .. } => {
-                "JobHandle::get_with_status; MemoryStore + LocalQueue + in-process worker (concurrency 16)"
-            }
+            Subject::Cacheback {
+                queue: BenchQueue::Local(_),
+                ..
+            } => "JobHandle::get_with_status; MemoryStore + LocalQueue + in-process worker",
+            #[cfg(feature = "redis")]
+            Subject::Cacheback {
+                queue: BenchQueue::Redis(_),
+                ..
+            } => "JobHandle::get_with_status; RedisStore + RedisQueue + in-process worker",
             Subject::Moka { .. } => {
                 "moka::future::Cache with time_to_live(lifetime), read with get_with(key, fetch): coalesced, readers of an expired key wait"
             }
@@ -147,18 +174,35 @@ impl Subject {
         }
     }
 
-    /// Refreshes enqueued so far (cacheback only).
+    /// Refreshes enqueued so far by this process (cacheback only).
     pub(crate) fn enqueued(&self) -> Option<u64> {
         match self {
-            Subject::Cacheback { queue, .. } => Some(queue.enqueued()),
+            Subject::Cacheback {
+                queue: BenchQueue::Local(queue),
+                ..
+            } => Some(queue.enqueued()),
+            #[cfg(feature = "redis")]
+            Subject::Cacheback {
+                queue: BenchQueue::Redis(queue),
+                ..
+            } => Some(queue.enqueued()),
             _ => None,
         }
     }
 
-    /// Refresh requests waiting in the queue (cacheback only; the peers have no queue).
-    pub(crate) fn backlog(&self) -> Option<usize> {
+    /// Refresh requests waiting in the queue or being processed (cacheback only; the peers have
+    /// no queue). `None` also when Redis cannot say.
+    pub(crate) async fn backlog(&self) -> Option<u64> {
         match self {
-            Subject::Cacheback { queue, .. } => Some(queue.len()),
+            Subject::Cacheback {
+                queue: BenchQueue::Local(queue),
+                ..
+            } => Some(queue.len() as u64),
+            #[cfg(feature = "redis")]
+            Subject::Cacheback {
+                queue: BenchQueue::Redis(queue),
+                ..
+            } => queue.len("default").await.ok(),
             _ => None,
         }
     }

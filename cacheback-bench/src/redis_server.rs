@@ -1,6 +1,7 @@
 //! A `redis-server` of the harness's own: loopback only, a free port, a temp dir, no persistence
 //! (`--save '' --appendonly no`), killed on drop. (The core crate's `tests/support` harness is
-//! test-only, so the bench carries this small one.)
+//! test-only, so the bench carries this small one.) For fault runs it can be stopped with
+//! `SHUTDOWN SAVE` and started again on the same port and dir, its data intact.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,36 +21,66 @@ impl RedisServer {
     pub(crate) fn start() -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
         let port = free_port()?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start redis-server (is it installed?): {e}"))?;
+        let child = spawn_server(port, dir.path())?;
         let mut server = RedisServer { child, port, dir };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Waits (up to 10 s) until the server answers `PING`.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if server.ping() {
-                return Ok(server);
+            if self.ping() {
+                return Ok(());
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!(
-                    "redis-server exited with {status}: {}",
-                    server.log()
-                ));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("redis-server exited with {status}: {}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(format!(
             "redis-server did not answer PING within 10 s: {}",
-            server.log()
+            self.log()
         ))
+    }
+
+    /// Stops the server with `SHUTDOWN SAVE` (its data goes to `dump.rdb` in its dir, although
+    /// it runs without save points) and waits (up to 10 s) for the process to exit. Start it
+    /// again with [`RedisServer::start_again`]; dropping a stopped server is fine.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn stop_saving(&mut self) -> Result<(), String> {
+        // The server closes the connection without a reply when it shuts down; an error reply
+        // means it refused (it could not save).
+        let reply = self.command("SHUTDOWN SAVE").unwrap_or_default();
+        if reply.starts_with('-') {
+            return Err(format!("SHUTDOWN SAVE refused: {}", reply.trim_end()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("waiting for redis-server: {e}")),
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(format!(
+            "redis-server did not exit within 10 s of SHUTDOWN SAVE (killed): {}",
+            self.log()
+        ))
+    }
+
+    /// Starts the server again on the same port and dir, so it loads what
+    /// [`RedisServer::stop_saving`] saved, and waits (up to 10 s) until it answers `PING`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn start_again(&mut self) -> Result<(), String> {
+        if let Ok(None) = self.child.try_wait() {
+            return Err("redis-server is still running".to_owned());
+        }
+        self.child = spawn_server(self.port, self.dir.path())?;
+        self.wait_ready()
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -95,6 +126,23 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `redis-server` on loopback `port` with `dir` as its working dir (log and dump there),
+/// without save points or append-only file.
+fn spawn_server(port: u16, dir: &std::path::Path) -> Result<Child, String> {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server (is it installed?): {e}"))
 }
 
 /// A port nothing listens on right now (the OS picks it).
@@ -190,5 +238,24 @@ mod tests {
         let port = server.port;
         drop(server);
         assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+    }
+
+    #[test]
+    fn a_server_restarts_with_its_data() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: redis-server is not installed");
+            return;
+        }
+        let mut server = RedisServer::start().expect("redis-server starts");
+        assert!(server.command("SET a 1").unwrap().starts_with("+OK"));
+        server.stop_saving().expect("SHUTDOWN SAVE");
+        assert!(server.command("PING").is_err());
+        assert!(server.start_again().is_ok());
+        assert_eq!(server.command("GET a").unwrap(), "$1\r\n1\r\n");
+        assert!(server.start_again().is_err(), "already running");
     }
 }

@@ -174,6 +174,36 @@ pub(crate) fn memory_client(
     (handle, queue)
 }
 
+/// A cacheback client on Redis (`RedisStore` + `RedisQueue` on `url`, keys under `prefix`), with
+/// an in-process worker when `setup.worker` says so, and its job handle and queue. Call from
+/// inside a runtime.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_client(
+    url: &str,
+    prefix: &str,
+    setup: &ClientSetup,
+    fetcher: Arc<Fetcher>,
+) -> Result<(Cacheback, JobHandle<BenchJob>, cacheback::RedisQueue), String> {
+    let queue = cacheback::RedisQueue::builder(url)
+        .prefix(prefix)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut builder = Cacheback::builder()
+        .prefix(prefix)
+        .store(cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?)
+        .queue(queue.clone())
+        .in_process_worker(setup.worker.is_some());
+    if let Some(concurrency) = setup.worker {
+        builder = builder.worker_options(WorkerOptions::default().concurrency(concurrency));
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let handle = client.job(BenchJob {
+        fetcher,
+        policy: setup.policy.clone(),
+    });
+    Ok((client, handle, queue))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

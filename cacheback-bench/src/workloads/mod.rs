@@ -62,7 +62,7 @@ pub(crate) struct Workload {
 
 /// Every entry, in the order they run (W6 reuses the W2 and W4 results of the same run).
 pub(crate) fn registry() -> Vec<Workload> {
-    #[allow(unused_mut)]
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut entries = vec![
         Workload {
             id: "W1",
@@ -108,30 +108,38 @@ pub(crate) fn registry() -> Vec<Workload> {
         },
     ];
     #[cfg(feature = "redis")]
-    entries.insert(
-        1,
+    for redis in [
         Workload {
             id: "W1",
             title: "hit path, Redis store",
             needs: Needs::Redis,
             run: w1::redis,
         },
-    );
-    #[cfg(feature = "redis")]
-    {
-        let after_w3 = entries
+        Workload {
+            id: "W2",
+            title: "stale burst, Redis: one process, and 4 processes + a worker process",
+            needs: Needs::Redis,
+            run: w2::redis,
+        },
+        Workload {
+            id: "W3",
+            title: "refresh throughput, RedisStore + RedisQueue + worker",
+            needs: Needs::Redis,
+            run: w3::redis,
+        },
+        Workload {
+            id: "W4",
+            title: "mixed Zipf workload, RedisStore + RedisQueue + worker",
+            needs: Needs::Redis,
+            run: w4::redis,
+        },
+    ] {
+        // Each Redis entry runs right after the memory entries of its workload.
+        let after = entries
             .iter()
-            .position(|w| w.id == "W3")
+            .rposition(|w| w.id == redis.id)
             .map_or(entries.len(), |i| i + 1);
-        entries.insert(
-            after_w3,
-            Workload {
-                id: "W3",
-                title: "refresh throughput, RedisStore + RedisQueue + worker",
-                needs: Needs::Redis,
-                run: w3::redis,
-            },
-        );
+        entries.insert(after, redis);
     }
     entries
 }

@@ -33,20 +33,16 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
             Arc::clone(&fetcher),
             None,
         );
-        let subject = Arc::new(Subject::Cacheback { handle, queue });
+        let subject = Arc::new(Subject::Cacheback {
+            handle,
+            queue: queue.into(),
+        });
         let mut r = burst(subject, &fetcher, trials, "memory, one process").await?;
-        let fetch_max = r.number("fetches_per_event/max").unwrap_or(f64::NAN);
-        let fetch_min = r.number("fetches_per_event/min").unwrap_or(f64::NAN);
-        let p99 = r.number("reader_latency/p99_us").unwrap_or(f64::NAN);
-        r.check(
-            "exactly 1 fetch per stale event in every trial",
-            format!("min {fetch_min}, max {fetch_max} over {trials} trials"),
-            fetch_min == 1.0 && fetch_max == 1.0,
-        );
-        r.check(
+        check(
+            &mut r,
+            trials,
+            50.0,
             "reader p99 < 50 µs (memory) while the 200 ms fetch runs",
-            report::micros(p99),
-            p99 < 50.0,
         );
         Ok(vec![r])
     })
@@ -166,4 +162,462 @@ pub(crate) async fn burst(
     );
     r.latencies = Some(hist);
     Ok(r)
+}
+
+/// The checks of every W2 variant: one fetch per event in every trial, reader p99 under
+/// `p99_target_us` while the fetch runs.
+fn check(r: &mut Record, trials: usize, p99_target_us: f64, target: &str) {
+    let fetch_max = r.number("fetches_per_event/max").unwrap_or(f64::NAN);
+    let fetch_min = r.number("fetches_per_event/min").unwrap_or(f64::NAN);
+    let p99 = r.number("reader_latency/p99_us").unwrap_or(f64::NAN);
+    r.check(
+        "exactly 1 fetch per stale event in every trial",
+        format!("min {fetch_min}, max {fetch_max} over {trials} trials"),
+        fetch_min == 1.0 && fetch_max == 1.0,
+    );
+    r.check(target, report::micros(p99), p99 < p99_target_us);
+}
+
+/// W2 on `RedisStore` + `RedisQueue` with an in-process worker, one process.
+#[cfg(feature = "redis")]
+pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let url = ctx.redis()?.url();
+    let trials = ctx.scale.pick(10, 3);
+    let rt = runtime();
+    let one = rt.block_on(async {
+        let fetcher = Fetcher::new(FETCH);
+        let prefix = format!("w2-{}", std::process::id());
+        let (client, handle, queue) = crate::value::redis_client(
+            &url,
+            &prefix,
+            &ClientSetup::new(Policy::default().lifetime(W2_LIFETIME)),
+            Arc::clone(&fetcher),
+        )?;
+        let subject = Arc::new(Subject::Cacheback {
+            handle,
+            queue: queue.into(),
+        });
+        let mut r = burst(subject, &fetcher, trials, "Redis, one process").await?;
+        client.shutdown(Duration::from_secs(5)).await;
+        check(
+            &mut r,
+            trials,
+            5_000.0,
+            "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
+        );
+        Ok::<_, String>(r)
+    })?;
+    let fleet = fleet::run(&url, trials)?;
+    Ok(vec![one, fleet])
+}
+
+/// W2 across processes: 4 reader processes × 16 readers and a separate worker process, all on
+/// one `redis-server`; fetches count themselves with a Redis `INCR`.
+#[cfg(feature = "redis")]
+mod fleet {
+    use std::io::Read as _;
+    use std::process::Child;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Worker};
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::{FETCH, READERS};
+    use crate::peers::W2_LIFETIME;
+    use crate::report::{self, Record};
+    use crate::stats::{self, Spread};
+    use crate::value::unix_ms;
+    use crate::workloads::runtime;
+
+    const PROCESSES: usize = 4;
+    const PER_PROCESS: usize = READERS / PROCESSES;
+    /// Time between two trials' bursts (the 200 ms fetch lands well within it).
+    const PERIOD: Duration = Duration::from_millis(1_000);
+    /// Time for the children to start before the first burst.
+    const STARTUP: Duration = Duration::from_millis(3_000);
+
+    /// Fetches count themselves in Redis (`INCR`), then sleep [`FETCH`].
+    #[derive(Debug)]
+    struct CountingJob {
+        redis: redis::Client,
+        prefix: String,
+    }
+
+    impl Job for CountingJob {
+        type Args = u64;
+        type Value = crate::value::Value;
+        type Error = redis::RedisError;
+
+        fn name(&self) -> &str {
+            "w2-fleet"
+        }
+
+        fn policy(&self) -> Policy {
+            Policy::default()
+                .lifetime(W2_LIFETIME)
+                .stale_ttl(Duration::from_secs(3600))
+        }
+
+        async fn fetch(&self, key: u64) -> Result<Self::Value, redis::RedisError> {
+            let mut conn = self.redis.get_multiplexed_async_connection().await?;
+            let _: u64 = redis::cmd("INCR")
+                .arg(counter(&self.prefix, key))
+                .query_async(&mut conn)
+                .await?;
+            tokio::time::sleep(FETCH).await;
+            Ok(crate::value::Value::new(key))
+        }
+    }
+
+    fn counter(prefix: &str, key: u64) -> String {
+        format!("{prefix}:fetches:{key}")
+    }
+
+    /// What every process of the fleet agrees on, passed as arguments.
+    #[derive(Debug, Clone)]
+    struct Plan {
+        url: String,
+        prefix: String,
+        /// Unix ms of the first burst.
+        t0_ms: u64,
+        trials: usize,
+    }
+
+    impl Plan {
+        fn args(&self) -> Vec<String> {
+            vec![
+                self.url.clone(),
+                self.prefix.clone(),
+                self.t0_ms.to_string(),
+                self.trials.to_string(),
+            ]
+        }
+
+        fn parse(args: &[String]) -> Result<Self, String> {
+            let [url, prefix, t0_ms, trials] = args else {
+                return Err(format!("expected URL PREFIX T0_MS TRIALS, got {args:?}"));
+            };
+            Ok(Plan {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                t0_ms: t0_ms.parse().map_err(|e| format!("T0_MS: {e}"))?,
+                trials: trials.parse().map_err(|e| format!("TRIALS: {e}"))?,
+            })
+        }
+
+        /// Unix ms of trial `i`'s burst.
+        fn burst_at(&self, i: usize) -> u64 {
+            self.t0_ms + i as u64 * PERIOD.as_millis() as u64
+        }
+
+        /// A client of the fleet (no in-process worker), its job handle and its queue.
+        fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, RedisQueue), String> {
+            let queue = RedisQueue::builder(&self.url)
+                .prefix(&self.prefix)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let client = Cacheback::builder()
+                .prefix(&self.prefix)
+                .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
+                .queue(queue.clone())
+                .in_process_worker(false)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let handle = client.job(CountingJob {
+                redis: redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?,
+                prefix: self.prefix.clone(),
+            });
+            Ok((client, handle, queue))
+        }
+    }
+
+    /// What a reader process reports for one trial (one JSON line on stdout).
+    #[derive(Debug, Deserialize)]
+    struct TrialReport {
+        trial: usize,
+        latencies_ns: Vec<u64>,
+        stale: usize,
+        enqueued: u64,
+        late_ms: u64,
+    }
+
+    /// Sleeps until the Unix time `at_ms`; how late it woke.
+    async fn sleep_until_unix(at_ms: u64) -> u64 {
+        let now = unix_ms();
+        if at_ms > now {
+            tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+        }
+        unix_ms().saturating_sub(at_ms)
+    }
+
+    /// A reader process: at each trial's instant, 16 readers read that trial's key at once.
+    async fn reader(plan: Plan) -> Result<(), String> {
+        let (_client, handle, queue) = plan.client()?;
+        // Connect before the first burst, so no burst pays for the connection.
+        handle
+            .peek(u64::MAX)
+            .await
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        for trial in 0..plan.trials {
+            let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
+            let enqueued_before = queue.enqueued();
+            let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
+            let readers: Vec<_> = (0..PER_PROCESS)
+                .map(|_| {
+                    let (handle, barrier) = (handle.clone(), Arc::clone(&barrier));
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let t = std::time::Instant::now();
+                        let lookup = handle.get_with_status(trial as u64).await;
+                        let took = t.elapsed().as_nanos() as u64;
+                        let stale = lookup.is_ok_and(|l| {
+                            l.value.is_some() && l.status == cacheback::Status::Stale
+                        });
+                        (took, stale)
+                    })
+                })
+                .collect();
+            let mut latencies = Vec::new();
+            let mut stale = 0usize;
+            for r in readers {
+                let (took, was_stale) = r.await.map_err(|e| e.to_string())?;
+                latencies.push(took);
+                stale += usize::from(was_stale);
+            }
+            let report = json!({
+                "trial": trial,
+                "late_ms": late_ms,
+                "latencies_ns": latencies,
+                "stale": stale,
+                "enqueued": queue.enqueued() - enqueued_before,
+            });
+            println!("{report}");
+        }
+        Ok(())
+    }
+
+    /// The worker process: drains the queue until one period after the last burst.
+    async fn worker(plan: Plan) -> Result<(), String> {
+        let (client, _handle, _queue) = plan.client()?;
+        let worker = Worker::builder(&client)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let until = plan.burst_at(plan.trials) + PERIOD.as_millis() as u64;
+        let report = worker
+            .run_until(async move {
+                sleep_until_unix(until).await;
+            })
+            .await;
+        eprintln!("   w2 worker process: {report:?}");
+        Ok(())
+    }
+
+    /// A child process of this workload.
+    pub(super) fn child(role: &str, args: &[String]) -> Result<(), String> {
+        let plan = Plan::parse(args)?;
+        let rt = runtime();
+        match role {
+            "w2-reader" => rt.block_on(reader(plan)),
+            "w2-worker" => rt.block_on(worker(plan)),
+            other => Err(format!("unknown role {other}")),
+        }
+    }
+
+    /// Kills the children still running when dropped (on any early return).
+    struct Children(Vec<Child>);
+
+    impl Drop for Children {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Runs the trials across processes.
+    pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
+        let rt = runtime();
+        let prefix = format!("w2fleet-{}", std::process::id());
+        let mut plan = Plan {
+            url: url.to_owned(),
+            prefix,
+            t0_ms: 0,
+            trials,
+        };
+        // Prime one key per trial (1 fetch each, counted), long before its burst.
+        let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
+        rt.block_on(async {
+            for key in 0..trials as u64 {
+                handle.refresh(key).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        })?;
+        plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
+        let mut children = Children(Vec::new());
+        children
+            .0
+            .push(crate::fleet::spawn("w2-worker", &plan.args())?);
+        for _ in 0..PROCESSES {
+            children
+                .0
+                .push(crate::fleet::spawn("w2-reader", &plan.args())?);
+        }
+        // Every child exits on its own after the last trial; give them a bound.
+        let deadline = std::time::Instant::now()
+            + STARTUP
+            + PERIOD * (trials as u32 + 2)
+            + Duration::from_secs(20);
+        let mut outputs = Vec::new();
+        for child in &mut children.0 {
+            loop {
+                match child.try_wait().map_err(|e| e.to_string())? {
+                    Some(status) if status.success() => break,
+                    Some(status) => return Err(format!("a W2 child process failed: {status}")),
+                    None if std::time::Instant::now() > deadline => {
+                        return Err("a W2 child process did not finish in time".to_owned());
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                stdout.read_to_string(&mut out).map_err(|e| e.to_string())?;
+            }
+            outputs.push(out);
+        }
+        let reports: Vec<TrialReport> = outputs
+            .iter()
+            .flat_map(|o| o.lines())
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("bad child report {l}: {e}")))
+            .collect::<Result<_, _>>()?;
+        if reports.len() != PROCESSES * trials {
+            return Err(format!(
+                "{} trial reports from the reader processes, expected {}",
+                reports.len(),
+                PROCESSES * trials
+            ));
+        }
+        // Fetches per event: each key's counter, less its priming fetch.
+        let mut fetches = Vec::new();
+        rt.block_on(async {
+            let redis = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let mut conn = redis
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            for key in 0..trials as u64 {
+                let n: Option<u64> = redis::cmd("GET")
+                    .arg(counter(&plan.prefix, key))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                fetches.push(n.unwrap_or(0).saturating_sub(1) as f64);
+                let landed = handle
+                    .peek(key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some_and(|p| {
+                        p.value
+                            .is_some_and(|v| v.at_ms >= plan.burst_at(key as usize))
+                    });
+                if !landed {
+                    return Err(format!("trial {key}: the refresh never landed"));
+                }
+            }
+            client.shutdown(Duration::from_secs(5)).await;
+            Ok::<_, String>(())
+        })?;
+
+        let mut hist = stats::latency_histogram();
+        let mut reader_p50 = Vec::new();
+        let mut reader_max = Vec::new();
+        let (mut stale, mut reads, mut late_max) = (0usize, 0usize, 0u64);
+        let mut enqueued = Vec::new();
+        for trial in 0..trials {
+            let mut trial_enqueued = 0;
+            let mut trial_hist = stats::latency_histogram();
+            for r in reports.iter().filter(|r| r.trial == trial) {
+                for &ns in &r.latencies_ns {
+                    stats::record(&mut trial_hist, Duration::from_nanos(ns));
+                    reads += 1;
+                }
+                stale += r.stale;
+                late_max = late_max.max(r.late_ms);
+                trial_enqueued += r.enqueued;
+            }
+            stats::merge(&mut hist, &trial_hist);
+            reader_p50.push(stats::ns_to_us(trial_hist.value_at_quantile(0.5)));
+            reader_max.push(stats::ns_to_us(trial_hist.max()));
+            enqueued.push(trial_enqueued as f64);
+        }
+        let enqueued_spread = Spread::of(&enqueued).ok_or("no trials")?;
+        let spread = Spread::of(&fetches).ok_or("no trials")?;
+        let mut r = Record::new(
+            "W2",
+            "Redis, 4 processes × 16 readers + a worker process",
+            "cacheback",
+        )
+        .param("readers", READERS as u64)
+        .param("processes", PROCESSES as u64)
+        .param("trials", trials as u64)
+        .param("fetch_ms", FETCH.as_millis() as u64)
+        .param("lifetime_ms", W2_LIFETIME.as_millis() as u64)
+        .param(
+            "what_it_does",
+            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
+        );
+        r.figure("fetches_per_event", spread.json());
+        r.figure("fetches_per_trial", json!(fetches));
+        r.figure("refreshes_enqueued_per_event", enqueued_spread.json());
+        r.figure("reader_latency", stats::latency_figures(&hist));
+        r.figure(
+            "reader_p50_us_per_trial",
+            Spread::of(&reader_p50).map(Spread::json),
+        );
+        r.figure(
+            "reader_max_us_per_trial",
+            Spread::of(&reader_max).map(Spread::json),
+        );
+        r.figure("reads_served_the_stale_value", stale as u64);
+        r.figure("reads", reads as u64);
+        r.figure("every_reader_got_the_stale_value", stale == reads);
+        r.figure("max_burst_start_skew_ms", late_max);
+        r.summary = format!(
+            "fetches/event {} (min {}, max {}); enqueued/event {} ({}–{}); reader p50 {}, p99 {}, max {}; stale served to {stale}/{reads}",
+            spread.median,
+            spread.min,
+            spread.max,
+            enqueued_spread.median,
+            enqueued_spread.min,
+            enqueued_spread.max,
+            report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
+            report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
+            report::micros(stats::ns_to_us(hist.max())),
+        );
+        r.latencies = Some(hist);
+        super::check(
+            &mut r,
+            trials,
+            5_000.0,
+            "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
+        );
+        Ok(r)
+    }
+}
+
+/// A W2 child process (4 processes × 16 readers, and their worker).
+pub(crate) fn child(role: &str, args: &[String]) -> Result<(), String> {
+    #[cfg(feature = "redis")]
+    {
+        fleet::child(role, args)
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = args;
+        Err(format!("w2: role {role} needs the `redis` feature"))
+    }
 }

@@ -74,11 +74,46 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
             );
             setup.worker = Some(concurrency);
             let (handle, queue) = memory_client(&setup, Arc::clone(&fetcher), None);
-            let subject = Arc::new(Subject::Cacheback { handle, queue });
+            let subject = Arc::new(Subject::Cacheback {
+                handle,
+                queue: queue.into(),
+            });
             let r = mixed(subject, &fetcher, duration(ctx.scale), prewarm, variant).await?;
             Ok::<_, String>(
                 r.param("worker_concurrency", concurrency as u64)
                     .param("fetch_on_miss", fetch_on_miss),
+            )
+        })?;
+        records.push(with_targets(record));
+    }
+    Ok(records)
+}
+
+/// W4 on Redis, as WORKLOADS.md defines it: `RedisStore` + `RedisQueue` and a worker of 128 in
+/// this process; cold start and prewarmed, a fresh key prefix each.
+#[cfg(feature = "redis")]
+pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let url = ctx.redis()?.url();
+    let rt = runtime();
+    let mut records = Vec::new();
+    for (variant, prewarm) in [("Redis, cold start", false), ("Redis, prewarmed", true)] {
+        let record = rt.block_on(async {
+            let fetcher = Fetcher::new(FETCH);
+            let mut setup = ClientSetup::new(Policy::default().lifetime(W4_LIFETIME));
+            setup.worker = Some(WORKER_CONCURRENCY);
+            let prefix = format!("w4-{prewarm}-{}", std::process::id());
+            let (client, handle, queue) =
+                crate::value::redis_client(&url, &prefix, &setup, Arc::clone(&fetcher))?;
+            let subject = Arc::new(Subject::Cacheback {
+                handle,
+                queue: queue.into(),
+            });
+            let r = mixed(subject, &fetcher, duration(ctx.scale), prewarm, variant).await?;
+            client.shutdown(Duration::from_secs(5)).await;
+            Ok::<_, String>(
+                r.param("worker_concurrency", WORKER_CONCURRENCY as u64)
+                    .param("store", "RedisStore")
+                    .param("queue", "RedisQueue"),
             )
         })?;
         records.push(with_targets(record));
@@ -206,7 +241,7 @@ pub(crate) async fn mixed(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let backlog = subject.backlog();
+    let backlog = subject.backlog().await;
     let log = fetcher.log();
     let events = refresh_events(&log, W4_LIFETIME / 2);
     let fetches = log.len() as f64;
@@ -249,7 +284,7 @@ pub(crate) async fn mixed(
     );
     r.figure("statuses", json!(all.statuses));
     match backlog {
-        Some(b) => r.figure("queue_backlog_at_end", b as u64),
+        Some(b) => r.figure("queue_backlog_at_end", b),
         None => r.figure("queue_backlog_at_end", "n/a (no queue)"),
     }
     r.summary = format!(

@@ -33,7 +33,10 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
                 Arc::clone(&fetcher),
                 None,
             );
-            let subject = Arc::new(Subject::Cacheback { handle, queue });
+            let subject = Arc::new(Subject::Cacheback {
+                handle,
+                queue: queue.into(),
+            });
             records.push(single(&subject, &fetcher, singles, fetch_on_miss).await?);
             let mut r = concurrent(&subject, &fetcher, trials, fetch_on_miss).await?;
             if fetch_on_miss {

@@ -38,7 +38,10 @@ async fn cacheback(w2: bool, fetcher: &Arc<Fetcher>) -> Arc<Subject> {
         setup.worker = Some(w4::WORKER_CONCURRENCY);
     }
     let (handle, queue) = memory_client(&setup, Arc::clone(fetcher), None);
-    Arc::new(Subject::Cacheback { handle, queue })
+    Arc::new(Subject::Cacheback {
+        handle,
+        queue: queue.into(),
+    })
 }
 
 pub(crate) fn peers(ctx: &Ctx) -> Result<Vec<Record>, String> {

@@ -1,0 +1,690 @@
+//! The soak run: 10 minutes of W4-like mixed load on one client, sampling this process's
+//! resident memory, file descriptors and connections (and Redis's client count) every 10 s; the
+//! verdict is that they stay flat within ±10% after the warm-up (issue #5).
+//!
+//! ```text
+//! cargo run --release -p cacheback-bench -- soak                                 # 10 min
+//! cargo run --release -p cacheback-bench -- soak --minutes 1 --sample-seconds 5  # quick check
+//! ```
+//!
+//! The load: a [`MemoryStore`](cacheback::MemoryStore) bounded to 2,000 entries in front of 20,000 keys read with
+//! Zipf(1.1) popularity, so eviction churns all the time; refreshes go through a [`RedisQueue`](cacheback::RedisQueue)
+//! on the harness's own `redis-server` (real connections) to a [`Worker`](cacheback::Worker) in this process
+//! (concurrency 128, as W4); lifetime 2 s, the fetch sleeps 20 ms; 8 tasks run operations back
+//! to back: 98.4% `get`, 1% `set`, 0.5% `invalidate`, 0.1% `delete`, keys drawn by the same Zipf.
+//!
+//! Output: one line per sample on stderr as it is taken; `soak.jsonl` (one object per sample,
+//! written as it is taken, then a summary object) and `soak.md` (the table and the verdict) in
+//! `--out`. Exits with an error, naming the rules broken, when the run is not flat.
+
+#[path = "soak_probe.rs"]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod probe;
+#[path = "soak_verdict.rs"]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+mod verdict;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `cacheback-bench soak`: a long mixed load; RSS and connections must stay flat.
+#[derive(Debug, Parser)]
+#[command(name = "cacheback-bench soak")]
+struct Args {
+    /// Length of the load, minutes.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10)]
+    sample_seconds: u64,
+    /// Where to write `soak.md` and `soak.jsonl`.
+    #[arg(long, default_value = "target/soak")]
+    out: PathBuf,
+    /// The memory store's bound, entries.
+    #[arg(long, default_value_t = 2_000)]
+    max_entries: u64,
+    /// Distinct keys read.
+    #[arg(long, default_value_t = 20_000)]
+    keys: usize,
+}
+
+/// `cacheback-bench soak [ARGS]`.
+pub(crate) fn main(args: &[String]) -> Result<(), String> {
+    let argv = std::iter::once("cacheback-bench soak".to_owned()).chain(args.iter().cloned());
+    let args = match Args::try_parse_from(argv) {
+        Ok(args) => args,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if !(args.minutes > 0.0 && args.minutes.is_finite()) {
+        return Err("--minutes must be greater than 0".to_owned());
+    }
+    if args.sample_seconds == 0 {
+        return Err("--sample-seconds must be at least 1".to_owned());
+    }
+    if args.max_entries == 0 || args.keys == 0 {
+        return Err("--max-entries and --keys must be at least 1".to_owned());
+    }
+    run::run(&args)
+}
+
+#[cfg(not(feature = "redis"))]
+mod run {
+    /// Without Redis there is no `RedisQueue` to soak.
+    pub(super) fn run(_: &super::Args) -> Result<(), String> {
+        Err("the soak run needs the `redis` feature (its queue is a RedisQueue)".to_owned())
+    }
+}
+
+#[cfg(feature = "redis")]
+mod run {
+    use std::convert::Infallible;
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant, SystemTime};
+
+    use cacheback::{
+        Cacheback, Job, JobHandle, MemoryStore, Policy, RedisQueue, Worker, WorkerHealth,
+        WorkerOptions,
+    };
+    use serde_json::json;
+    use tokio::sync::Notify;
+
+    use super::Args;
+    use super::probe::{self, info_field};
+    use super::verdict::{self, Sample, Verdict};
+    use crate::machine;
+    use crate::redis_server::RedisServer;
+    use crate::value::Value;
+    use crate::workloads::runtime;
+    use crate::zipf::Zipf;
+
+    /// Reader (operation) tasks, as W4.
+    const TASKS: usize = 8;
+    /// Zipf exponent of key popularity, as W4.
+    const ZIPF_S: f64 = 1.1;
+    /// Value lifetime, as W4.
+    const LIFETIME: Duration = Duration::from_secs(2);
+    /// The fetch's duration, as W4.
+    const FETCH: Duration = Duration::from_millis(20);
+    /// Worker concurrency, as W4.
+    const WORKER_CONCURRENCY: usize = 128;
+    /// Shares of the operations that are writes; the rest are reads.
+    const SET_SHARE: f64 = 0.01;
+    const INVALIDATE_SHARE: f64 = 0.005;
+    const DELETE_SHARE: f64 = 0.001;
+    /// Key prefix of the client and queue in Redis.
+    const PREFIX: &str = "soak";
+    /// The queue (stream) name the job's refreshes go to.
+    const QUEUE: &str = "default";
+
+    /// The soak job: `u64` in, [`Value`] out after [`FETCH`]; counts its calls (and nothing else:
+    /// a call log would grow for the whole run).
+    #[derive(Debug)]
+    struct SoakJob {
+        calls: Arc<AtomicU64>,
+    }
+
+    impl Job for SoakJob {
+        type Args = u64;
+        type Value = Value;
+        type Error = Infallible;
+
+        fn name(&self) -> &str {
+            "soak"
+        }
+
+        fn policy(&self) -> Policy {
+            Policy::default().lifetime(LIFETIME)
+        }
+
+        async fn fetch(&self, key: u64) -> Result<Value, Infallible> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(FETCH).await;
+            Ok(Value::new(key))
+        }
+    }
+
+    /// Operation counts, added to by the tasks in batches.
+    #[derive(Debug, Default)]
+    struct Counters {
+        reads: AtomicU64,
+        empty: AtomicU64,
+        sets: AtomicU64,
+        invalidates: AtomicU64,
+        deletes: AtomicU64,
+        errors: AtomicU64,
+    }
+
+    /// Counts since the start, of the tasks, the job and the worker.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Totals {
+        reads: u64,
+        empty: u64,
+        sets: u64,
+        invalidates: u64,
+        deletes: u64,
+        errors: u64,
+        fetches: u64,
+        refreshes: u64,
+    }
+
+    impl Totals {
+        fn add_to(&self, c: &Counters) {
+            c.reads.fetch_add(self.reads, Ordering::Relaxed);
+            c.empty.fetch_add(self.empty, Ordering::Relaxed);
+            c.sets.fetch_add(self.sets, Ordering::Relaxed);
+            c.invalidates.fetch_add(self.invalidates, Ordering::Relaxed);
+            c.deletes.fetch_add(self.deletes, Ordering::Relaxed);
+            c.errors.fetch_add(self.errors, Ordering::Relaxed);
+        }
+
+        fn ops(&self) -> u64 {
+            self.reads + self.sets + self.invalidates + self.deletes
+        }
+    }
+
+    /// What the load is made of, for reading the counts.
+    struct Load {
+        counters: Arc<Counters>,
+        fetches: Arc<AtomicU64>,
+        health: WorkerHealth,
+        store: MemoryStore,
+        queue: RedisQueue,
+    }
+
+    impl Load {
+        fn totals(&self) -> Totals {
+            let c = &self.counters;
+            Totals {
+                reads: c.reads.load(Ordering::Relaxed),
+                empty: c.empty.load(Ordering::Relaxed),
+                sets: c.sets.load(Ordering::Relaxed),
+                invalidates: c.invalidates.load(Ordering::Relaxed),
+                deletes: c.deletes.load(Ordering::Relaxed),
+                errors: c.errors.load(Ordering::Relaxed),
+                fetches: self.fetches.load(Ordering::Relaxed),
+                refreshes: self.health.processed(),
+            }
+        }
+    }
+
+    /// What a run leaves for the report.
+    struct Outcome {
+        samples: Vec<Sample>,
+        totals: Totals,
+        seconds: f64,
+        before_load: probe::ProcessProbe,
+        after_shutdown: probe::ProcessProbe,
+        worker: String,
+        drained: bool,
+    }
+
+    pub(super) fn run(args: &Args) -> Result<(), String> {
+        if cfg!(debug_assertions) {
+            eprintln!("warning: a debug build; use --release for the soak figures");
+        }
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+        let jsonl_path = args.out.join("soak.jsonl");
+        let mut jsonl = std::fs::File::create(&jsonl_path)
+            .map_err(|e| format!("cannot create {}: {e}", jsonl_path.display()))?;
+        let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let facts = machine::facts();
+        let load_before = machine::load_average();
+        let run_s = args.minutes * 60.0;
+        let warmup_s = verdict::warmup_seconds(run_s);
+        let server = RedisServer::start()?;
+        eprintln!(
+            "soak: pid {}, {:.1} min of load, a sample every {} s, warm-up {:.0} s; \
+             memory store bounded to {} entries, {} keys Zipf({ZIPF_S}); redis {}",
+            std::process::id(),
+            args.minutes,
+            args.sample_seconds,
+            warmup_s,
+            args.max_entries,
+            args.keys,
+            server.url()
+        );
+        let rt = runtime();
+        let outcome = rt.block_on(soak(args, &server, &mut jsonl))?;
+        drop(rt);
+        drop(server);
+
+        let verdict = verdict::judge(&outcome.samples, warmup_s, args.max_entries);
+        let summary = json!({
+            "type": "summary",
+            "started": started,
+            "machine": facts,
+            "load_average_before": load_before,
+            "load_average_after": machine::load_average(),
+            "params": params_json(args),
+            "seconds": outcome.seconds,
+            "totals": {
+                "reads": outcome.totals.reads,
+                "empty_reads": outcome.totals.empty,
+                "sets": outcome.totals.sets,
+                "invalidates": outcome.totals.invalidates,
+                "deletes": outcome.totals.deletes,
+                "fetches": outcome.totals.fetches,
+                "refreshes": outcome.totals.refreshes,
+                "errors": outcome.totals.errors,
+            },
+            "before_load": probe_json(&outcome.before_load),
+            "after_shutdown": probe_json(&outcome.after_shutdown),
+            "worker": outcome.worker,
+            "shutdown_drained": outcome.drained,
+            "verdict": verdict.json(),
+        });
+        writeln!(jsonl, "{summary}")
+            .map_err(|e| format!("cannot write {}: {e}", jsonl_path.display()))?;
+
+        let md = markdown(args, &started, &facts, &outcome, &verdict);
+        let md_path = args.out.join("soak.md");
+        std::fs::write(&md_path, &md)
+            .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+        println!("{md}");
+        eprintln!(
+            "results: {} and {}",
+            md_path.display(),
+            jsonl_path.display()
+        );
+        if verdict.ok() {
+            Ok(())
+        } else {
+            Err(format!("not flat: {}", verdict.failures().join("; ")))
+        }
+    }
+
+    fn params_json(args: &Args) -> serde_json::Value {
+        json!({
+            "minutes": args.minutes,
+            "sample_seconds": args.sample_seconds,
+            "max_entries": args.max_entries,
+            "keys": args.keys,
+            "zipf_s": ZIPF_S,
+            "tasks": TASKS,
+            "lifetime_ms": LIFETIME.as_millis() as u64,
+            "fetch_ms": FETCH.as_millis() as u64,
+            "worker_concurrency": WORKER_CONCURRENCY,
+            "shares": { "set": SET_SHARE, "invalidate": INVALIDATE_SHARE, "delete": DELETE_SHARE },
+            "store": "MemoryStore",
+            "queue": "RedisQueue",
+        })
+    }
+
+    fn probe_json(p: &probe::ProcessProbe) -> serde_json::Value {
+        json!({
+            "rss_kib": p.rss_kib,
+            "rss_anon_kib": p.rss_anon_kib,
+            "threads": p.threads,
+            "fds": p.fds,
+            "sockets": p.sockets,
+            "tcp_established": p.tcp_established,
+        })
+    }
+
+    /// Builds the client and worker, runs the load for the run's length while sampling, then
+    /// stops everything.
+    async fn soak(
+        args: &Args,
+        server: &RedisServer,
+        jsonl: &mut std::fs::File,
+    ) -> Result<Outcome, String> {
+        let before_load = probe::probe()?;
+        let store = MemoryStore::builder().max_entries(args.max_entries).build();
+        let queue = RedisQueue::builder(&server.url())
+            .prefix(PREFIX)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client = Cacheback::builder()
+            .prefix(PREFIX)
+            .store(store.clone())
+            .queue(queue.clone())
+            .in_process_worker(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let fetches = Arc::new(AtomicU64::new(0));
+        let handle = client.job(SoakJob {
+            calls: Arc::clone(&fetches),
+        });
+        let worker = Worker::builder(&client)
+            .options(WorkerOptions::default().concurrency(WORKER_CONCURRENCY))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let health = worker.health();
+        let stop_worker = Arc::new(Notify::new());
+        let worker = tokio::spawn({
+            let stop = Arc::clone(&stop_worker);
+            worker.run_until(async move { stop.notified().await })
+        });
+
+        let load = Load {
+            counters: Arc::new(Counters::default()),
+            fetches,
+            health,
+            store,
+            queue,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let zipf = Arc::new(Zipf::new(args.keys, ZIPF_S));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|i| {
+                tokio::spawn(operate(
+                    handle.clone(),
+                    Arc::clone(&zipf),
+                    Arc::clone(&load.counters),
+                    Arc::clone(&stop),
+                    0x50A4 + i as u64,
+                ))
+            })
+            .collect();
+
+        let period = Duration::from_secs(args.sample_seconds);
+        let length = Duration::from_secs_f64(args.minutes * 60.0);
+        let mut samples = Vec::new();
+        let mut previous = (Totals::default(), start);
+        let mut next = start + period;
+        while next <= start + length {
+            tokio::time::sleep_until(next.into()).await;
+            let sample = take_sample(&load, server, start, &mut previous).await?;
+            eprintln!("{}", sample_line(&sample));
+            let mut line = serde_json::to_value(&sample).map_err(|e| e.to_string())?;
+            line["type"] = json!("sample");
+            writeln!(jsonl, "{line}").map_err(|e| format!("cannot write soak.jsonl: {e}"))?;
+            samples.push(sample);
+            next += period;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.map_err(|e| format!("a load task failed: {e}"))?;
+        }
+        let totals = load.totals();
+        stop_worker.notify_one();
+        let worker = worker
+            .await
+            .map_err(|e| format!("the worker task failed: {e}"))?;
+        let report = client.shutdown(Duration::from_secs(10)).await;
+        drop(handle);
+        drop(client);
+        drop(load);
+        let after_shutdown = probe::probe()?;
+        Ok(Outcome {
+            samples,
+            totals,
+            seconds,
+            before_load,
+            after_shutdown,
+            worker: format!("{worker:?}"),
+            drained: report.drained,
+        })
+    }
+
+    /// One operation task: back-to-back operations on Zipf-drawn keys until `stop`, yielding
+    /// after each (as a request handler returns to the runtime between requests).
+    async fn operate(
+        handle: JobHandle<SoakJob>,
+        zipf: Arc<Zipf>,
+        counters: Arc<Counters>,
+        stop: Arc<AtomicBool>,
+        seed: u64,
+    ) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut local = Totals::default();
+        while !stop.load(Ordering::Relaxed) {
+            let key = zipf.sample(&mut rng) as u64;
+            let u = rng.f64();
+            let failed = if u < SET_SHARE {
+                local.sets += 1;
+                handle.set(key, Value::new(key)).await.is_err()
+            } else if u < SET_SHARE + INVALIDATE_SHARE {
+                local.invalidates += 1;
+                handle.invalidate(key).await.is_err()
+            } else if u < SET_SHARE + INVALIDATE_SHARE + DELETE_SHARE {
+                local.deletes += 1;
+                handle.delete(key).await.is_err()
+            } else {
+                local.reads += 1;
+                match handle.get(key).await {
+                    Ok(Some(_)) => false,
+                    Ok(None) => {
+                        local.empty += 1;
+                        false
+                    }
+                    Err(_) => true,
+                }
+            };
+            if failed {
+                local.errors += 1;
+            }
+            if local.ops() >= 256 {
+                local.add_to(&counters);
+                local = Totals::default();
+            }
+            tokio::task::yield_now().await;
+        }
+        local.add_to(&counters);
+    }
+
+    /// Samples the process, Redis and the counts since the previous sample.
+    async fn take_sample(
+        load: &Load,
+        server: &RedisServer,
+        start: Instant,
+        previous: &mut (Totals, Instant),
+    ) -> Result<Sample, String> {
+        let now = Instant::now();
+        let totals = load.totals();
+        let p = probe::probe()?;
+        let store_entries = load.store.entry_count();
+        // The sampling itself opens a connection for `INFO` (counted in `connected_clients`,
+        // closed before the next process probe) and asks `XLEN` on the queue's own connection.
+        let clients = server.command("INFO clients").ok();
+        let memory = server.command("INFO memory").ok();
+        let queue_backlog = load.queue.len(QUEUE).await.ok();
+        let (before, then) = *previous;
+        *previous = (totals, now);
+        let seconds = now.duration_since(then).as_secs_f64().max(1e-9);
+        let reads = totals.reads - before.reads;
+        Ok(Sample {
+            t_s: crate::stats::round3(now.duration_since(start).as_secs_f64()),
+            rss_kib: p.rss_kib,
+            rss_anon_kib: p.rss_anon_kib,
+            threads: p.threads,
+            fds: p.fds,
+            sockets: p.sockets,
+            tcp_established: p.tcp_established,
+            redis_clients: clients
+                .as_deref()
+                .and_then(|i| info_field(i, "connected_clients")),
+            redis_used_memory: memory.as_deref().and_then(|i| info_field(i, "used_memory")),
+            queue_backlog,
+            store_entries,
+            reads,
+            reads_per_sec: crate::stats::round3(reads as f64 / seconds),
+            empty_reads: totals.empty - before.empty,
+            sets: totals.sets - before.sets,
+            invalidates: totals.invalidates - before.invalidates,
+            deletes: totals.deletes - before.deletes,
+            fetches: totals.fetches - before.fetches,
+            refreshes: totals.refreshes - before.refreshes,
+            errors: totals.errors - before.errors,
+        })
+    }
+
+    fn mib(kib: u64) -> String {
+        format!("{:.1}", kib as f64 / 1024.0)
+    }
+
+    fn opt(x: Option<u64>) -> String {
+        x.map_or("?".to_owned(), |x| x.to_string())
+    }
+
+    fn sample_line(s: &Sample) -> String {
+        format!(
+            "t={:>5.0}s rss={} MiB (anon {}) threads={} fds={} sockets={} tcp={} redis_clients={} \
+             entries={} reads/s={:.0} empty={} writes={} fetches={} refreshes={} backlog={} \
+             redis_mem={} errors={}",
+            s.t_s,
+            mib(s.rss_kib),
+            mib(s.rss_anon_kib),
+            s.threads,
+            s.fds,
+            s.sockets,
+            s.tcp_established,
+            opt(s.redis_clients),
+            s.store_entries,
+            s.reads_per_sec,
+            s.empty_reads,
+            s.sets + s.invalidates + s.deletes,
+            s.fetches,
+            s.refreshes,
+            opt(s.queue_backlog),
+            s.redis_used_memory.map_or("?".to_owned(), |b| format!(
+                "{:.1}M",
+                b as f64 / 1_048_576.0
+            )),
+            s.errors,
+        )
+    }
+
+    fn markdown(
+        args: &Args,
+        started: &str,
+        facts: &serde_json::Value,
+        outcome: &Outcome,
+        verdict: &Verdict,
+    ) -> String {
+        let mut md = String::new();
+        let t = &outcome.totals;
+        let _ = writeln!(
+            md,
+            "Soak run of {started}: {:.1} min of load ({:.0} s measured), a sample every {} s, \
+             warm-up {:.0} s; machine: {} ({} cores).\n",
+            args.minutes,
+            outcome.seconds,
+            args.sample_seconds,
+            verdict.warmup_s,
+            facts["cpu_model"].as_str().unwrap_or("?"),
+            facts["nproc"],
+        );
+        let _ = writeln!(
+            md,
+            "Load: `MemoryStore` bounded to {} entries, {} keys with Zipf({ZIPF_S}) popularity; \
+             `RedisQueue` on the harness's redis-server and an in-process `Worker` \
+             (concurrency {WORKER_CONCURRENCY}); lifetime {} s, fetch {} ms; {TASKS} tasks \
+             running {:.1}% get, {:.1}% set, {:.1}% invalidate, {:.1}% delete back to back.\n",
+            args.max_entries,
+            args.keys,
+            LIFETIME.as_secs(),
+            FETCH.as_millis(),
+            100.0 * (1.0 - SET_SHARE - INVALIDATE_SHARE - DELETE_SHARE),
+            100.0 * SET_SHARE,
+            100.0 * INVALIDATE_SHARE,
+            100.0 * DELETE_SHARE,
+        );
+        let _ = writeln!(
+            md,
+            "Totals: {} operations ({:.0}/s): {} reads ({} empty), {} sets, {} invalidates, \
+             {} deletes; {} fetches, {} refreshes through the queue; {} errors. Worker at stop: \
+             {}; client shutdown drained: {}.\n",
+            t.ops(),
+            t.ops() as f64 / outcome.seconds.max(1e-9),
+            t.reads,
+            t.empty,
+            t.sets,
+            t.invalidates,
+            t.deletes,
+            t.fetches,
+            t.refreshes,
+            t.errors,
+            outcome.worker,
+            outcome.drained,
+        );
+        let _ = writeln!(
+            md,
+            "| t (s) | RSS (MiB) | anon (MiB) | threads | fds | sockets | TCP est. | Redis clients \
+             | store entries | reads/s | empty reads | writes | fetches | refreshes | backlog \
+             | Redis mem (MiB) | errors |"
+        );
+        let _ = writeln!(md, "|{}", "---:|".repeat(17));
+        for s in &outcome.samples {
+            let warm = if s.t_s < verdict.warmup_s {
+                " (warm-up)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                md,
+                "| {:.0}{warm} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} \
+                 | {} | {} | {} |",
+                s.t_s,
+                mib(s.rss_kib),
+                mib(s.rss_anon_kib),
+                s.threads,
+                s.fds,
+                s.sockets,
+                s.tcp_established,
+                opt(s.redis_clients),
+                s.store_entries,
+                s.reads_per_sec,
+                s.empty_reads,
+                s.sets + s.invalidates + s.deletes,
+                s.fetches,
+                s.refreshes,
+                opt(s.queue_backlog),
+                s.redis_used_memory
+                    .map_or("?".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0)),
+                s.errors,
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nBefore the load: RSS {} MiB, {} fds, {} sockets. After the client shut down: RSS \
+             {} MiB, {} fds, {} sockets, {} established TCP connections.\n",
+            mib(outcome.before_load.rss_kib),
+            outcome.before_load.fds,
+            outcome.before_load.sockets,
+            mib(outcome.after_shutdown.rss_kib),
+            outcome.after_shutdown.fds,
+            outcome.after_shutdown.sockets,
+            outcome.after_shutdown.tcp_established,
+        );
+        let _ = writeln!(
+            md,
+            "Verdict after the warm-up ({} samples): **{}**{}\n",
+            verdict.judged_samples,
+            if verdict.ok() { "flat" } else { "NOT flat" },
+            verdict
+                .rss_trend_kib_per_min
+                .map_or(String::new(), |k| format!(
+                    "; RSS trend {k:+.0} KiB/min (least squares)"
+                )),
+        );
+        let _ = writeln!(md, "| rule | observed | holds |\n|---|---|---|");
+        for c in &verdict.checks {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                c.rule,
+                c.observed,
+                if c.ok { "yes" } else { "**no**" }
+            );
+        }
+        md
+    }
+}
