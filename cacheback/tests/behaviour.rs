@@ -1046,3 +1046,110 @@ async fn malformed_and_mismatched_requests_are_dead_lettered() {
         "nothing was fetched for bad requests"
     );
 }
+
+/// A memory store that, once armed, lets a refresh land (a write of the key, as a worker would)
+/// just before the next claim: the window between a reader's read of a stale entry and its
+/// claim, which a remote store cannot close.
+#[derive(Debug)]
+struct RefreshLandsBeforeClaim {
+    inner: MemoryStore,
+    armed: Mutex<Option<cacheback::store::Put>>,
+}
+
+impl cacheback::Store for RefreshLandsBeforeClaim {
+    fn backend(&self) -> &'static str {
+        "memory-with-race"
+    }
+    fn holds_objects(&self) -> bool {
+        true
+    }
+    fn get<'a>(
+        &'a self,
+        key: cacheback::Key<'a>,
+    ) -> BoxFuture<'a, cacheback::Result<Option<cacheback::Entry>>> {
+        self.inner.get(key)
+    }
+    fn put<'a>(
+        &'a self,
+        key: cacheback::Key<'a>,
+        put: cacheback::store::Put,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::PutOutcome>> {
+        self.inner.put(key, put)
+    }
+    fn claim<'a>(
+        &'a self,
+        key: cacheback::Key<'a>,
+        now: cacheback::Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::ClaimOutcome>> {
+        Box::pin(async move {
+            let landed = self.armed.lock().unwrap().take();
+            if let Some(put) = landed {
+                self.inner.put(key, put).await?;
+            }
+            self.inner.claim(key, now, ttl).await
+        })
+    }
+    fn release<'a>(
+        &'a self,
+        key: cacheback::Key<'a>,
+        token: cacheback::store::ClaimToken,
+        release: cacheback::store::Release,
+    ) -> BoxFuture<'a, cacheback::Result<()>> {
+        self.inner.release(key, token, release)
+    }
+    fn claim_state<'a>(
+        &'a self,
+        key: cacheback::Key<'a>,
+        now: cacheback::Timestamp,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::ClaimState>> {
+        self.inner.claim_state(key, now)
+    }
+}
+
+// A stale read whose key is refreshed between its read and its claim (the refresh released its
+// claim already) wins the claim, but sees the entry changed and lets it go: no second refresh
+// is enqueued for a stale event that is already over.
+#[tokio::test]
+async fn a_stale_read_overtaken_by_its_refresh_enqueues_nothing() {
+    let store = Arc::new(RefreshLandsBeforeClaim {
+        inner: MemoryStore::new(),
+        armed: Mutex::new(None),
+    });
+    let fx = Fixture::with(false, LocalQueue::new(10), |b| {
+        b.shared_store(Arc::clone(&store) as Arc<dyn cacheback::Store>)
+    });
+    let squares = fx.job(policy());
+    squares.set(9, "old".to_owned()).await.unwrap();
+    fx.clock.advance(LIFETIME + Duration::from_secs(1));
+    let now = cacheback::Clock::now(&fx.clock);
+    let fresh = cacheback::EntryMeta::new(
+        now,
+        now.saturating_add(LIFETIME),
+        now.saturating_add(STALE_TTL),
+    );
+    let value: Arc<dyn std::any::Any + Send + Sync> = Arc::new("refreshed".to_owned());
+    *store.armed.lock().unwrap() = Some(cacheback::store::Put::new(
+        cacheback::Entry::new(fresh, cacheback::Payload::Object(value)),
+        cacheback::store::PutCondition::Always,
+        STALE_TTL,
+    ));
+
+    let read = squares.get_with_status(9).await.unwrap();
+    assert_eq!(read.status, Status::Stale, "it read the stale entry");
+    assert!(
+        !read.refresh_triggered,
+        "the refresh it would trigger landed already"
+    );
+    assert_eq!(fx.queue.enqueued(), 0);
+    let claim = squares.peek(9).await.unwrap().unwrap();
+    assert!(
+        claim.claim.claim.is_none(),
+        "the claim was let go: {claim:?}"
+    );
+    let after = squares.get_with_status(9).await.unwrap();
+    assert_eq!(
+        (after.status, after.value.as_deref().map(String::as_str)),
+        (Status::Hit, Some("refreshed"))
+    );
+}

@@ -550,14 +550,14 @@ impl<J: Job> JobHandle<J> {
         now: Timestamp,
     ) -> bool {
         let Some(hints) = &self.core().claim_hints else {
-            return self.trigger(key, args, generation, now).await == Trigger::Started;
+            return self.trigger(key, args, generation, now, true).await == Trigger::Started;
         };
         let window = ClaimHints::window(self.job.policy.lifetime);
         if !hints.should_claim(key.digest(), now, window) {
             self.job.metrics.claim_held.increment(1);
             return false;
         }
-        match self.trigger(key, args, generation, now).await {
+        match self.trigger(key, args, generation, now, true).await {
             Trigger::Started => true,
             Trigger::Taken => false,
             Trigger::Retry => {
@@ -569,12 +569,18 @@ impl<J: Job> JobHandle<J> {
 
     /// Takes the key's claim and, if won, enqueues one refresh (SPEC §3.5). Never fails the
     /// read.
+    ///
+    /// A read saw the entry at `generation` before asking for the claim; a refresh may have
+    /// landed in between (and released its claim), so with `recheck` the winner reads the entry
+    /// again and lets the claim go when it has been written since: the stale event it saw is
+    /// already over, and enqueueing would only make a worker skip the request.
     async fn trigger(
         &self,
         key: Key<'_>,
         args: &Args<J>,
         generation: u64,
         now: Timestamp,
+        recheck: bool,
     ) -> Trigger {
         let core = self.core();
         let job = &*self.job;
@@ -599,6 +605,14 @@ impl<J: Job> JobHandle<J> {
                 return Trigger::Retry;
             }
         };
+        if recheck
+            && let Ok(Some(current)) = core.store.get(key).await
+            && current.meta.generation != generation
+        {
+            refresh::release(core, job, key, token, Release::Abandoned).await;
+            job.metrics.claim_held.increment(1);
+            return Trigger::Taken;
+        }
         job.metrics.claim_won.increment(1);
         let claimed = Claimed {
             token,
@@ -784,7 +798,7 @@ impl<J: Job> JobHandle<J> {
             let Some(entry) = live else {
                 let generation = current.map_or(0, |e| e.meta.generation);
                 return Ok(even_if_missing
-                    && self.trigger(key, &args, generation, now).await == Trigger::Started);
+                    && self.trigger(key, &args, generation, now, false).await == Trigger::Started);
             };
             let mut meta = entry.meta;
             meta.fresh_until = meta.fresh_until.min(now);
@@ -795,7 +809,9 @@ impl<J: Job> JobHandle<J> {
                 ttl,
             );
             if let PutOutcome::Written { generation } = core.store.put(key, put).await? {
-                return Ok(self.trigger(key, &args, generation, now).await == Trigger::Started);
+                return Ok(
+                    self.trigger(key, &args, generation, now, false).await == Trigger::Started
+                );
             }
         }
         Err(Error::store(
