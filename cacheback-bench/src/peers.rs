@@ -190,19 +190,25 @@ impl Subject {
         }
     }
 
-    /// Refresh requests waiting in the queue or being processed (cacheback only; the peers have
-    /// no queue). `None` also when Redis cannot say.
+    /// Refresh requests waiting in the queue, not yet taken by a worker (cacheback only; the
+    /// peers have no queue). `None` also when Redis cannot say.
     pub(crate) async fn backlog(&self) -> Option<u64> {
         match self {
             Subject::Cacheback {
                 queue: BenchQueue::Local(queue),
                 ..
             } => Some(queue.len() as u64),
+            // Requests not yet delivered to a worker: the stream's length less those delivered
+            // and not yet acknowledged (being processed).
             #[cfg(feature = "redis")]
             Subject::Cacheback {
                 queue: BenchQueue::Redis(queue),
                 ..
-            } => queue.len("default").await.ok(),
+            } => {
+                let len = queue.len("default").await.ok()?;
+                let pending = queue.pending("default").await.ok()?;
+                Some(len.saturating_sub(pending))
+            }
             _ => None,
         }
     }

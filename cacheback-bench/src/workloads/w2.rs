@@ -131,6 +131,7 @@ pub(crate) async fn burst(
         .param("what_it_does", subject.describe());
     r.figure("fetches_per_event", fetch_spread.json());
     r.figure("fetches_per_trial", json!(fetches));
+    r.figure("refreshes_enqueued_per_trial", json!(enqueued));
     match Spread::of(&enqueued) {
         Some(s) => r.figure("refreshes_enqueued_per_event", s.json()),
         None => r.figure("refreshes_enqueued_per_event", "n/a (no queue)"),
