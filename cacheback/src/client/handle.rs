@@ -23,7 +23,7 @@ use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::policy::Freshness;
 use crate::queue::{EnqueueError, RefreshRequest};
-use crate::store::{ClaimOutcome, ClaimState, Put, PutCondition, PutOutcome, Release};
+use crate::store::{ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release};
 
 /// An answer available now, or a future for it.
 type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
@@ -256,6 +256,11 @@ impl<J: Job> JobHandle<J> {
         match core.store.get_now(key) {
             Some(Ok(entry)) => match self.classify(key, entry, core.clock.now()) {
                 Classified::Hit(lookup) => Either::Left(Ok(lookup)),
+                Classified::Stale { value, meta, now }
+                    if !self.job.policy.threshold_exceeded(now, meta.fresh_until) =>
+                {
+                    self.stale_now(key, args, value, meta, now)
+                }
                 slow => {
                     Either::Right(Box::pin(self.finish(args, digest, slow)) as BoxFuture<'_, _>)
                 }
@@ -264,6 +269,63 @@ impl<J: Job> JobHandle<J> {
                 Box::pin(self.read_without_store(args, digest, error)) as BoxFuture<'_, _>,
             ),
             None => Either::Right(Box::pin(self.get_remote(args, digest)) as BoxFuture<'_, _>),
+        }
+    }
+
+    /// A stale read of an in-process store, answered without awaiting when the claim is
+    /// already taken (the common case: every reader of a stale key but the first). The reader
+    /// that wins the claim goes on to enqueue the refresh in a boxed future.
+    fn stale_now(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        value: Arc<Value<J>>,
+        meta: EntryMeta,
+        now: Timestamp,
+    ) -> NowOrLater<'_, Lookup<Value<J>>> {
+        let core = self.core();
+        let job = &*self.job;
+        let Some(outcome) = core.store.claim_now(key, now, job.policy.refresh_timeout) else {
+            let read = Classified::Stale { value, meta, now };
+            return Either::Right(
+                Box::pin(self.finish(args, key.digest(), read)) as BoxFuture<'_, _>
+            );
+        };
+        let age = now.since(meta.fetched_at);
+        let stale = move |refresh_triggered| {
+            job.metrics.stale.increment(1);
+            job.metrics.served_age.record(age.as_secs_f64());
+            Lookup {
+                value: Some(value),
+                status: Status::Stale,
+                age: Some(age),
+                refresh_triggered,
+            }
+        };
+        match outcome {
+            Ok(ClaimOutcome::Won { token, failures }) => {
+                let digest = key.digest();
+                Either::Right(Box::pin(async move {
+                    let key = Key::new(&self.core().prefix, &self.job.name, digest);
+                    let started = self
+                        .after_claim(key, &args, meta.generation, now, true, token, failures)
+                        .await;
+                    Ok(stale(started == Trigger::Started))
+                }) as BoxFuture<'_, _>)
+            }
+            Ok(ClaimOutcome::Held { .. }) => {
+                job.metrics.claim_held.increment(1);
+                Either::Left(Ok(stale(false)))
+            }
+            Ok(ClaimOutcome::BackingOff { .. }) => {
+                job.metrics.claim_backing_off.increment(1);
+                Either::Left(Ok(stale(false)))
+            }
+            Err(error) => {
+                job.metrics.store_error("claim");
+                warn!(error = %error, "could not claim the refresh; the next read will try again");
+                Either::Left(Ok(stale(false)))
+            }
         }
     }
 
@@ -605,8 +667,31 @@ impl<J: Job> JobHandle<J> {
                 return Trigger::Retry;
             }
         };
-        if recheck
-            && let Ok(Some(current)) = core.store.get(key).await
+        self.after_claim(key, args, generation, now, recheck, token, failures)
+            .await
+    }
+
+    /// The rest of [`trigger`](Self::trigger) once the claim is won: check the entry was not
+    /// written meanwhile (with `recheck`), then enqueue the refresh, or fall back.
+    #[allow(clippy::too_many_arguments)]
+    async fn after_claim(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+        recheck: bool,
+        token: ClaimToken,
+        failures: u32,
+    ) -> Trigger {
+        let core = self.core();
+        let job = &*self.job;
+        let current = match core.store.get_now(key) {
+            _ if !recheck => Ok(None),
+            Some(now) => now,
+            None => core.store.get(key).await,
+        };
+        if let Ok(Some(current)) = current
             && current.meta.generation != generation
         {
             refresh::release(core, job, key, token, Release::Abandoned).await;

@@ -487,6 +487,15 @@ impl Store for MemoryStore {
         Box::pin(future::ready(Ok(self.claim_sync(key, now, ttl))))
     }
 
+    fn claim_now(
+        &self,
+        key: Key<'_>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Option<Result<ClaimOutcome>> {
+        Some(Ok(self.claim_sync(key, now, ttl)))
+    }
+
     fn release<'a>(
         &'a self,
         key: Key<'a>,

@@ -198,6 +198,18 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Takes a claim without awaiting, when the store can (in-process stores); `None` means
+    /// "use [`Store::claim`]". Must agree with `claim`.
+    fn claim_now(
+        &self,
+        key: Key<'_>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Option<Result<ClaimOutcome>> {
+        let _ = (key, now, ttl);
+        None
+    }
+
     /// Reads an entry without awaiting, when the store can (in-process stores); `None` means
     /// "use [`Store::get`]". Must agree with `get`.
     fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {

@@ -114,6 +114,7 @@ pub async fn store_suite(store: &dyn Store) {
     conditional_writes(store).await;
     tombstones_keep_the_generation(store).await;
     claims_are_exclusive_and_expire(store).await;
+    claim_now_agrees_with_claim(store).await;
     release_checks_the_token(store).await;
     failures_back_off_and_clear(store).await;
     put_and_release_frees_the_owners_claim(store).await;
@@ -247,6 +248,33 @@ async fn tombstones_keep_the_generation(store: &dyn Store) {
         .await,
         PutOutcome::Discarded { current: 2 },
         "a refresh from before the delete must not resurrect the key"
+    );
+}
+
+async fn claim_now_agrees_with_claim(store: &dyn Store) {
+    let k = fresh_key();
+    let Some(first) = store.claim_now(k, NOW, TTL) else {
+        return; // the store does not offer it
+    };
+    assert!(
+        matches!(first, Ok(ClaimOutcome::Won { failures: 0, .. })),
+        "claim_now of an unclaimed key must win, got {first:?}"
+    );
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
+        "a claim taken with claim_now must hold against claim"
+    );
+    let other = fresh_key();
+    assert!(matches!(
+        claim(store, other, NOW).await,
+        ClaimOutcome::Won { .. }
+    ));
+    assert!(
+        matches!(
+            store.claim_now(other, NOW, TTL),
+            Some(Ok(ClaimOutcome::Held { .. }))
+        ),
+        "a claim taken with claim must hold against claim_now"
     );
 }
 
