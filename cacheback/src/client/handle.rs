@@ -302,8 +302,8 @@ impl<J: Job> JobHandle<J> {
                 refresh_triggered,
             }
         };
-        match outcome {
-            Ok(ClaimOutcome::Won { token, failures }) => {
+        match self.won(outcome) {
+            Ok((token, failures)) => {
                 let digest = key.digest();
                 Either::Right(Box::pin(async move {
                     let key = Key::new(&self.core().prefix, &self.job.name, digest);
@@ -313,18 +313,31 @@ impl<J: Job> JobHandle<J> {
                     Ok(stale(started == Trigger::Started))
                 }) as BoxFuture<'_, _>)
             }
+            Err(_) => Either::Left(Ok(stale(false))),
+        }
+    }
+
+    /// A won claim's token and the key's prior failures; or, counted (and logged on error),
+    /// what the refused claim means for the caller.
+    fn won(
+        &self,
+        outcome: Result<ClaimOutcome>,
+    ) -> std::result::Result<(ClaimToken, u32), Trigger> {
+        let job = &*self.job;
+        match outcome {
+            Ok(ClaimOutcome::Won { token, failures }) => Ok((token, failures)),
             Ok(ClaimOutcome::Held { .. }) => {
                 job.metrics.claim_held.increment(1);
-                Either::Left(Ok(stale(false)))
+                Err(Trigger::Taken)
             }
             Ok(ClaimOutcome::BackingOff { .. }) => {
                 job.metrics.claim_backing_off.increment(1);
-                Either::Left(Ok(stale(false)))
+                Err(Trigger::Taken)
             }
             Err(error) => {
                 job.metrics.store_error("claim");
                 warn!(error = %error, "could not claim the refresh; the next read will try again");
-                Either::Left(Ok(stale(false)))
+                Err(Trigger::Retry)
             }
         }
     }
@@ -651,21 +664,9 @@ impl<J: Job> JobHandle<J> {
             .claim(key, now, job.policy.refresh_timeout)
             .instrument(debug_span!("cacheback.claim"))
             .await;
-        let (token, failures) = match outcome {
-            Ok(ClaimOutcome::Won { token, failures }) => (token, failures),
-            Ok(ClaimOutcome::Held { .. }) => {
-                job.metrics.claim_held.increment(1);
-                return Trigger::Taken;
-            }
-            Ok(ClaimOutcome::BackingOff { .. }) => {
-                job.metrics.claim_backing_off.increment(1);
-                return Trigger::Taken;
-            }
-            Err(error) => {
-                job.metrics.store_error("claim");
-                warn!(error = %error, "could not claim the refresh; the next read will try again");
-                return Trigger::Retry;
-            }
+        let (token, failures) = match self.won(outcome) {
+            Ok(won) => won,
+            Err(refused) => return refused,
         };
         self.after_claim(key, args, generation, now, recheck, token, failures)
             .await
