@@ -55,13 +55,7 @@ pub(crate) async fn burst(
     trials: usize,
     variant: &str,
 ) -> Result<Record, String> {
-    let mut hist = stats::latency_histogram();
-    let mut fetches = Vec::new();
-    let mut enqueued = Vec::new();
-    let mut reader_p50 = Vec::new();
-    let mut reader_max = Vec::new();
-    let mut stale_served = 0usize;
-    let mut reads = 0usize;
+    let mut tally = Tally::default();
     for trial in 0..trials {
         let key = 1_000 + trial as u64;
         let old = subject
@@ -86,10 +80,10 @@ pub(crate) async fn burst(
             })
             .collect();
         let mut trial_hist = stats::latency_histogram();
+        let mut stale_served = 0;
         for reader in readers {
             let (took, read) = reader.await.map_err(|e| e.to_string())?;
             stats::record(&mut trial_hist, took);
-            reads += 1;
             if read
                 .value
                 .is_some_and(|v| Arc::ptr_eq(&v, &old) || *v == *old)
@@ -97,9 +91,6 @@ pub(crate) async fn burst(
                 stale_served += 1;
             }
         }
-        stats::merge(&mut hist, &trial_hist);
-        reader_p50.push(stats::ns_to_us(trial_hist.value_at_quantile(0.5)));
-        reader_max.push(stats::ns_to_us(trial_hist.max()));
 
         // Wait for the refresh to land (a read that returns a newer value), then a little more
         // so that any extra fetch still starting is counted.
@@ -116,53 +107,100 @@ pub(crate) async fn burst(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        fetches.push((fetcher.calls() - calls_before) as f64);
-        if let (Some(before), Some(after)) = (enqueued_before, subject.enqueued()) {
-            enqueued.push((after - before) as f64);
-        }
+        let enqueued = match (enqueued_before, subject.enqueued()) {
+            (Some(before), Some(after)) => Some((after - before) as f64),
+            _ => None,
+        };
+        tally.trial(
+            &trial_hist,
+            stale_served,
+            (fetcher.calls() - calls_before) as f64,
+            enqueued,
+        );
+    }
+    tally.record(variant, subject.name(), subject.describe())
+}
+
+/// What the trials of one W2 variant measured, trial by trial.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies: Option<hdrhistogram::Histogram<u64>>,
+    fetches: Vec<f64>,
+    enqueued: Vec<f64>,
+    reader_p50: Vec<f64>,
+    reader_max: Vec<f64>,
+    stale_served: u64,
+    reads: u64,
+}
+
+impl Tally {
+    /// One trial: its readers' latencies, how many of them got the stale value, its fetches,
+    /// and its enqueued refreshes (when the subject has a queue).
+    fn trial(
+        &mut self,
+        readers: &hdrhistogram::Histogram<u64>,
+        stale_served: usize,
+        fetches: f64,
+        enqueued: Option<f64>,
+    ) {
+        let hist = self.latencies.get_or_insert_with(stats::latency_histogram);
+        stats::merge(hist, readers);
+        self.reader_p50
+            .push(stats::ns_to_us(readers.value_at_quantile(0.5)));
+        self.reader_max.push(stats::ns_to_us(readers.max()));
+        self.reads += readers.len();
+        self.stale_served += stale_served as u64;
+        self.fetches.push(fetches);
+        self.enqueued.extend(enqueued);
     }
 
-    let fetch_spread = Spread::of(&fetches).ok_or("no trials")?;
-    let mut r = Record::new("W2", variant, subject.name())
-        .param("readers", READERS as u64)
-        .param("trials", trials as u64)
-        .param("fetch_ms", FETCH.as_millis() as u64)
-        .param("lifetime_ms", W2_LIFETIME.as_millis() as u64)
-        .param("what_it_does", subject.describe());
-    r.figure("fetches_per_event", fetch_spread.json());
-    r.figure("fetches_per_trial", json!(fetches));
-    r.figure("refreshes_enqueued_per_trial", json!(enqueued));
-    match Spread::of(&enqueued) {
-        Some(s) => r.figure("refreshes_enqueued_per_event", s.json()),
-        None => r.figure("refreshes_enqueued_per_event", "n/a (no queue)"),
+    /// The record of the trials.
+    fn record(self, variant: &str, subject: &str, what_it_does: &str) -> Result<Record, String> {
+        let hist = self.latencies.ok_or("no trials")?;
+        let fetch_spread = Spread::of(&self.fetches).ok_or("no trials")?;
+        let (stale_served, reads) = (self.stale_served, self.reads);
+        let mut r = Record::new("W2", variant, subject)
+            .param("readers", READERS as u64)
+            .param("trials", self.fetches.len() as u64)
+            .param("fetch_ms", FETCH.as_millis() as u64)
+            .param("lifetime_ms", W2_LIFETIME.as_millis() as u64)
+            .param("what_it_does", what_it_does);
+        r.figure("fetches_per_event", fetch_spread.json());
+        r.figure("fetches_per_trial", json!(self.fetches));
+        r.figure("refreshes_enqueued_per_trial", json!(self.enqueued));
+        let enqueued = Spread::of(&self.enqueued);
+        match &enqueued {
+            Some(s) => r.figure("refreshes_enqueued_per_event", s.json()),
+            None => r.figure("refreshes_enqueued_per_event", "n/a (no queue)"),
+        }
+        r.figure("reader_latency", stats::latency_figures(&hist));
+        r.figure(
+            "reader_p50_us_per_trial",
+            Spread::of(&self.reader_p50).map(Spread::json),
+        );
+        r.figure(
+            "reader_max_us_per_trial",
+            Spread::of(&self.reader_max).map(Spread::json),
+        );
+        r.figure("reads_served_the_stale_value", stale_served);
+        r.figure("reads", reads);
+        r.figure("every_reader_got_the_stale_value", stale_served == reads);
+        r.summary = format!(
+            "fetches/event {} (min {}, max {}); enqueued/event {}; reader p50 {}, p99 {}, max {}; stale served to {stale_served}/{reads}",
+            fetch_spread.median,
+            fetch_spread.min,
+            fetch_spread.max,
+            enqueued.map_or("n/a".to_owned(), |s| format!(
+                "{} ({}–{})",
+                s.median, s.min, s.max
+            )),
+            report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
+            report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
+            report::micros(stats::ns_to_us(hist.max())),
+        );
+        r.latencies = Some(hist);
+        Ok(r)
     }
-    r.figure("reader_latency", stats::latency_figures(&hist));
-    r.figure(
-        "reader_p50_us_per_trial",
-        Spread::of(&reader_p50).map(Spread::json),
-    );
-    r.figure(
-        "reader_max_us_per_trial",
-        Spread::of(&reader_max).map(Spread::json),
-    );
-    r.figure("reads_served_the_stale_value", stale_served as u64);
-    r.figure("reads", reads as u64);
-    r.figure("every_reader_got_the_stale_value", stale_served == reads);
-    r.summary = format!(
-        "fetches/event {} (min {}, max {}); enqueued/event {}; reader p50 {}, p99 {}, max {}; stale served to {stale_served}/{reads}",
-        fetch_spread.median,
-        fetch_spread.min,
-        fetch_spread.max,
-        Spread::of(&enqueued).map_or("n/a".to_owned(), |s| format!(
-            "{} ({}–{})",
-            s.median, s.min, s.max
-        )),
-        report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
-        report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
-        report::micros(stats::ns_to_us(hist.max())),
-    );
-    r.latencies = Some(hist);
-    Ok(r)
 }
 
 /// The checks of every W2 variant: one fetch per event in every trial, reader p99 under
@@ -227,8 +265,8 @@ mod fleet {
 
     use super::{FETCH, READERS};
     use crate::peers::W2_LIFETIME;
-    use crate::report::{self, Record};
-    use crate::stats::{self, Spread};
+    use crate::report::Record;
+    use crate::stats;
     use crate::value::unix_ms;
     use crate::workloads::runtime;
 
@@ -533,73 +571,29 @@ mod fleet {
             Ok::<_, String>(())
         })?;
 
-        let mut hist = stats::latency_histogram();
-        let mut reader_p50 = Vec::new();
-        let mut reader_max = Vec::new();
-        let (mut stale, mut reads, mut late_max) = (0usize, 0usize, 0u64);
-        let mut enqueued = Vec::new();
-        for trial in 0..trials {
-            let mut trial_enqueued = 0;
+        let mut tally = super::Tally::default();
+        let mut late_max = 0u64;
+        for (trial, &trial_fetches) in fetches.iter().enumerate() {
+            let (mut stale, mut enqueued) = (0, 0);
             let mut trial_hist = stats::latency_histogram();
             for r in reports.iter().filter(|r| r.trial == trial) {
                 for &ns in &r.latencies_ns {
                     stats::record(&mut trial_hist, Duration::from_nanos(ns));
-                    reads += 1;
                 }
                 stale += r.stale;
                 late_max = late_max.max(r.late_ms);
-                trial_enqueued += r.enqueued;
+                enqueued += r.enqueued;
             }
-            stats::merge(&mut hist, &trial_hist);
-            reader_p50.push(stats::ns_to_us(trial_hist.value_at_quantile(0.5)));
-            reader_max.push(stats::ns_to_us(trial_hist.max()));
-            enqueued.push(trial_enqueued as f64);
+            tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
         }
-        let enqueued_spread = Spread::of(&enqueued).ok_or("no trials")?;
-        let spread = Spread::of(&fetches).ok_or("no trials")?;
-        let mut r = Record::new(
-            "W2",
-            "Redis, 4 processes × 16 readers + a worker process",
-            "cacheback",
-        )
-        .param("readers", READERS as u64)
-        .param("processes", PROCESSES as u64)
-        .param("trials", trials as u64)
-        .param("fetch_ms", FETCH.as_millis() as u64)
-        .param("lifetime_ms", W2_LIFETIME.as_millis() as u64)
-        .param(
-            "what_it_does",
-            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
-        );
-        r.figure("fetches_per_event", spread.json());
-        r.figure("fetches_per_trial", json!(fetches));
-        r.figure("refreshes_enqueued_per_event", enqueued_spread.json());
-        r.figure("reader_latency", stats::latency_figures(&hist));
-        r.figure(
-            "reader_p50_us_per_trial",
-            Spread::of(&reader_p50).map(Spread::json),
-        );
-        r.figure(
-            "reader_max_us_per_trial",
-            Spread::of(&reader_max).map(Spread::json),
-        );
-        r.figure("reads_served_the_stale_value", stale as u64);
-        r.figure("reads", reads as u64);
-        r.figure("every_reader_got_the_stale_value", stale == reads);
+        let mut r = tally
+            .record(
+                "Redis, 4 processes × 16 readers + a worker process",
+                "cacheback",
+                "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
+            )?
+            .param("processes", PROCESSES as u64);
         r.figure("max_burst_start_skew_ms", late_max);
-        r.summary = format!(
-            "fetches/event {} (min {}, max {}); enqueued/event {} ({}–{}); reader p50 {}, p99 {}, max {}; stale served to {stale}/{reads}",
-            spread.median,
-            spread.min,
-            spread.max,
-            enqueued_spread.median,
-            enqueued_spread.min,
-            enqueued_spread.max,
-            report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
-            report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
-            report::micros(stats::ns_to_us(hist.max())),
-        );
-        r.latencies = Some(hist);
         super::check(
             &mut r,
             trials,
