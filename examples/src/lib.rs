@@ -1,0 +1,7 @@
+//! Code shared by the example binaries in `src/bin/`.
+//!
+//! Each example is one binary a reader finishes in a minute. What two binaries must agree on
+//! lives here, in one copy both import: [`fleet`], the job and the Redis set-up of the
+//! `fleet_web` and `fleet_worker` pair.
+
+pub mod fleet;
