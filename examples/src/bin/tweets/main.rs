@@ -25,6 +25,11 @@
 //!
 //! `--serve` keeps the server up after the script, for `curl`, until Ctrl-C. Set `RUST_LOG`
 //! (e.g. `RUST_LOG=cacheback=debug,tweets=info`) to see the library's logs on stderr.
+//!
+//! Where the parts are: `upstream.rs` (the slow call and the job), `server.rs` (the axum
+//! server), `client.rs` (the HTTP client), `story.rs` (the five chapters, read this one
+//! first), `script.rs` (sending requests and printing rows), `table.rs` (the table and the
+//! summary); this file has the command line.
 
 mod client;
 mod script;
