@@ -1,6 +1,6 @@
 //! # axum: a handler that reads through the cache
 //!
-//! Run with: `cargo run -p cacheback-examples --bin axum`
+//! Run with: `cargo run -p cacheback-examples --bin axum_handler`
 //!
 //! It serves `GET /price/{item}` on 127.0.0.1, port `$PORT` (default: a free one), until Ctrl-C:
 //! try `curl -i http://127.0.0.1:PORT/price/apple` twice. `-- --self-test` makes it request its
