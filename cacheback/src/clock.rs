@@ -68,6 +68,22 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// RFC 3339 in UTC with milliseconds (`2026-11-30T05:04:20.123Z`).
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Past the year 9999 RFC 3339 has no form: say the raw milliseconds instead.
+        const YEAR_10000_MS: u64 = 253_402_300_800_000;
+        if self.0 >= YEAR_10000_MS {
+            return write!(f, "{}ms after the epoch", self.0);
+        }
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(SystemTime::from(*self))
+        )
+    }
+}
+
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
         Timestamp(duration_millis(

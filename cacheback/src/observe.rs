@@ -4,7 +4,7 @@
 //!
 //! | metric | kind | labels | meaning |
 //! |---|---|---|---|
-//! | `cacheback_reads_total` | counter | `status` = `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched` | reads by outcome |
+//! | `cacheback_reads_total` | counter | `status` = `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`, `bypassed` | reads by outcome |
 //! | `cacheback_coalesced_waiters_total` | counter | | reads that shared another caller's in-flight fetch |
 //! | `cacheback_claims_total` | counter | `outcome` = `won`, `held`, `backing_off` | claim attempts |
 //! | `cacheback_refreshes_total` | counter | `outcome` = `ok`, `failed`, `skipped`, `discarded` | refreshes run by workers |
@@ -74,6 +74,28 @@ pub enum Event {
         /// Key text.
         key: String,
     },
+    /// A read was answered without the cache: its value was fetched but not stored, because
+    /// the store could not be reached or the value is over the size limit (status
+    /// [`Status::Bypassed`](crate::Status::Bypassed)). Emitted once per fetch.
+    CacheBypassed {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+        /// Why the cache was not used.
+        error: Error,
+    },
+    /// A stored entry could not be read as the job's value (another schema version, another
+    /// codec, another type, corrupt bytes): it was read as a miss. Processes of one fleet
+    /// built with different codecs or value types cause this on every read: fix the build.
+    EntryUndecodable {
+        /// Job name.
+        job: Arc<str>,
+        /// Key text.
+        key: String,
+        /// Why it did not decode.
+        reason: String,
+    },
     /// A message could not be processed and was dead-lettered.
     DeadLettered {
         /// Job name, when the message named one.
@@ -94,6 +116,7 @@ pub(crate) struct JobMetrics {
     pub(crate) stale_refetched: Counter,
     pub(crate) miss: Counter,
     pub(crate) miss_fetched: Counter,
+    pub(crate) bypassed: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) claim_won: Counter,
     pub(crate) claim_held: Counter,
@@ -134,6 +157,7 @@ impl JobMetrics {
             stale_refetched: reads("stale_refetched"),
             miss: reads("miss"),
             miss_fetched: reads("miss_fetched"),
+            bypassed: reads("bypassed"),
             coalesced: counter!("cacheback_coalesced_waiters_total", "job" => j()),
             claim_won: claims("won"),
             claim_held: claims("held"),

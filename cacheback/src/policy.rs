@@ -44,6 +44,13 @@ pub struct Policy {
     pub fetch_timeout: Duration,
     /// Backoff after failed refreshes. Default: 1 s doubling to 5 min, with jitter.
     pub retry_backoff: Backoff,
+    /// Whether a failing synchronous fetch (a miss with `fetch_on_miss`, a value stale beyond
+    /// `stale_threshold`) backs off like a failing refresh: the failure is recorded in the
+    /// store (shared by the fleet on Redis), and until `retry_after` (per `retry_backoff`)
+    /// reads of the key get [`Error::BackingOff`](crate::Error::BackingOff) (or their stale
+    /// value) without calling the upstream. A burst of reads of a failing key then costs one
+    /// upstream call per backoff window instead of one per read. Default: true.
+    pub miss_backoff: bool,
     /// XFetch `beta`: when set, a Fresh read may trigger a refresh early. Default: off.
     pub early_refresh: Option<f64>,
     /// Spread `fresh_until` by up to this fraction of `lifetime` (0.0..=1.0). Default: 0.
@@ -66,6 +73,7 @@ impl Default for Policy {
             stale_if_error: None,
             fetch_timeout: Duration::from_secs(30),
             retry_backoff: Backoff::default(),
+            miss_backoff: true,
             early_refresh: None,
             jitter: 0.0,
             queue: Cow::Borrowed("default"),
@@ -98,6 +106,8 @@ impl Policy {
         fetch_timeout: Duration);
     setter!(/// Sets [`Policy::retry_backoff`].
         retry_backoff: Backoff);
+    setter!(/// Sets [`Policy::miss_backoff`].
+        miss_backoff: bool);
     setter!(/// Sets [`Policy::schema_version`].
         schema_version: u32);
 

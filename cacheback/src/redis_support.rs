@@ -242,11 +242,35 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Timeout { what, after } => write!(f, "redis {what} timed out after {after:?}"),
-            Failure::Redis { what, .. } => write!(f, "redis {what} failed"),
+            Failure::Redis { what, source } => match plain_words(source) {
+                Some(why) => write!(f, "redis {what} failed: {why}"),
+                None => write!(f, "redis {what} failed"),
+            },
             Failure::Protocol { what, message } => {
                 write!(f, "unexpected reply to redis {what}: {message}")
             }
         }
+    }
+}
+
+/// What a Redis error means for an operator, when it is one of the usual suspects: a Redis
+/// that does not answer looks different from one that refuses the credentials.
+fn plain_words(error: &RedisError) -> Option<&'static str> {
+    let code = error.code().unwrap_or("");
+    if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+    {
+        Some("Redis refused the credentials (check the user and password in the URL, and the ACL)")
+    } else if error.is_connection_refusal() {
+        Some("connection refused: nothing accepts connections at the Redis address")
+    } else if error.is_timeout() {
+        Some("Redis did not answer in time")
+    } else if error.is_connection_dropped() {
+        Some("the connection to Redis was lost")
+    } else if code == "OOM" {
+        Some("Redis is out of memory (maxmemory reached with the noeviction policy)")
+    } else {
+        None
     }
 }
 

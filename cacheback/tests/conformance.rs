@@ -16,3 +16,8 @@ async fn bounded_memory_store_conforms() {
 async fn local_queue_conforms() {
     testing::queue_suite(&LocalQueue::new(100)).await;
 }
+
+#[tokio::test]
+async fn clients_on_a_memory_store_behave() {
+    testing::client_suite(std::sync::Arc::new(MemoryStore::new())).await;
+}

@@ -23,6 +23,15 @@ async fn redis_store_conforms() {
 }
 
 #[tokio::test]
+async fn clients_on_a_redis_store_behave() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    testing::client_suite(std::sync::Arc::new(store)).await;
+}
+
+#[tokio::test]
 async fn redis_store_conforms_over_a_unix_socket() {
     let Some(server) = RedisServer::start_unix() else {
         return;

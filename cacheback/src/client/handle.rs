@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use futures_util::future::{self, BoxFuture, Either};
 use tracing::{Instrument, debug_span, warn};
 
+use crate::client::backoff;
 use crate::client::coalesce::AnyValue;
 use crate::client::hints::ClaimHints;
 use crate::client::refresh::{self, Claimed};
@@ -17,13 +18,20 @@ use crate::client::registry::JobEntry;
 use crate::client::{Cacheback, Core, QueueFallback, StoreFallback};
 use crate::clock::Timestamp;
 use crate::entry::{Entry, EntryMeta};
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 use crate::job::Job;
 use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::policy::Freshness;
 use crate::queue::{EnqueueError, RefreshRequest};
 use crate::store::{ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release};
+
+/// The result of a synchronous (coalesced) fetch: the value, and why it was not cached, if it
+/// was not.
+struct Fetched<V> {
+    value: Arc<V>,
+    uncached: Option<Error>,
+}
 
 /// An answer available now, or a future for it.
 type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
@@ -61,12 +69,18 @@ pub enum Status {
     Miss,
     /// No value, so it was fetched synchronously (`fetch_on_miss = true`).
     MissFetched,
+    /// The read did not go through the cache: the value was fetched synchronously but could
+    /// not be stored (the store is unreachable, or the value is over the size limit). An
+    /// [`Event::CacheBypassed`] says why; the next read fetches again.
+    Bypassed,
 }
 
 impl Status {
-    /// A stable lowercase label: `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`.
+    /// A stable lowercase label: `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`,
+    /// `bypassed`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Bypassed => "bypassed",
             Status::Hit => "hit",
             Status::Stale => "stale",
             Status::StaleRefetched => "stale_refetched",
@@ -336,7 +350,7 @@ impl<J: Job> JobHandle<J> {
             }
             Err(error) => {
                 job.metrics.store_error("claim");
-                warn!(error = %error, "could not claim the refresh; the next read will try again");
+                warn!(error = %Chain(&error), "could not claim the refresh; the next read will try again");
                 Err(Trigger::Retry)
             }
         }
@@ -387,6 +401,11 @@ impl<J: Job> JobHandle<J> {
             Err(reason) => {
                 job.metrics.decode_errors.increment(1);
                 warn!(job = %job.name, key = %key, reason, "entry does not decode; reading it as a miss");
+                self.core().emit(|| Event::EntryUndecodable {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                    reason: reason.clone(),
+                });
                 Classified::Missing {
                     generation: meta.generation,
                     now,
@@ -443,18 +462,10 @@ impl<J: Job> JobHandle<J> {
         if job.policy.threshold_exceeded(now, meta.fresh_until) {
             let condition = Some(PutCondition::IfGeneration(meta.generation));
             match self.fetch_coalesced(key.digest(), args, condition).await {
-                Ok(fresh) => {
-                    job.metrics.stale_refetched.increment(1);
-                    return Ok(Lookup {
-                        value: Some(fresh),
-                        status: Status::StaleRefetched,
-                        age: Some(Duration::ZERO),
-                        refresh_triggered: true,
-                    });
-                }
+                Ok(fresh) => return Ok(self.fetched(&fresh, Status::StaleRefetched)),
                 Err(error) => {
                     // stale-if-error: a value we have beats an error.
-                    warn!(error = %error, "synchronous refetch of a stale value failed; serving the stale value");
+                    warn!(error = %Chain(&error), "synchronous refetch of a stale value failed; serving the stale value");
                 }
             }
         } else {
@@ -488,14 +499,8 @@ impl<J: Job> JobHandle<J> {
         let job = &*self.job;
         if job.policy.fetch_on_miss {
             let condition = Some(PutCondition::IfGeneration(generation));
-            let value = self.fetch_coalesced(key.digest(), args, condition).await?;
-            job.metrics.miss_fetched.increment(1);
-            Ok(Lookup {
-                value: Some(value),
-                status: Status::MissFetched,
-                age: Some(Duration::ZERO),
-                refresh_triggered: false,
-            })
+            let fetched = self.fetch_coalesced(key.digest(), args, condition).await?;
+            Ok(self.fetched(&fetched, Status::MissFetched))
         } else {
             let triggered = self.trigger_on_read(key, &args, generation, now).await;
             job.metrics.miss.increment(1);
@@ -519,16 +524,31 @@ impl<J: Job> JobHandle<J> {
         match self.core().store_fallback {
             StoreFallback::Fail => Err(error),
             StoreFallback::Fetch => {
-                warn!(job = %self.job.name, error = %error, "store unreachable; fetching without the cache");
-                let value = self.fetch_coalesced(digest, args, None).await?;
-                self.job.metrics.miss_fetched.increment(1);
-                Ok(Lookup {
-                    value: Some(value),
-                    status: Status::MissFetched,
-                    age: Some(Duration::ZERO),
-                    refresh_triggered: false,
-                })
+                warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; fetching without the cache");
+                let fetched = self.fetch_coalesced(digest, args, None).await?;
+                Ok(self.fetched(&fetched, Status::Bypassed))
             }
+        }
+    }
+
+    /// The answer of a read whose value was fetched synchronously: `status`, unless the value
+    /// could not be cached.
+    fn fetched(&self, fetched: &Fetched<Value<J>>, status: Status) -> Lookup<Value<J>> {
+        let metrics = &self.job.metrics;
+        let status = match (&fetched.uncached, status) {
+            (Some(_), _) => Status::Bypassed,
+            (None, status) => status,
+        };
+        match status {
+            Status::Bypassed => metrics.bypassed.increment(1),
+            Status::StaleRefetched => metrics.stale_refetched.increment(1),
+            _ => metrics.miss_fetched.increment(1),
+        }
+        Lookup {
+            value: Some(Arc::clone(&fetched.value)),
+            status,
+            age: Some(Duration::ZERO),
+            refresh_triggered: status == Status::StaleRefetched,
         }
     }
 
@@ -549,13 +569,13 @@ impl<J: Job> JobHandle<J> {
     }
 
     /// One fetch per key per process: runs (or joins) the fetch in a task and, when
-    /// `condition` is given, stores the value under it.
+    /// `condition` is given, stores the value under it (`None`: the store is unreachable).
     async fn fetch_coalesced(
         &self,
         digest: u128,
         args: Args<J>,
         condition: Option<PutCondition>,
-    ) -> Result<Arc<Value<J>>> {
+    ) -> Result<Arc<Fetched<Value<J>>>> {
         let core = Arc::clone(self.core());
         let job = Arc::clone(&self.job);
         let (result, joined) = self
@@ -569,7 +589,7 @@ impl<J: Job> JobHandle<J> {
             self.job.metrics.coalesced.increment(1);
         }
         result.and_then(|any| {
-            any.downcast::<Value<J>>()
+            any.downcast::<Fetched<Value<J>>>()
                 .map_err(|_| Error::codec("coalesced fetch produced a value of another type"))
         })
     }
@@ -582,36 +602,60 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         condition: Option<PutCondition>,
     ) -> Result<AnyValue> {
+        let key = Key::new(&core.prefix, &job.name, digest);
         // Double-check: a caller that read the store just before another fetch of the key
         // landed, and reached the coalescer just after that fetch left it, finds the fresh
         // value here instead of fetching a second time.
-        if let Some(PutCondition::IfGeneration(seen)) = condition {
-            let key = Key::new(&core.prefix, &job.name, digest);
-            if let Ok(Some(entry)) = core.store.get(key).await
-                && entry.meta.generation != seen
-                && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
-                && let Ok(Some(value)) = refresh::decode_value(&core, &job, &entry)
-            {
-                return Ok(value as AnyValue);
-            }
+        if let Some(PutCondition::IfGeneration(seen)) = condition
+            && let Ok(Some(entry)) = core.store.get(key).await
+            && entry.meta.generation != seen
+            && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
+            && let Ok(Some(value)) = refresh::decode_value(&core, &job, &entry)
+        {
+            return Ok(Arc::new(Fetched {
+                value,
+                uncached: None,
+            }) as AnyValue);
         }
-        let (value, took) = refresh::run_fetch(&job, args).await?;
+        let use_store = condition.is_some();
+        let before = backoff::before_fetch(&core, &job, key, core.clock.now(), use_store).await?;
+        let (value, took) = match refresh::run_fetch(&job, args).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                backoff::record_failure(&core, &job, key, before, &error, use_store).await;
+                return Err(error);
+            }
+        };
+        backoff::record_success(&core, &job, key, before).await;
         let value = Arc::new(value);
-        if let Some(condition) = condition {
-            let key = Key::new(&core.prefix, &job.name, digest);
-            match refresh::store_value(&core, &job, key, Arc::clone(&value), took, condition).await
-            {
-                Ok(_) => {}
-                Err(error @ Error::TooLarge { .. }) => {
-                    warn!(error = %error, "fetched value not cached: too large");
-                }
-                Err(error) => {
-                    job.metrics.store_error("put");
-                    warn!(error = %error, "fetched value not cached: the store failed");
+        let uncached = match condition {
+            None => Some(Error::store(
+                core.store.backend(),
+                "the store is unreachable; the value was fetched without the cache",
+            )),
+            Some(condition) => {
+                match refresh::store_value(&core, &job, key, Arc::clone(&value), took, condition)
+                    .await
+                {
+                    Ok(_) => None,
+                    Err(error) => {
+                        if !matches!(error, Error::TooLarge { .. }) {
+                            job.metrics.store_error("put");
+                        }
+                        Some(error)
+                    }
                 }
             }
+        };
+        if let Some(error) = &uncached {
+            warn!(job = %job.name, key = %key, error = %Chain(error), "fetched value not cached");
+            core.emit(|| Event::CacheBypassed {
+                job: Arc::clone(&job.name),
+                key: key.to_string(),
+                error: error.clone(),
+            });
         }
-        Ok(value as AnyValue)
+        Ok(Arc::new(Fetched { value, uncached }) as AnyValue)
     }
 
     /// [`trigger`](Self::trigger) for a read: with a remote store, asks for the claim at most
@@ -708,7 +752,7 @@ impl<J: Job> JobHandle<J> {
         let request = match self.request(key, args, claimed, now) {
             Ok(request) => request,
             Err(error) => {
-                warn!(error = %error, "could not encode the refresh request");
+                warn!(error = %Chain(&error), "could not encode the refresh request");
                 refresh::release(core, job, key, token, Release::Abandoned).await;
                 return Trigger::Retry;
             }
@@ -741,7 +785,7 @@ impl<J: Job> JobHandle<J> {
         match core.queue_fallback {
             QueueFallback::LocalRefresh => {
                 job.metrics.fallback_local.increment(1);
-                warn!(error = %error, "queue unavailable; refreshing in this process");
+                warn!(error = %Chain(&error), "queue unavailable; refreshing in this process");
                 let (core, job, args, digest) = (
                     Arc::clone(core),
                     Arc::clone(&self.job),
@@ -755,13 +799,13 @@ impl<J: Job> JobHandle<J> {
             }
             QueueFallback::SyncRefresh => {
                 job.metrics.fallback_sync.increment(1);
-                warn!(error = %error, "queue unavailable; refreshing before answering");
+                warn!(error = %Chain(&error), "queue unavailable; refreshing before answering");
                 refresh::refresh_claimed(core, job, args.clone(), key.digest(), claimed).await;
                 Trigger::Started
             }
             QueueFallback::Skip => {
                 job.metrics.fallback_skip.increment(1);
-                warn!(error = %error, "queue unavailable; refresh skipped");
+                warn!(error = %Chain(&error), "queue unavailable; refresh skipped");
                 refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
                 Trigger::Retry
             }
@@ -843,12 +887,7 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         let digest = self.digest(&args)?;
         let key = Key::new(&core.prefix, &self.job.name, digest);
-        let now = core.clock.now();
-        let until = now.saturating_add(core.tombstone_ttl);
-        let tombstone = Entry::new(
-            EntryMeta::new(now, until, until),
-            crate::entry::Payload::Tombstone,
-        );
+        let tombstone = self.tombstone(core.clock.now());
         core.store
             .put(
                 key,
@@ -858,8 +897,21 @@ impl<J: Job> JobHandle<J> {
         Ok(())
     }
 
+    /// A tombstone written at `now`, kept for the client's `tombstone_ttl`.
+    fn tombstone(&self, now: Timestamp) -> Entry {
+        let until = now.saturating_add(self.core().tombstone_ttl);
+        Entry::new(
+            EntryMeta::new(now, until, until),
+            crate::entry::Payload::Tombstone,
+        )
+    }
+
     /// Soft invalidation: marks a present value stale (it keeps being served) and enqueues one
     /// refresh. Returns whether a refresh was enqueued; a missing key enqueues nothing.
+    ///
+    /// Present or not, the key's generation moves on: a value fetched for a request made
+    /// before this call (a queued refresh, a synchronous miss still running) is never stored
+    /// Fresh after it.
     pub async fn invalidate(&self, args: Args<J>) -> Result<bool> {
         self.mark_stale(args, false).await
     }
@@ -882,7 +934,18 @@ impl<J: Job> JobHandle<J> {
                 .as_ref()
                 .filter(|e| !e.is_tombstone() && e.meta.freshness(now) != Freshness::Expired);
             let Some(entry) = live else {
-                let generation = current.map_or(0, |e| e.meta.generation);
+                // Nothing to serve, but a fetch requested before this call (a refresh, a
+                // synchronous miss) may still be running: move the generation on with a
+                // tombstone, so that fetch's generation-checked write is discarded.
+                let seen = current.map_or(0, |e| e.meta.generation);
+                let fence = Put::new(
+                    self.tombstone(now),
+                    PutCondition::IfGeneration(seen),
+                    core.tombstone_ttl,
+                );
+                let PutOutcome::Written { generation } = core.store.put(key, fence).await? else {
+                    continue;
+                };
                 return Ok(even_if_missing
                     && self.trigger(key, &args, generation, now, false).await == Trigger::Started);
             };

@@ -18,12 +18,14 @@ use crate::queue::{LocalQueue, Queue};
 use crate::store::{MemoryStore, Store};
 use crate::worker::{Worker, WorkerOptions, WorkerReport};
 
+mod backoff;
 mod coalesce;
 pub(crate) mod global;
 mod handle;
 mod hints;
 pub(crate) mod refresh;
 pub(crate) mod registry;
+mod running;
 
 pub use handle::{JobHandle, Lookup, Peek, Status, WarmProgress, WarmReport};
 
@@ -74,6 +76,10 @@ pub(crate) struct Core {
     pub(crate) tombstone_ttl: Duration,
     pub(crate) registry: Registry,
     pub(crate) coalescer: Arc<Coalescer>,
+    /// Keys being refreshed in this process: one refresh of a key at a time.
+    pub(crate) running: running::Running,
+    /// Failures of synchronous fetches this process saw, for their backoff.
+    pub(crate) recent_failures: backoff::RecentFailures,
     /// Claim hints for read-triggered refreshes; `None` for in-process stores.
     pub(crate) claim_hints: Option<hints::ClaimHints>,
     /// Every background task of the client (coalesced fetches, local fallback refreshes).
@@ -225,6 +231,24 @@ impl Cacheback {
     /// The queue.
     pub fn queue(&self) -> &Arc<dyn Queue> {
         &self.inner.core.queue
+    }
+
+    /// Checks that the store and the queue answer, for a readiness probe (`/healthz`) or a
+    /// start-up check. The error says which one failed and why, in words that tell a Redis
+    /// that is unreachable from one that refuses the credentials.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> cacheback::Result<()> {
+    /// let cache = cacheback::Cacheback::builder().build()?;
+    /// cache.health_check().await?; // in-process store and queue: always healthy
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn health_check(&self) -> Result<()> {
+        let core = &self.inner.core;
+        core.store.ping().await?;
+        core.queue.ping().await
     }
 
     pub(crate) fn core(&self) -> &Arc<Core> {
@@ -416,6 +440,7 @@ impl CachebackBuilder {
         let queue = self
             .queue
             .unwrap_or_else(|| Arc::new(LocalQueue::default()) as SharedQueue);
+        queue.bind_prefix(&self.prefix)?;
         let start_worker = self.worker.unwrap_or_else(|| queue.is_in_process());
         let claim_hints = (!store.is_in_process()).then(hints::ClaimHints::default);
         let runtime = if start_worker {
@@ -441,6 +466,8 @@ impl CachebackBuilder {
             tombstone_ttl: self.tombstone_ttl,
             registry: Registry::default(),
             coalescer: Arc::new(Coalescer::default()),
+            recent_failures: backoff::RecentFailures::default(),
+            running: running::Running::default(),
             claim_hints,
             tasks: TaskTracker::new(),
         });

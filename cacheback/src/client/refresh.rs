@@ -14,7 +14,7 @@ use crate::client::registry::{JobEntry, Processed, RefreshOutcome};
 use crate::clock::Timestamp;
 use crate::codec::Codec;
 use crate::entry::{Entry, EntryMeta, Payload};
-use crate::error::{Error, Result, panic_message};
+use crate::error::{Chain, Error, Result, panic_message};
 use crate::job::Job;
 use crate::key::{self, Key};
 use crate::observe::Event;
@@ -142,8 +142,10 @@ pub(crate) fn decode_payload<J: Job>(
         Payload::Encoded { codec, bytes } => {
             if codec != core.codec.id() {
                 return Err(format!(
-                    "entry was written with codec id {codec}, this client uses {}",
-                    core.codec.id()
+                    "entry was written with {}, this client uses {}: every process of a fleet \
+                     must use the same codec",
+                    Codec::name_of(codec),
+                    core.codec.name()
                 ));
             }
             core.codec
@@ -160,12 +162,22 @@ pub(crate) async fn process_request<J: Job>(
     job: Arc<JobEntry<J>>,
     request: RefreshRequest,
 ) -> Processed {
-    let Some(codec) = Codec::from_id(request.codec) else {
+    // The requester encodes args with its codec and reads values with it: a worker that
+    // would write values in another codec feeds it entries it cannot read, and every read
+    // would enqueue again. Refuse it loudly instead.
+    if request.codec != core.codec.id() {
         return Processed::Rejected {
-            reason: format!("unknown codec id {} for args", request.codec),
-            kind: "malformed",
+            reason: format!(
+                "codec mismatch: the request was made by a process using {}, this worker uses \
+                 {}; values it writes could not be read there. Build every process of the \
+                 fleet with the same codec",
+                Codec::name_of(request.codec),
+                core.codec.name()
+            ),
+            kind: "codec_mismatch",
         };
-    };
+    }
+    let codec = core.codec;
     let args: J::Args = match codec.decode(&request.args) {
         Ok(args) => args,
         Err(e) => {
@@ -226,6 +238,9 @@ pub(crate) async fn refresh_claimed<J: Job>(
     let key = Key::new(&core.prefix, &job.name, digest);
     let span = info_span!("cacheback.refresh", job = %job.name, key = %key);
     async move {
+        // Another request for the key may be running here (its claim was lost and re-taken):
+        // wait for it, and the check below skips this one once it has written.
+        let _running = core.running.enter(digest).await;
         // A backlog can hold requests for keys that were written since: don't redo their work.
         if let Ok(Some(current)) = core.store.get(key).await
             && current.meta.generation != claimed.generation
@@ -300,7 +315,7 @@ async fn record_failure<J: Job>(
     let now = core.clock.now();
     let backoff = job.policy.retry_backoff;
     let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
-    warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), failures, "refresh failed; keeping the old value");
+    warn!(error = %Chain(&error), failures, "refresh failed; keeping the old value");
     job.metrics.refresh_failed.increment(1);
     if job.policy.stale_if_error.is_some() {
         extend_for_error(core, job, key, claimed.generation, now).await;
@@ -356,7 +371,7 @@ async fn extend_for_error<J: Job>(
     );
     if let Err(e) = core.store.put(key, put).await {
         job.metrics.store_error("put");
-        warn!(error = %e, "could not extend the entry for stale_if_error");
+        warn!(error = %Chain(&e), "could not extend the entry for stale_if_error");
     }
 }
 
@@ -370,6 +385,6 @@ pub(crate) async fn release<J>(
     if let Err(e) = core.store.release(key, token, how).await {
         job.metrics.store_error("release");
         // Not fatal: the claim expires after `refresh_timeout` on its own.
-        warn!(error = %e, "could not release the refresh claim; it will expire on its own");
+        warn!(error = %Chain(&e), "could not release the refresh claim; it will expire on its own");
     }
 }

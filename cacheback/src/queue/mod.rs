@@ -187,6 +187,24 @@ pub trait Queue: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Adopts the key prefix of the client (or worker) the queue serves, called once by every
+    /// [`CachebackBuilder::build`](crate::CachebackBuilder::build) and
+    /// [`WorkerBuilder::build`](crate::WorkerBuilder::build) the queue is given to. A queue
+    /// that keeps its messages under a prefix (so that applications sharing a broker stay
+    /// apart) takes the client's when it was built without one, and refuses a client whose
+    /// prefix differs from its own with [`Error::Config`]. The default accepts any prefix.
+    fn bind_prefix(&self, prefix: &str) -> Result<()> {
+        let _ = prefix;
+        Ok(())
+    }
+
+    /// Checks that the queue answers (one round trip for a remote queue), for readiness
+    /// probes and start-up checks; the error says why not. The default, for in-process queues,
+    /// always answers.
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(futures_util::future::ready(Ok(())))
+    }
+
     /// Sends a request.
     fn enqueue(
         &self,
@@ -205,6 +223,20 @@ pub trait Queue: Send + Sync + fmt::Debug + 'static {
         delivery: &'a Delivery,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Hands every message this receiver still holds (delivered, neither acknowledged nor
+    /// dead-lettered) back to the queue, so that other workers get them at once rather than
+    /// after the visibility timeout, and returns how many. A [`Worker`](crate::Worker) calls
+    /// it once when it stops, after its refreshes finished or were abandoned, which makes a
+    /// rolling deploy delay no refresh; it includes messages a receive that was dropped while
+    /// it waited had already taken. Handed-back messages keep counting their deliveries.
+    ///
+    /// The default does nothing: right for queues whose dropped receives hold nothing (the
+    /// contract of [`receive`](Queue::receive)) and that redeliver what a stopped consumer
+    /// held by themselves.
+    fn hand_back_held(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(futures_util::future::ready(Ok(0)))
+    }
 }
 
 #[cfg(test)]

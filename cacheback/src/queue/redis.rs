@@ -36,8 +36,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -49,6 +49,9 @@ use crate::queue::{
     Delivery, EnqueueError, MAX_MESSAGE_BYTES, MalformedMessage, Queue, Receipt, RefreshRequest,
 };
 use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure, bytes_of, u64_of};
+
+/// The prefix of a queue used without a client.
+const DEFAULT_PREFIX: &str = "cacheback";
 
 /// Default approximate bound on a stream's length (`XADD ... MAXLEN ~`).
 pub const DEFAULT_MAX_LEN: u64 = 1_000_000;
@@ -80,6 +83,12 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// See the script's header.
+const HAND_BACK_LUA: &str = include_str!("lua/hand_back.lua");
+
+/// Messages looked at per `XPENDING` call when handing back.
+const HAND_BACK_PAGE: usize = 100;
+
 /// A refresh queue on Redis Streams, shared by the web processes (which enqueue) and the
 /// worker processes (which drain it). See the [module docs](self) for the commands it sends.
 ///
@@ -110,15 +119,19 @@ struct Inner {
     blocking: Conn,
     /// One blocking read at a time on the dedicated connection.
     read_lock: tokio::sync::Mutex<ReadState>,
-    prefix: String,
+    /// The prefix given to the builder, if any; else the client's (see [`Queue::bind_prefix`]).
+    explicit_prefix: Option<String>,
+    /// The prefix and the streams under it, fixed by the first client bound (or by first use).
+    bound: OnceLock<Bound>,
+    /// The queue names this process drains.
+    names: Vec<String>,
     group: String,
     consumer: String,
-    /// The streams this process drains.
-    streams: Vec<Stream>,
     groups_ready: AtomicBool,
     options: Options,
     enqueued: AtomicU64,
     dead_letter: Script,
+    hand_back: Script,
     /// Acknowledgements waiting for the next flush, and the lock of whoever flushes.
     acks: std::sync::Mutex<Vec<PendingAck>>,
     ack_flush: tokio::sync::Mutex<()>,
@@ -148,6 +161,29 @@ struct ReadState {
     cursors: Vec<String>,
 }
 
+/// The prefix in use and the stream keys under it.
+#[derive(Debug)]
+struct Bound {
+    prefix: String,
+    /// The streams this process drains.
+    streams: Vec<Stream>,
+}
+
+impl Bound {
+    fn new(prefix: &str, names: &[String]) -> Self {
+        Bound {
+            prefix: prefix.to_owned(),
+            streams: names
+                .iter()
+                .map(|name| Stream {
+                    name: name.clone(),
+                    key: stream_key(prefix, name),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Stream {
     name: String,
@@ -168,13 +204,10 @@ impl fmt::Debug for RedisQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
         f.debug_struct("RedisQueue")
-            .field("prefix", &inner.prefix)
+            .field("prefix", &inner.bound.get().map(|b| &b.prefix))
             .field("group", &inner.group)
             .field("consumer", &inner.consumer)
-            .field(
-                "queues",
-                &inner.streams.iter().map(|s| &s.name).collect::<Vec<_>>(),
-            )
+            .field("queues", &inner.names)
             .field("options", &inner.options)
             .finish_non_exhaustive()
     }
@@ -209,7 +242,7 @@ enum Source {
 #[must_use]
 pub struct RedisQueueBuilder {
     source: Source,
-    prefix: String,
+    prefix: Option<String>,
     group: String,
     consumer: Option<String>,
     queues: Vec<String>,
@@ -232,7 +265,7 @@ impl RedisQueueBuilder {
     fn new(source: Source) -> Self {
         RedisQueueBuilder {
             source,
-            prefix: "cacheback".to_owned(),
+            prefix: None,
             group: "cacheback-workers".to_owned(),
             consumer: None,
             queues: vec!["default".to_owned()],
@@ -247,10 +280,13 @@ impl RedisQueueBuilder {
         }
     }
 
-    /// Isolates this application's streams in a shared Redis (default `"cacheback"`; use the
-    /// client's prefix). ASCII letters, digits, `_`, `.`, `-`.
+    /// The prefix isolating this application's streams in a shared Redis. Default: the prefix
+    /// of the client the queue is given to, which is what a queue should use; a client whose
+    /// prefix differs from one set here refuses the queue at `build()` (two prefixes would
+    /// let another application's workers read this one's requests, or this one's miss them).
+    /// ASCII letters, digits, `_`, `.`, `-`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Some(prefix.into());
         self
     }
 
@@ -329,7 +365,9 @@ impl RedisQueueBuilder {
     pub fn build(self) -> Result<RedisQueue> {
         let o = self.options;
         o.conn.validate()?;
-        crate::key::validate_prefix(&self.prefix).map_err(|e| Error::config(e.to_string()))?;
+        if let Some(prefix) = &self.prefix {
+            crate::key::validate_prefix(prefix).map_err(|e| Error::config(e.to_string()))?;
+        }
         if self.queues.is_empty() {
             return Err(Error::config("a RedisQueue drains at least one queue"));
         }
@@ -351,30 +389,27 @@ impl RedisQueueBuilder {
         };
         let conn = Conn::lazy(client.clone(), o.conn, Duration::ZERO)?;
         let blocking = Conn::lazy(client, o.conn, o.poll_interval)?;
-        let mut streams = Vec::new();
         let mut seen = HashSet::new();
-        for name in self.queues {
-            if !seen.insert(name.clone()) {
-                continue;
-            }
-            streams.push(Stream {
-                key: stream_key(&self.prefix, &name),
-                name,
-            });
-        }
+        let names: Vec<String> = self
+            .queues
+            .into_iter()
+            .filter(|name| seen.insert(name.clone()))
+            .collect();
         Ok(RedisQueue {
             inner: Arc::new(Inner {
                 conn,
                 blocking,
                 read_lock: tokio::sync::Mutex::new(ReadState::default()),
-                prefix: self.prefix,
+                explicit_prefix: self.prefix,
+                bound: OnceLock::new(),
+                names,
                 group: self.group,
                 consumer,
-                streams,
                 groups_ready: AtomicBool::new(false),
                 options: o,
                 enqueued: AtomicU64::new(0),
                 dead_letter: Script::new(DEAD_LETTER_LUA),
+                hand_back: Script::new(HAND_BACK_LUA),
                 acks: std::sync::Mutex::new(Vec::new()),
                 ack_flush: tokio::sync::Mutex::new(()),
             }),
@@ -430,6 +465,42 @@ impl RedisQueue {
         RedisQueueBuilder::new(Source::Client(Box::new(client)))
     }
 
+    /// The prefix and streams in use: those of the client the queue was bound to, else (a
+    /// queue used on its own) the builder's prefix or `"cacheback"`.
+    fn bound(&self) -> &Bound {
+        let inner = &*self.inner;
+        inner.bound.get_or_init(|| {
+            let prefix = inner.explicit_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
+            Bound::new(prefix, &inner.names)
+        })
+    }
+
+    /// The prefix the queue's streams live under.
+    pub fn prefix(&self) -> &str {
+        &self.bound().prefix
+    }
+
+    fn do_bind_prefix(&self, prefix: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let wanted = inner.explicit_prefix.as_deref().unwrap_or(prefix);
+        let bound = inner.bound.get_or_init(|| Bound::new(wanted, &inner.names));
+        if bound.prefix == prefix {
+            return Ok(());
+        }
+        let why = match &inner.explicit_prefix {
+            Some(own) => format!("the RedisQueue was built with prefix `{own}`"),
+            None => format!(
+                "the RedisQueue is already in use under prefix `{}`",
+                bound.prefix
+            ),
+        };
+        Err(Error::config(format!(
+            "{why}, but the client's prefix is `{prefix}`: its refresh requests would go to \
+             another application's streams. Build the queue without `.prefix(...)` (it takes \
+             the client's) or with the same prefix"
+        )))
+    }
+
     /// This process's consumer name.
     pub fn consumer(&self) -> &str {
         &self.inner.consumer
@@ -454,7 +525,7 @@ impl RedisQueue {
     /// Requests in the stream of `queue` not yet acknowledged (waiting or being processed).
     pub async fn len(&self, queue: &str) -> Result<u64> {
         let mut cmd = redis::cmd("XLEN");
-        cmd.arg(stream_key(&self.inner.prefix, queue));
+        cmd.arg(stream_key(self.prefix(), queue));
         self.inner
             .conn
             .query(&cmd, "XLEN")
@@ -465,7 +536,7 @@ impl RedisQueue {
     /// Requests of `queue` delivered to a worker and not yet acknowledged.
     pub async fn pending(&self, queue: &str) -> Result<u64> {
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(stream_key(&self.inner.prefix, queue))
+        cmd.arg(stream_key(self.prefix(), queue))
             .arg(&self.inner.group);
         match self.inner.conn.query::<Value>(&cmd, "XPENDING").await {
             Ok(Value::Array(items)) => Ok(items.first().and_then(u64_of).unwrap_or(0)),
@@ -478,7 +549,7 @@ impl RedisQueue {
     /// The newest `count` dead letters of `queue`, newest first.
     pub async fn dead_letters(&self, queue: &str, count: usize) -> Result<Vec<RedisDeadLetter>> {
         let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(dead_key(&self.inner.prefix, queue))
+        cmd.arg(dead_key(self.prefix(), queue))
             .arg("+")
             .arg("-")
             .arg("COUNT")
@@ -519,7 +590,7 @@ impl RedisQueue {
             .map_err(|m| EnqueueError::Unavailable(Error::queue(BACKEND, m)))?;
         let bytes = request.encode().map_err(EnqueueError::Unavailable)?;
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream_key(&inner.prefix, &request.queue))
+        cmd.arg(stream_key(self.prefix(), &request.queue))
             .arg("MAXLEN")
             .arg("~")
             .arg(inner.options.max_len)
@@ -540,7 +611,7 @@ impl RedisQueue {
         if inner.groups_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        for stream in &inner.streams {
+        for stream in &self.bound().streams {
             let mut cmd = redis::cmd("XGROUP");
             cmd.arg("CREATE")
                 .arg(&stream.key)
@@ -610,10 +681,11 @@ impl RedisQueue {
         max: usize,
     ) -> std::result::Result<Vec<Delivery>, Failure> {
         let inner = &*self.inner;
-        state.cursors.resize(inner.streams.len(), "0-0".to_owned());
+        let streams = &self.bound().streams;
+        state.cursors.resize(streams.len(), "0-0".to_owned());
         let idle = u64::try_from(inner.options.visibility_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for (stream, cursor) in inner.streams.iter().zip(&mut state.cursors) {
+        for (stream, cursor) in streams.iter().zip(&mut state.cursors) {
             if out.len() >= max {
                 break;
             }
@@ -675,16 +747,17 @@ impl RedisQueue {
             .arg("BLOCK")
             .arg(block)
             .arg("STREAMS");
-        for stream in &inner.streams {
+        let streams = &self.bound().streams;
+        for stream in streams {
             cmd.arg(&stream.key);
         }
-        for _ in &inner.streams {
+        for _ in streams {
             cmd.arg(">");
         }
         let reply: Value = inner.blocking.query(&cmd, "XREADGROUP").await?;
         let mut out = Vec::new();
         for (key, entries) in parse_streams(reply) {
-            let Some(stream) = inner.streams.iter().find(|s| s.key.as_bytes() == key) else {
+            let Some(stream) = streams.iter().find(|s| s.key.as_bytes() == key) else {
                 continue;
             };
             for (id, fields) in entries {
@@ -701,6 +774,12 @@ impl RedisQueue {
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         attempt: u32,
     ) -> Delivery {
+        // Deliveries before the message was handed back by a stopping worker (see
+        // `hand_back_held`): the delivery limit counts them too.
+        let before = field(&fields, "a")
+            .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let attempt = attempt.saturating_add(before);
         let message = match field(&fields, "m") {
             Some(bytes) => RefreshRequest::decode(bytes, self.inner.options.max_message_bytes),
             None => Err(MalformedMessage::new(
@@ -719,7 +798,7 @@ impl RedisQueue {
             .id()
             .rsplit_once('/')
             .ok_or_else(|| Error::queue(BACKEND, "not a RedisQueue receipt"))?;
-        Ok((stream_key(&self.inner.prefix, name), name, id))
+        Ok((stream_key(self.prefix(), name), name, id))
     }
 
     /// Acknowledges by group commit: the ack joins a buffer, and whoever holds the flush lock
@@ -789,6 +868,75 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Hands the messages this consumer holds back to their streams (see the trait method).
+    async fn do_hand_back_held(&self) -> Result<u64> {
+        let inner = &*self.inner;
+        // A receive dropped while its `XREADGROUP ... BLOCK` waited is still running on the
+        // blocking connection, and Redis may yet give it messages. A PING sent behind it is
+        // answered only once it has returned, so whatever it took is pending by then.
+        if let Err(e) = inner
+            .blocking
+            .query::<Value>(&redis::cmd("PING"), "PING")
+            .await
+        {
+            debug!(error = %crate::error::Chain(&e), "no answer behind the blocking read");
+        }
+        let mut handed = 0;
+        for stream in &self.bound().streams {
+            loop {
+                let held = self.held(stream).await?;
+                if held.is_empty() {
+                    break;
+                }
+                let mut invocation = inner.hand_back.key(&stream.key);
+                invocation.arg(&inner.group).arg(inner.options.max_len);
+                for (id, deliveries) in &held {
+                    invocation.arg(id).arg(*deliveries);
+                }
+                let n: u64 = inner
+                    .conn
+                    .script(&invocation, "hand-back script")
+                    .await
+                    .map_err(Failure::into_queue)?;
+                handed += n;
+                if held.len() < HAND_BACK_PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(handed)
+    }
+
+    /// The messages of `stream` pending for this consumer, with their delivery counts.
+    async fn held(&self, stream: &Stream) -> Result<Vec<(String, u64)>> {
+        let inner = &*self.inner;
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(&stream.key)
+            .arg(&inner.group)
+            .arg("-")
+            .arg("+")
+            .arg(HAND_BACK_PAGE)
+            .arg(&inner.consumer);
+        let reply: Value = match inner.conn.query(&cmd, "XPENDING").await {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
+            Err(e) => return Err(e.into_queue()),
+        };
+        let Value::Array(rows) = reply else {
+            return Ok(Vec::new());
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let Value::Array(row) = row else {
+                    return None;
+                };
+                let id = String::from_utf8(bytes_of(row.first()?.clone())?).ok()?;
+                Some((id, row.get(3).and_then(u64_of).unwrap_or(1)))
+            })
+            .collect())
+    }
+
     async fn do_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
         let inner = &*self.inner;
         let (key, name, id) = self.stream_of(&delivery.receipt)?;
@@ -799,7 +947,7 @@ impl RedisQueue {
             .unwrap_or("");
         let mut invocation = inner.dead_letter.key(&key);
         invocation
-            .key(dead_key(&inner.prefix, name))
+            .key(dead_key(self.prefix(), name))
             .arg(&inner.group)
             .arg(id)
             .arg(reason)
@@ -903,6 +1051,14 @@ impl Queue for RedisQueue {
         BACKEND
     }
 
+    fn bind_prefix(&self, prefix: &str) -> Result<()> {
+        self.do_bind_prefix(prefix)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(RedisQueue::ping(self))
+    }
+
     fn enqueue(
         &self,
         request: RefreshRequest,
@@ -924,6 +1080,10 @@ impl Queue for RedisQueue {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.do_dead_letter(delivery, reason))
+    }
+
+    fn hand_back_held(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.do_hand_back_held())
     }
 }
 

@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Checks that the store answers (one round trip for a remote store), for readiness
+    /// probes and start-up checks; the error says why not (unreachable, credentials refused,
+    /// ...). The default, for in-process stores, always answers.
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(futures_util::future::ready(Ok(())))
+    }
+
     /// Reads the entry of `key` (tombstones included), or `None`.
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>>;
 

@@ -35,19 +35,21 @@
 //! that refresh's generation-checked write succeeds.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::{Client, Script, Value};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::clock::Timestamp;
 use crate::entry::{
     ENVELOPE_HEADER_LEN, Entry, EntryMeta, Payload, decode_envelope, encode_envelope,
 };
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 use crate::key::Key;
 use crate::redis_support::{
     self, BACKEND, Conn, ConnOptions, Failure, bytes_of, int_of, px, u64_of,
@@ -177,6 +179,8 @@ return 1
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// Whether Redis's eviction settings were looked at (once, at the first claim).
+    eviction_checked: Arc<AtomicBool>,
     max_entry_bytes: usize,
     expiry_grace: Duration,
     scripts: Scripts,
@@ -290,6 +294,7 @@ impl RedisStoreBuilder {
         };
         Ok(RedisStore {
             conn,
+            eviction_checked: Arc::new(AtomicBool::new(false)),
             max_entry_bytes: self.max_entry_bytes,
             expiry_grace: self.expiry_grace,
             scripts: Scripts::new(),
@@ -337,6 +342,48 @@ impl RedisStore {
         }
     }
 
+    /// Whether this Redis may evict cacheback's claim keys, read from `INFO memory`: a
+    /// warning with the settings that are safe, or `None`. Logged once per store at the
+    /// first claim; call it at start-up to fail a deployment check instead.
+    ///
+    /// Claim keys carry a TTL and are written once and rarely read, so any eviction policy
+    /// picks them early. A claim evicted during a refresh lets the next reader enqueue a
+    /// second refresh of the same stale entry; a worker process already refreshing the key
+    /// then skips it, so the cost is at most one extra fetch per worker process, not a storm.
+    pub async fn eviction_warning(&self) -> Result<Option<String>> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("memory");
+        let info: String = self
+            .conn
+            .query(&cmd, "INFO")
+            .await
+            .map_err(Failure::into_store)?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let maxmemory = field("maxmemory")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(eviction_warning(
+            maxmemory,
+            field("maxmemory_policy").unwrap_or("noeviction"),
+        ))
+    }
+
+    async fn check_eviction_once(&self) {
+        if self.eviction_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match self.eviction_warning().await {
+            Ok(Some(warning)) => warn!("{warning}"),
+            Ok(None) => {}
+            // Managed Redis services may refuse INFO: nothing to say then.
+            Err(e) => debug!(error = %Chain(&e), "could not read Redis's eviction settings"),
+        }
+    }
+
     fn decode(&self, key: Key<'_>, bytes: Bytes) -> Entry {
         // Keep what `undecodable` needs, rather than a second handle on the bytes (cloning a
         // `Vec`-backed `Bytes` allocates).
@@ -347,7 +394,7 @@ impl RedisStore {
         match decode_envelope(bytes, self.max_entry_bytes) {
             Ok(entry) => entry,
             Err(error) => {
-                debug!(key = %key, error = %error, "entry is not a valid envelope");
+                debug!(key = %key, error = %Chain(&error), "entry is not a valid envelope");
                 undecodable(&head[..n], len)
             }
         }
@@ -426,6 +473,7 @@ impl RedisStore {
     }
 
     async fn do_claim(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> Result<ClaimOutcome> {
+        self.check_eviction_once().await;
         let token = ClaimToken::random();
         let until = now.saturating_add(ttl);
         let mut invocation = self.scripts.claim.key(claim_key(key));
@@ -533,6 +581,19 @@ impl RedisStore {
     }
 }
 
+/// The warning for Redis memory settings that let claims be evicted, if they do.
+fn eviction_warning(maxmemory: u64, policy: &str) -> Option<String> {
+    if maxmemory == 0 || policy == "noeviction" {
+        return None;
+    }
+    Some(format!(
+        "Redis evicts keys when it reaches maxmemory ({maxmemory} bytes, maxmemory-policy \
+         `{policy}`): refresh claims may be evicted while their refresh runs, and each evicted \
+         claim can cost one more fetch of a stale key per worker process. Safe settings: \
+         maxmemory-policy noeviction, or no maxmemory limit"
+    ))
+}
+
 /// The entry for bytes (`head`: their first 16 bytes; `len`: their length) that are not a
 /// valid envelope: no job decodes it (codec id 0 is no
 /// codec), it is already expired (so `invalidate` leaves it alone), and its generation is the
@@ -603,6 +664,10 @@ impl Store for RedisStore {
         BACKEND
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(RedisStore::ping(self))
+    }
+
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {
         Box::pin(self.do_get(key))
     }
@@ -665,6 +730,15 @@ mod tests {
             assert_eq!(claim_key(key), format!("{{{text}}}:c").into_bytes());
             assert_eq!(fail_key(key), format!("{{{text}}}:f").into_bytes());
         }
+    }
+
+    #[test]
+    fn only_settings_that_evict_are_warned_about() {
+        assert_eq!(eviction_warning(0, "allkeys-lru"), None);
+        assert_eq!(eviction_warning(1 << 20, "noeviction"), None);
+        let warning = eviction_warning(1 << 20, "volatile-ttl").unwrap();
+        assert!(warning.contains("`volatile-ttl`"), "{warning}");
+        assert!(warning.contains("noeviction"), "{warning}");
     }
 
     #[test]

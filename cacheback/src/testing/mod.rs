@@ -15,12 +15,18 @@
 //! # }
 //! ```
 //!
+//! [`client_suite`] runs the client behaviours that depend on the store (generations fencing
+//! fetches requested before an invalidation, bypassed reads, backoff of failing misses) through
+//! a real client on a given store.
+//!
 //! The suites use random key digests, so they can share a store with other data; the queue
 //! suite needs a queue that starts empty.
 
+mod client;
 mod queue;
 mod store;
 
+pub use client::client_suite;
 pub use queue::queue_suite;
 pub use store::store_suite;
 

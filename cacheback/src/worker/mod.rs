@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::client::registry::Processed;
 use crate::client::{Cacheback, Core};
 use crate::clock::Timestamp;
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 use crate::observe::{Event, dead_letter_metric};
 use crate::queue::{Delivery, Queue};
 
@@ -240,6 +240,7 @@ impl WorkerBuilder {
     pub fn build(self) -> Result<Worker> {
         self.options.validate()?;
         let queue = self.queue.unwrap_or_else(|| Arc::clone(&self.core.queue));
+        queue.bind_prefix(&self.core.prefix)?;
         Ok(Worker::from_core(self.core, queue, self.options))
     }
 }
@@ -312,7 +313,7 @@ impl Worker {
             let deliveries = match batch {
                 Ok(deliveries) => deliveries,
                 Err(error) => {
-                    warn!(error = %error, "receiving from the queue failed; retrying");
+                    warn!(error = %Chain(&error), "receiving from the queue failed; retrying");
                     drop(first);
                     tokio::select! {
                         biased;
@@ -371,6 +372,14 @@ impl Worker {
         } else {
             0
         };
+        match self.queue.hand_back_held().await {
+            Ok(0) => {}
+            Ok(n) => info!(handed_back = n, "handed held requests back to the queue"),
+            Err(error) => warn!(
+                error = %Chain(&error),
+                "could not hand held requests back; they are redelivered after the visibility timeout"
+            ),
+        }
         health.running.store(false, Ordering::Relaxed);
         WorkerReport {
             processed: health.processed.load(Ordering::Relaxed),
@@ -385,7 +394,7 @@ fn log_join(result: std::result::Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         // Fetch panics are caught where they happen; this is a bug in cacheback itself.
-        error!(error = %e, "worker task panicked");
+        error!(error = %Chain(&e), "worker task panicked");
     }
 }
 
@@ -448,7 +457,7 @@ async fn handle_delivery(
             debug!(job = %request.job, ?outcome, "refresh processed");
             health.inner.processed.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = queue.ack(&delivery).await {
-                warn!(error = %error, "could not acknowledge a processed refresh; it may run again");
+                warn!(error = %Chain(&error), "could not acknowledge a processed refresh; it may run again");
             }
         }
         Processed::Rejected { reason, kind } => {
@@ -482,7 +491,7 @@ async fn dead_letter(
     dead_letter_metric(job, kind);
     health.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
     if let Err(error) = queue.dead_letter(delivery, reason).await {
-        error!(error = %error, "could not dead-letter a message; it may be redelivered");
+        error!(error = %Chain(&error), "could not dead-letter a message; it may be redelivered");
     }
     core.emit(|| Event::DeadLettered {
         job: job.map(str::to_owned),
