@@ -21,7 +21,6 @@ mod fleet;
 mod machine;
 mod peers;
 mod plot;
-mod redis_server;
 mod reliability;
 mod report;
 mod stats;

@@ -270,7 +270,10 @@ impl RedisServer {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(Error::Server(format!("exited with {status}\n{}", self.log())));
+                return Err(Error::Server(format!(
+                    "exited with {status}\n{}",
+                    self.log()
+                )));
             }
             if self.ping() {
                 return Ok(());

@@ -9,6 +9,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use cacheback::JobHandle;
+use cacheback_test_support::RedisServer;
 use serde_json::{Value as Json, json};
 
 use super::Args;
@@ -17,7 +18,6 @@ use super::child_proc::{
     REFRESH_TIMEOUT, VISIBILITY, WORKER_CONCURRENCY, client, now_ms,
 };
 use super::logs::{self, LogFile, Outcome, ProcessLog};
-use crate::redis_server::RedisServer;
 
 /// Children get this long to start before the fault window opens.
 const STARTUP_MS: u64 = 2_000;
@@ -249,8 +249,7 @@ struct Restart {
 
 /// `DBSIZE`, or `None` if Redis did not answer.
 fn dbsize(redis: &RedisServer) -> Option<u64> {
-    let reply = redis.command("DBSIZE").ok()?;
-    reply.strip_prefix(':')?.trim_end().parse().ok()
+    redis.query(&["DBSIZE"]).ok()
 }
 
 /// What the driver saw of each key after the fault window.
@@ -301,7 +300,7 @@ pub(super) fn run(args: &Args) -> Result<(), String> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; use --release");
     }
-    let mut redis = RedisServer::start()?;
+    let mut redis = RedisServer::try_start().map_err(|e| e.to_string())?;
     let url = redis.url();
     let prefix = format!("chaos-{}-{}", std::process::id(), now_ms());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -418,10 +417,10 @@ pub(super) fn run(args: &Args) -> Result<(), String> {
         if restart.is_none() && now >= restart_at {
             let keys_before = dbsize(&redis);
             let down_at = now_ms();
-            redis.stop_saving()?;
+            redis.stop_saving().map_err(|e| e.to_string())?;
             let exited_at = now_ms();
             std::thread::sleep(REDIS_DOWN);
-            redis.start_again()?;
+            redis.start_again().map_err(|e| e.to_string())?;
             let up_at = now_ms();
             fleet.redis_up_at = Some(up_at);
             let keys_after = dbsize(&redis);

@@ -98,6 +98,7 @@ mod run {
         Cacheback, Job, JobHandle, MemoryStore, Policy, RedisQueue, Worker, WorkerHealth,
         WorkerOptions,
     };
+    use cacheback_test_support::RedisServer;
     use serde_json::json;
     use tokio::sync::Notify;
 
@@ -105,7 +106,6 @@ mod run {
     use super::probe::{self, info_field};
     use super::verdict::{self, Sample, Verdict};
     use crate::machine;
-    use crate::redis_server::RedisServer;
     use crate::value::Value;
     use crate::workloads::runtime;
     use crate::zipf::Zipf;
@@ -245,7 +245,7 @@ mod run {
         let load_before = machine::load_average();
         let run_s = args.minutes * 60.0;
         let warmup_s = verdict::warmup_seconds(run_s);
-        let server = RedisServer::start()?;
+        let server = RedisServer::try_start().map_err(|e| e.to_string())?;
         eprintln!(
             "soak: pid {}, {:.1} min of load, a sample every {} s, warm-up {:.0} s; \
              memory store bounded to {} entries, {} keys Zipf({ZIPF_S}); redis {}",
@@ -493,8 +493,8 @@ mod run {
         let store_entries = load.store.entry_count();
         // The sampling itself opens a connection for `INFO` (counted in `connected_clients`,
         // closed before the next process probe) and asks `XLEN` on the queue's own connection.
-        let clients = server.command("INFO clients").ok();
-        let memory = server.command("INFO memory").ok();
+        let clients = server.query::<String>(&["INFO", "clients"]).ok();
+        let memory = server.query::<String>(&["INFO", "memory"]).ok();
         let queue_backlog = load.queue.len(QUEUE).await.ok();
         let (before, then) = *previous;
         *previous = (totals, now);
