@@ -26,12 +26,9 @@ mod verdict;
 
 use std::path::PathBuf;
 
-use clap::Parser;
-
 /// `cacheback-bench soak`: a long mixed load; RSS and connections must stay flat.
-#[derive(Debug, Parser)]
-#[command(name = "cacheback-bench soak")]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
     /// Length of the load, minutes.
     #[arg(long, default_value_t = 10.0)]
     minutes: f64,
@@ -50,21 +47,7 @@ struct Args {
 }
 
 /// `cacheback-bench soak [ARGS]`.
-pub(crate) fn main(args: &[String]) -> Result<(), String> {
-    let argv = std::iter::once("cacheback-bench soak".to_owned()).chain(args.iter().cloned());
-    let args = match Args::try_parse_from(argv) {
-        Ok(args) => args,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return Ok(());
-        }
-        Err(e) => return Err(e.to_string()),
-    };
+pub(crate) fn main(args: &Args) -> Result<(), String> {
     if !(args.minutes > 0.0 && args.minutes.is_finite()) {
         return Err("--minutes must be greater than 0".to_owned());
     }
@@ -74,7 +57,7 @@ pub(crate) fn main(args: &[String]) -> Result<(), String> {
     if args.max_entries == 0 || args.keys == 0 {
         return Err("--max-entries and --keys must be at least 1".to_owned());
     }
-    run::run(&args)
+    run::run(args)
 }
 
 #[cfg(not(feature = "redis"))]

@@ -314,13 +314,17 @@ mod fleet {
         format!("{prefix}:fetches:{key}")
     }
 
-    /// What every process of the fleet agrees on, passed as arguments.
-    #[derive(Debug, Clone)]
-    struct Plan {
+    /// What every process of the fleet agrees on, passed as arguments
+    /// (`URL PREFIX T0_MS TRIALS`).
+    #[derive(Debug, Clone, clap::Args)]
+    pub(crate) struct Plan {
+        /// The run's Redis.
         url: String,
+        /// The run's key prefix.
         prefix: String,
         /// Unix ms of the first burst.
         t0_ms: u64,
+        /// Trials (one key and one burst each).
         trials: usize,
     }
 
@@ -332,18 +336,6 @@ mod fleet {
                 self.t0_ms.to_string(),
                 self.trials.to_string(),
             ]
-        }
-
-        fn parse(args: &[String]) -> Result<Self, String> {
-            let [url, prefix, t0_ms, trials] = args else {
-                return Err(format!("expected URL PREFIX T0_MS TRIALS, got {args:?}"));
-            };
-            Ok(Plan {
-                url: url.clone(),
-                prefix: prefix.clone(),
-                t0_ms: t0_ms.parse().map_err(|e| format!("T0_MS: {e}"))?,
-                trials: trials.parse().map_err(|e| format!("TRIALS: {e}"))?,
-            })
         }
 
         /// Unix ms of trial `i`'s burst.
@@ -453,15 +445,14 @@ mod fleet {
         Ok(())
     }
 
-    /// A child process of this workload.
-    pub(super) fn child(role: &str, args: &[String]) -> Result<(), String> {
-        let plan = Plan::parse(args)?;
-        let rt = runtime();
-        match role {
-            "w2-reader" => rt.block_on(reader(plan)),
-            "w2-worker" => rt.block_on(worker(plan)),
-            other => Err(format!("unknown role {other}")),
-        }
+    /// The reader process (`__child w2-reader`).
+    pub(crate) fn reader_main(plan: Plan) -> Result<(), String> {
+        runtime().block_on(reader(plan))
+    }
+
+    /// The worker process (`__child w2-worker`).
+    pub(crate) fn worker_main(plan: Plan) -> Result<(), String> {
+        runtime().block_on(worker(plan))
     }
 
     /// Kills the children still running when dropped (on any early return).
@@ -604,15 +595,5 @@ mod fleet {
     }
 }
 
-/// A W2 child process (4 processes × 16 readers, and their worker).
-pub(crate) fn child(role: &str, args: &[String]) -> Result<(), String> {
-    #[cfg(feature = "redis")]
-    {
-        fleet::child(role, args)
-    }
-    #[cfg(not(feature = "redis"))]
-    {
-        let _ = args;
-        Err(format!("w2: role {role} needs the `redis` feature"))
-    }
-}
+#[cfg(feature = "redis")]
+pub(crate) use fleet::{Plan as FleetPlan, reader_main as reader, worker_main as worker};
