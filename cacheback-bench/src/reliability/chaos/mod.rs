@@ -26,14 +26,17 @@
 use std::path::PathBuf;
 
 #[cfg(feature = "redis")]
-#[path = "chaos_child.rs"]
-mod child_proc;
+mod analysis;
 #[cfg(feature = "redis")]
-#[path = "chaos_driver.rs"]
+mod child;
+#[cfg(feature = "redis")]
 mod driver;
 #[cfg(feature = "redis")]
-#[path = "chaos_log.rs"]
+mod fleet;
+#[cfg(feature = "redis")]
 mod logs;
+#[cfg(feature = "redis")]
+mod report;
 
 /// Faults across real processes: 2 web + 2 worker processes, one Redis.
 #[derive(Debug, clap::Args)]
@@ -74,16 +77,16 @@ fn run(_args: &Args) -> Result<(), String> {
 }
 
 #[cfg(feature = "redis")]
-pub(crate) use child_proc::ChildArgs;
+pub(crate) use child::ChildArgs;
 
 /// The chaos web process (`__child chaos-web`).
 #[cfg(feature = "redis")]
 pub(crate) fn web(args: ChildArgs) -> Result<(), String> {
-    child_proc::run(child_proc::Role::Web, args)
+    child::run(child::Role::Web, args)
 }
 
 /// The chaos worker process (`__child chaos-worker`).
 #[cfg(feature = "redis")]
 pub(crate) fn worker(args: ChildArgs) -> Result<(), String> {
-    child_proc::run(child_proc::Role::Worker, args)
+    child::run(child::Role::Worker, args)
 }

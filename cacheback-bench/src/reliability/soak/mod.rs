@@ -17,10 +17,8 @@
 //! written as it is taken, then a summary object) and `soak.md` (the table and the verdict) in
 //! `--out`. Exits with an error, naming the rules broken, when the run is not flat.
 
-#[path = "soak_probe.rs"]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod probe;
-#[path = "soak_verdict.rs"]
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod verdict;
 
