@@ -18,31 +18,63 @@ fn opt(x: Option<u64>) -> String {
     x.map_or("?".to_owned(), |x| x.to_string())
 }
 
-pub(super) fn sample_line(s: &Sample) -> String {
-    format!(
-        "t={:>5.0}s rss={} MiB (anon {}) threads={} fds={} sockets={} tcp={} redis_clients={} \
-         entries={} reads/s={:.0} empty={} writes={} fetches={} refreshes={} backlog={} \
-         redis_mem={} errors={}",
-        s.t_s,
-        mib(s.rss_kib),
-        mib(s.rss_anon_kib),
-        s.threads,
-        s.fds,
-        s.sockets,
-        s.tcp_established,
+/// A sample's figures after its time, as the line and the table show them: RSS, anon (MiB),
+/// threads, fds, sockets, TCP established, Redis clients, store entries, reads/s, empty reads,
+/// writes, fetches, refreshes, backlog, Redis memory (MiB), errors.
+fn cells(s: &Sample) -> [String; 16] {
+    let p = &s.process;
+    [
+        mib(p.rss_kib),
+        mib(p.rss_anon_kib),
+        p.threads.to_string(),
+        p.fds.to_string(),
+        p.sockets.to_string(),
+        p.tcp_established.to_string(),
         opt(s.redis_clients),
-        s.store_entries,
-        s.reads_per_sec,
-        s.empty_reads,
-        s.sets + s.invalidates + s.deletes,
-        s.fetches,
-        s.refreshes,
+        s.store_entries.to_string(),
+        format!("{:.0}", s.reads_per_sec),
+        s.empty_reads.to_string(),
+        (s.sets + s.invalidates + s.deletes).to_string(),
+        s.fetches.to_string(),
+        s.refreshes.to_string(),
         opt(s.queue_backlog),
-        s.redis_used_memory.map_or("?".to_owned(), |b| format!(
-            "{:.1}M",
-            b as f64 / 1_048_576.0
-        )),
-        s.errors,
+        s.redis_used_memory
+            .map_or("?".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0)),
+        s.errors.to_string(),
+    ]
+}
+
+/// One sample in one line, for stderr as it is taken.
+pub(super) fn sample_line(s: &Sample) -> String {
+    let [
+        rss,
+        anon,
+        threads,
+        fds,
+        sockets,
+        tcp,
+        clients,
+        entries,
+        reads,
+        empty,
+        writes,
+        fetches,
+        refreshes,
+        backlog,
+        redis_mem,
+        errors,
+    ] = cells(s);
+    let mega = if s.redis_used_memory.is_some() {
+        "M"
+    } else {
+        ""
+    };
+    format!(
+        "t={:>5.0}s rss={rss} MiB (anon {anon}) threads={threads} fds={fds} sockets={sockets} \
+         tcp={tcp} redis_clients={clients} entries={entries} reads/s={reads} empty={empty} \
+         writes={writes} fetches={fetches} refreshes={refreshes} backlog={backlog} \
+         redis_mem={redis_mem}{mega} errors={errors}",
+        s.t_s,
     )
 }
 
@@ -131,29 +163,7 @@ fn samples_table(md: &mut String, outcome: &Outcome, verdict: &Verdict) {
         } else {
             ""
         };
-        let _ = writeln!(
-            md,
-            "| {:.0}{warm} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} \
-             | {} | {} | {} |",
-            s.t_s,
-            mib(s.rss_kib),
-            mib(s.rss_anon_kib),
-            s.threads,
-            s.fds,
-            s.sockets,
-            s.tcp_established,
-            opt(s.redis_clients),
-            s.store_entries,
-            s.reads_per_sec,
-            s.empty_reads,
-            s.sets + s.invalidates + s.deletes,
-            s.fetches,
-            s.refreshes,
-            opt(s.queue_backlog),
-            s.redis_used_memory
-                .map_or("?".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0)),
-            s.errors,
-        );
+        let _ = writeln!(md, "| {:.0}{warm} | {} |", s.t_s, cells(s).join(" | "));
     }
 }
 

@@ -237,14 +237,7 @@ fn params_json(args: &Args) -> serde_json::Value {
 }
 
 fn probe_json(p: &probe::ProcessProbe) -> serde_json::Value {
-    json!({
-        "rss_kib": p.rss_kib,
-        "rss_anon_kib": p.rss_anon_kib,
-        "threads": p.threads,
-        "fds": p.fds,
-        "sockets": p.sockets,
-        "tcp_established": p.tcp_established,
-    })
+    serde_json::to_value(p).unwrap_or_default()
 }
 
 /// Builds the client and worker, runs the load for the run's length while sampling, then
@@ -436,12 +429,7 @@ async fn take_sample(
     let reads = totals.reads - before.reads;
     Ok(Sample {
         t_s: crate::stats::round3(now.duration_since(start).as_secs_f64()),
-        rss_kib: p.rss_kib,
-        rss_anon_kib: p.rss_anon_kib,
-        threads: p.threads,
-        fds: p.fds,
-        sockets: p.sockets,
-        tcp_established: p.tcp_established,
+        process: p,
         redis_clients: clients
             .as_deref()
             .and_then(|i| info_field(i, "connected_clients")),
