@@ -1,12 +1,33 @@
 //! Child processes of the harness: the binary re-invokes itself as
 //! `cacheback-bench __child ROLE [ARGS...]` for workloads and reliability runs that need real OS
-//! processes (W2 across processes, the chaos run). Roles are dispatched by prefix to the module
-//! that owns them.
+//! processes (W2 across processes, the chaos run). Each role is a subcommand whose arguments
+//! belong to the module that owns it.
 
 use std::process::{Child, Command, Stdio};
 
 /// The first argument that marks a child process.
 pub(crate) const CHILD_COMMAND: &str = "__child";
+
+/// What a child process does.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Role {
+    /// A chaos web process: steady reads of every key.
+    #[cfg(feature = "redis")]
+    #[command(name = "chaos-web")]
+    ChaosWeb(crate::reliability::chaos::ChildArgs),
+    /// A chaos worker process: drains the Redis Streams queue.
+    #[cfg(feature = "redis")]
+    #[command(name = "chaos-worker")]
+    ChaosWorker(crate::reliability::chaos::ChildArgs),
+    /// A W2 reader process: 16 readers of each trial's key at the trial's instant.
+    #[cfg(feature = "redis")]
+    #[command(name = "w2-reader")]
+    W2Reader(crate::workloads::w2::FleetPlan),
+    /// The W2 worker process.
+    #[cfg(feature = "redis")]
+    #[command(name = "w2-worker")]
+    W2Worker(crate::workloads::w2::FleetPlan),
+}
 
 /// Starts this binary as a child with `role` and `args`, stdout piped (children report on
 /// stdout, one line per fact), stderr inherited.
@@ -25,23 +46,30 @@ pub(crate) fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
 }
 
 /// The child's `main`: runs `role` and exits with its status (1 and a message on error).
-pub(crate) fn child_main(args: &[String]) -> ! {
-    let Some((role, rest)) = args.split_first() else {
-        eprintln!("cacheback-bench {CHILD_COMMAND}: missing role");
-        std::process::exit(2);
-    };
-    let result = if role.starts_with("chaos-") {
-        crate::reliability::chaos::child(role, rest)
-    } else if role.starts_with("w2-") {
-        crate::workloads::w2::child(role, rest)
-    } else {
-        Err(format!("unknown child role `{role}`"))
-    };
+pub(crate) fn child_main(role: Role) -> ! {
+    let (name, result) = run(role);
     match result {
         Ok(()) => std::process::exit(0),
         Err(error) => {
-            eprintln!("cacheback-bench {CHILD_COMMAND} {role}: {error}");
+            eprintln!("cacheback-bench {CHILD_COMMAND} {name}: {error}");
             std::process::exit(1);
         }
     }
+}
+
+/// Runs `role`; returns its name and its outcome.
+#[cfg(feature = "redis")]
+fn run(role: Role) -> (&'static str, Result<(), String>) {
+    match role {
+        Role::ChaosWeb(args) => ("chaos-web", crate::reliability::chaos::web(args)),
+        Role::ChaosWorker(args) => ("chaos-worker", crate::reliability::chaos::worker(args)),
+        Role::W2Reader(plan) => ("w2-reader", crate::workloads::w2::reader(plan)),
+        Role::W2Worker(plan) => ("w2-worker", crate::workloads::w2::worker(plan)),
+    }
+}
+
+/// Without Redis there are no child roles.
+#[cfg(not(feature = "redis"))]
+fn run(role: Role) -> (&'static str, Result<(), String>) {
+    match role {}
 }

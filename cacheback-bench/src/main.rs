@@ -18,10 +18,10 @@
 //! so and gets a `redis-server` the harness starts on loopback and stops at the end.
 
 mod fleet;
+mod harness;
 mod machine;
 mod peers;
 mod plot;
-mod redis_server;
 mod reliability;
 mod report;
 mod stats;
@@ -29,155 +29,139 @@ mod value;
 mod workloads;
 mod zipf;
 
-use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use clap::{Parser, Subcommand};
 
-use clap::Parser;
+use crate::harness::WorkloadArgs;
 
-use crate::workloads::{Ctx, Scale};
-
-/// The `main` of a reliability run (`chaos`, `soak`): its own arguments in, an error out.
-type ReliabilityRun = fn(&[String]) -> Result<(), String>;
-
-/// Runs the workloads of WORKLOADS.md.
+/// Runs the workloads of WORKLOADS.md, or a reliability run.
+///
+/// Without a subcommand, the arguments are workload ids (`W2 W4 --quick`); none means `all`.
 #[derive(Debug, Parser)]
-#[command(name = "cacheback-bench", version, about)]
+#[command(
+    name = "cacheback-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// `all`, `quick` (every workload at small sizes), or workload ids (`W1` ... `W7`).
-    #[arg(default_value = "all")]
-    targets: Vec<String>,
-    /// Small sizes (implied by `quick`).
-    #[arg(long)]
-    quick: bool,
-    /// Where to write `results.jsonl`, `summary.md` and `latency.svg`.
-    #[arg(long, default_value = "target/bench-results")]
-    out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    workloads: WorkloadArgs,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every workload (or the ids given) at full size.
+    All(WorkloadArgs),
+    /// Every workload (or the ids given) at small sizes: a smoke test.
+    Quick(WorkloadArgs),
+    /// Faults across real processes: 2 web + 2 worker processes, one Redis.
+    Chaos(reliability::chaos::Args),
+    /// A long mixed load; RSS and connections must stay flat.
+    Soak(reliability::soak::Args),
+    /// A child process of a workload or a reliability run (see `fleet.rs`).
+    #[command(name = fleet::CHILD_COMMAND, hide = true)]
+    Child {
+        #[command(subcommand)]
+        role: fleet::Role,
+    },
+    /// A W7 child: fills one store and prints its footprint.
+    #[command(name = workloads::w7::CHILD_COMMAND, hide = true)]
+    W7Child(workloads::w7::ChildArgs),
 }
 
 fn main() {
-    // W7 measures each store in a fresh child process of this binary.
-    let args: Vec<String> = std::env::args().collect();
-    let reliability_run: Option<ReliabilityRun> = match args.get(1).map(String::as_str) {
-        Some(workloads::w7::CHILD_COMMAND) => {
-            workloads::w7::child_main(&args[2..]);
+    let cli = Cli::parse();
+    let (name, result) = match cli.command {
+        None => ("", harness::run(&cli.workloads, false)),
+        Some(Command::All(args)) => ("", harness::run(&args, false)),
+        Some(Command::Quick(args)) => ("", harness::run(&args, true)),
+        Some(Command::Chaos(args)) => (" chaos", reliability::chaos::main(&args)),
+        Some(Command::Soak(args)) => (" soak", reliability::soak::main(&args)),
+        Some(Command::Child { role }) => fleet::child_main(role),
+        Some(Command::W7Child(args)) => {
+            workloads::w7::child_main(&args);
             return;
         }
-        Some(fleet::CHILD_COMMAND) => fleet::child_main(&args[2..]),
-        Some("chaos") => Some(reliability::chaos::main),
-        Some("soak") => Some(reliability::soak::main),
-        _ => None,
     };
-    if let Some(run) = reliability_run {
-        if let Err(error) = run(&args[2..]) {
-            eprintln!("cacheback-bench {}: {error}", args[1]);
-            std::process::exit(1);
-        }
-        return;
-    }
-    let cli = Cli::parse();
-    if let Err(error) = run(cli) {
-        eprintln!("cacheback-bench: {error}");
+    if let Err(error) = result {
+        eprintln!("cacheback-bench{name}: {error}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let mut quick = cli.quick;
-    let mut ids: Vec<String> = Vec::new();
-    for t in &cli.targets {
-        match t.to_ascii_lowercase().as_str() {
-            "all" => {}
-            "quick" => quick = true,
-            id => ids.push(id.to_ascii_uppercase()),
-        }
-    }
-    let registry = workloads::registry();
-    for id in &ids {
-        if !registry.iter().any(|w| w.id == id) {
-            let known: Vec<&str> = registry.iter().map(|w| w.id).collect();
-            return Err(format!(
-                "unknown workload `{id}` (known: {})",
-                known.join(", ")
-            ));
-        }
-    }
-    let selected: Vec<_> = registry
-        .iter()
-        .filter(|w| ids.is_empty() || ids.iter().any(|id| id == w.id))
-        .collect();
-    let scale = if quick { Scale::Quick } else { Scale::Full };
-    if cfg!(debug_assertions) {
-        eprintln!("warning: a debug build; timings mean little (use --release)");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Cli {
+        let argv = std::iter::once("cacheback-bench").chain(line.split_whitespace());
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("`{line}`: {e}"))
     }
 
-    std::fs::create_dir_all(&cli.out)
-        .map_err(|e| format!("cannot create {}: {e}", cli.out.display()))?;
-    let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let run_facts = report::run_facts(scale.name(), &started, machine::facts());
-    eprintln!(
-        "cacheback-bench: {} workload entries at {} scale; machine {}",
-        selected.len(),
-        scale.name(),
-        run_facts["machine"]
-    );
+    /// The command lines of CI, BENCHMARKS.md and RELIABILITY.md keep their meaning.
+    #[test]
+    fn documented_command_lines_parse() {
+        assert!(matches!(
+            parse("quick --out target/bench-quick").command,
+            Some(Command::Quick(_))
+        ));
+        assert!(matches!(parse("all").command, Some(Command::All(_))));
+        assert!(matches!(
+            parse("all --out DIR").command,
+            Some(Command::All(_))
+        ));
+        let bare = parse("W2 W4");
+        assert!(bare.command.is_none());
+        assert_eq!(
+            harness::targets(&bare.workloads, false),
+            (vec!["W2".to_owned(), "W4".to_owned()], false)
+        );
+        let quick = parse("W4 --quick");
+        assert_eq!(
+            harness::targets(&quick.workloads, false),
+            (vec!["W4".to_owned()], true)
+        );
+        let none = parse("");
+        assert!(none.command.is_none());
+        assert_eq!(harness::targets(&none.workloads, false), (vec![], false));
+        assert!(matches!(
+            parse("chaos --seconds 10 --out target/chaos-ci").command,
+            Some(Command::Chaos(_))
+        ));
+        assert!(matches!(parse("soak").command, Some(Command::Soak(_))));
+        assert!(matches!(
+            parse("soak --minutes 30").command,
+            Some(Command::Soak(_))
+        ));
+        assert!(matches!(
+            parse("soak --minutes 1 --sample-seconds 5").command,
+            Some(Command::Soak(_))
+        ));
+    }
 
-    let load_before = machine::load_average();
-    let ctx = Ctx::new(scale);
-    let jsonl_path = cli.out.join("results.jsonl");
-    let mut lines = String::new();
-    let t0 = Instant::now();
-    for workload in selected {
-        let t = Instant::now();
-        eprintln!("== {} {} ...", workload.id, workload.title);
-        let records = ctx.run(workload);
-        for r in &records {
-            eprintln!(
-                "   {} | {} | {}: {}",
-                r.workload, r.variant, r.subject, r.summary
+    /// The command lines the harness gives its own child processes.
+    #[test]
+    fn child_command_lines_parse() {
+        assert!(matches!(
+            parse("__w7-child moka 1000").command,
+            Some(Command::W7Child(_))
+        ));
+        #[cfg(feature = "redis")]
+        for line in [
+            "__child w2-reader redis://127.0.0.1:1/ w2fleet-1 1700000000000 3",
+            "__child w2-worker redis://127.0.0.1:1/ w2fleet-1 1700000000000 3",
+            "__child chaos-web --name web-1 --log x.log --url redis://127.0.0.1:1/ --prefix p \
+             --keys 200 --readers 8 --start-ms 1 --faults-until-ms 2 --until-ms 3",
+            "__child chaos-worker --name worker-1 --log x.log --url redis://127.0.0.1:1/ \
+             --prefix p --keys 200 --readers 8 --start-ms 1 --faults-until-ms 2 --until-ms 3",
+        ] {
+            assert!(
+                matches!(parse(line).command, Some(Command::Child { .. })),
+                "{line}"
             );
-            lines.push_str(&report::json_line(r, &run_facts));
-            lines.push('\n');
         }
-        eprintln!("   ({:.1} s)", t.elapsed().as_secs_f64());
-        ctx.keep(records);
-        // Written after each workload, so an interrupted run keeps what it measured.
-        std::fs::write(&jsonl_path, &lines)
-            .map_err(|e| format!("cannot write {}: {e}", jsonl_path.display()))?;
     }
-    let records = ctx.records();
-    let load = |l: Option<[f64; 3]>| {
-        l.map_or("?".to_owned(), |[a, b, c]| {
-            format!("{a:.2}, {b:.2}, {c:.2}")
-        })
-    };
-    let mut summary = format!(
-        "Run of {started}, {} scale, {:.0} s; machine: {} ({} cores); load average (1, 5, 15 min) {} before, {} after.\n\n",
-        scale.name(),
-        t0.elapsed().as_secs_f64(),
-        run_facts["machine"]["cpu_model"].as_str().unwrap_or("?"),
-        run_facts["machine"]["nproc"],
-        load(load_before),
-        load(machine::load_average()),
-    );
-    summary.push_str(&report::markdown_table(&records));
-    let summary_path = cli.out.join("summary.md");
-    std::fs::write(&summary_path, &summary)
-        .map_err(|e| format!("cannot write {}: {e}", summary_path.display()))?;
-    println!("{summary}");
-
-    let svg_path = cli.out.join("latency.svg");
-    match plot::latency_svg(&records) {
-        Some(svg) => {
-            std::fs::write(&svg_path, svg)
-                .map_err(|e| format!("cannot write {}: {e}", svg_path.display()))?;
-            eprintln!("plot: {}", svg_path.display());
-        }
-        None => eprintln!("plot: no W2/W4/W6 latencies in this run; none drawn"),
-    }
-    eprintln!(
-        "results: {} and {}",
-        jsonl_path.display(),
-        summary_path.display()
-    );
-    Ok(())
 }

@@ -7,7 +7,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use crate::redis_server::RedisServer;
+use cacheback_test_support::RedisServer;
+
 use crate::report::Record;
 
 pub(crate) mod w1;
@@ -181,7 +182,7 @@ impl Ctx {
     /// The run's `redis-server`, started on first use and stopped when the run ends.
     pub(crate) fn redis(&self) -> Result<&RedisServer, String> {
         self.redis
-            .get_or_init(RedisServer::start)
+            .get_or_init(|| RedisServer::try_start().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(Clone::clone)
     }

@@ -249,12 +249,9 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
 
 /// Sums the `calls` of every command in `INFO commandstats`.
 #[cfg(feature = "redis")]
-fn redis_commands(server: &crate::redis_server::RedisServer) -> Result<u64, String> {
-    let info = server.command("INFO commandstats")?;
-    Ok(crate::redis_server::command_calls(&info)
-        .iter()
-        .map(|(_, calls)| calls)
-        .sum())
+fn redis_commands(server: &cacheback_test_support::RedisServer) -> Result<u64, String> {
+    let stats = server.command_stats().map_err(|e| e.to_string())?;
+    Ok(stats.iter().map(|(_, calls)| calls).sum())
 }
 
 #[cfg(feature = "redis")]
@@ -283,7 +280,9 @@ impl HitRead for RedisGet {
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let server = ctx.redis()?;
-    server.command("FLUSHALL")?;
+    server
+        .query::<()>(&["FLUSHALL"])
+        .map_err(|e| e.to_string())?;
     let url = server.url();
     let reads: u64 = ctx.scale.pick(100_000, 10_000);
     let rt = runtime();

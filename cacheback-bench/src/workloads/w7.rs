@@ -93,13 +93,20 @@ fn child(store: &str, n: u64) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("W7 child output: {e}"))
 }
 
+/// The arguments of a W7 child (`__w7-child STORE ENTRIES`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChildArgs {
+    /// `memorystore` or `moka`.
+    store: String,
+    /// Entries to insert.
+    #[arg(default_value_t = 1_000_000)]
+    entries: u64,
+}
+
 /// The child: fills one store and prints `{"bytes_per_entry", "value_bytes"}`.
-pub(crate) fn child_main(args: &[String]) {
-    let store = args.first().map_or("", String::as_str);
-    let n: u64 = args
-        .get(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
+pub(crate) fn child_main(args: &ChildArgs) {
+    let store = args.store.as_str();
+    let n = args.entries;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -26,19 +26,21 @@
 use std::path::PathBuf;
 
 #[cfg(feature = "redis")]
-#[path = "chaos_child.rs"]
-mod child_proc;
+mod analysis;
 #[cfg(feature = "redis")]
-#[path = "chaos_driver.rs"]
+mod child;
+#[cfg(feature = "redis")]
 mod driver;
 #[cfg(feature = "redis")]
-#[path = "chaos_log.rs"]
+mod fleet;
+#[cfg(feature = "redis")]
 mod logs;
+#[cfg(feature = "redis")]
+mod report;
 
 /// Faults across real processes: 2 web + 2 worker processes, one Redis.
-#[derive(Debug, clap::Parser)]
-#[command(name = "cacheback-bench chaos")]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
     /// Length of the fault window, in seconds.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
@@ -54,29 +56,14 @@ struct Args {
 }
 
 /// `cacheback-bench chaos [ARGS]`.
-pub(crate) fn main(args: &[String]) -> Result<(), String> {
-    let args = match <Args as clap::Parser>::try_parse_from(
-        std::iter::once("cacheback-bench chaos".to_owned()).chain(args.iter().cloned()),
-    ) {
-        Ok(args) => args,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            return Ok(());
-        }
-        Err(e) => return Err(e.to_string()),
-    };
+pub(crate) fn main(args: &Args) -> Result<(), String> {
     if args.seconds < 4 {
         return Err("--seconds must be at least 4 (a kill and a restart fit in it)".to_owned());
     }
     if args.keys == 0 || args.readers == 0 {
         return Err("--keys and --readers must be at least 1".to_owned());
     }
-    run(&args)
+    run(args)
 }
 
 #[cfg(feature = "redis")]
@@ -89,17 +76,17 @@ fn run(_args: &Args) -> Result<(), String> {
     Err("the chaos run needs the `redis` feature (on by default)".to_owned())
 }
 
-/// A chaos child process (`chaos-web` or `chaos-worker`).
-pub(crate) fn child(role: &str, args: &[String]) -> Result<(), String> {
-    #[cfg(feature = "redis")]
-    {
-        child_proc::run(role, args)
-    }
-    #[cfg(not(feature = "redis"))]
-    {
-        let _ = args;
-        Err(format!(
-            "chaos child `{role}` needs the `redis` feature (on by default)"
-        ))
-    }
+#[cfg(feature = "redis")]
+pub(crate) use child::ChildArgs;
+
+/// The chaos web process (`__child chaos-web`).
+#[cfg(feature = "redis")]
+pub(crate) fn web(args: ChildArgs) -> Result<(), String> {
+    child::run(child::Role::Web, args)
+}
+
+/// The chaos worker process (`__child chaos-worker`).
+#[cfg(feature = "redis")]
+pub(crate) fn worker(args: ChildArgs) -> Result<(), String> {
+    child::run(child::Role::Worker, args)
 }

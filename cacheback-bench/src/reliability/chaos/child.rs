@@ -188,9 +188,8 @@ pub(super) fn client(url: &str, prefix: &str) -> Result<Cacheback, String> {
 }
 
 /// The arguments of a child process (the driver passes all of them).
-#[derive(Debug, clap::Parser)]
-#[command(name = "cacheback-bench __child chaos-*")]
-struct ChildArgs {
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChildArgs {
     /// The process's name in the run (`web-1`, `worker-3`, ...).
     #[arg(long)]
     name: String,
@@ -232,12 +231,15 @@ pub(super) fn say(line: &str) {
     }
 }
 
+/// Which chaos child a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Web,
+    Worker,
+}
+
 /// Runs a chaos child: `chaos-web` or `chaos-worker`.
-pub(super) fn run(role: &str, args: &[String]) -> Result<(), String> {
-    let args = <ChildArgs as clap::Parser>::try_parse_from(
-        std::iter::once(format!("__child {role}")).chain(args.iter().cloned()),
-    )
-    .map_err(|e| e.to_string())?;
+pub(super) fn run(role: Role, args: ChildArgs) -> Result<(), String> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         PANICS.fetch_add(1, Ordering::Relaxed);
@@ -249,12 +251,14 @@ pub(super) fn run(role: &str, args: &[String]) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let short = role.trim_start_matches("chaos-");
+    let short = match role {
+        Role::Web => "web",
+        Role::Worker => "worker",
+    };
     let log = Arc::new(LogFile::create(&args.log, &args.name, short)?);
     match role {
-        "chaos-web" => runtime.block_on(web(args, log)),
-        "chaos-worker" => runtime.block_on(worker(args, log)),
-        other => Err(format!("chaos: unknown role {other}")),
+        Role::Web => runtime.block_on(web(args, log)),
+        Role::Worker => runtime.block_on(worker(args, log)),
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 /// One look at this process, from `/proc/self`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct ProcessProbe {
     /// `VmRSS`: resident memory, KiB.
     pub(crate) rss_kib: u64,

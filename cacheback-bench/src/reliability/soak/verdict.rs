@@ -11,6 +11,7 @@
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
+use super::probe::ProcessProbe;
 use crate::stats::{self, Spread};
 
 /// Allowed deviation from the post-warm-up median, as a fraction of it.
@@ -27,18 +28,9 @@ const WARMUP_SHARE: f64 = 0.20;
 pub(crate) struct Sample {
     /// Seconds since the load started.
     pub(crate) t_s: f64,
-    /// Resident memory of this process, KiB.
-    pub(crate) rss_kib: u64,
-    /// Its anonymous part (heap, stacks), KiB.
-    pub(crate) rss_anon_kib: u64,
-    /// OS threads of this process.
-    pub(crate) threads: u64,
-    /// Open file descriptors of this process.
-    pub(crate) fds: u64,
-    /// Of those, sockets.
-    pub(crate) sockets: u64,
-    /// Established TCP connections of this process.
-    pub(crate) tcp_established: u64,
+    /// This process: resident memory, threads, descriptors, connections.
+    #[serde(flatten)]
+    pub(crate) process: ProcessProbe,
     /// Redis `connected_clients` (the `INFO` connection that asks included).
     pub(crate) redis_clients: Option<u64>,
     /// Redis `used_memory`, bytes.
@@ -204,10 +196,12 @@ impl Verdict {
 type Series = (&'static str, fn(&Sample) -> Option<f64>);
 
 const FLAT_SERIES: [Series; 5] = [
-    ("rss_kib", |s| Some(s.rss_kib as f64)),
-    ("open_fds", |s| Some(s.fds as f64)),
-    ("open_sockets", |s| Some(s.sockets as f64)),
-    ("tcp_established", |s| Some(s.tcp_established as f64)),
+    ("rss_kib", |s| Some(s.process.rss_kib as f64)),
+    ("open_fds", |s| Some(s.process.fds as f64)),
+    ("open_sockets", |s| Some(s.process.sockets as f64)),
+    ("tcp_established", |s| {
+        Some(s.process.tcp_established as f64)
+    }),
     ("redis_connected_clients", |s| {
         s.redis_clients.map(|c| c as f64)
     }),
@@ -271,7 +265,7 @@ pub(crate) fn judge(samples: &[Sample], warmup_s: f64, max_entries: u64) -> Verd
     });
     let rss_points: Vec<(f64, f64)> = judged
         .iter()
-        .map(|s| (s.t_s / 60.0, s.rss_kib as f64))
+        .map(|s| (s.t_s / 60.0, s.process.rss_kib as f64))
         .collect();
     Verdict {
         warmup_s,
@@ -299,12 +293,14 @@ mod tests {
     fn sample(t_s: f64, rss_kib: u64) -> Sample {
         Sample {
             t_s,
-            rss_kib,
-            rss_anon_kib: rss_kib / 2,
-            threads: 4,
-            fds: 12,
-            sockets: 2,
-            tcp_established: 2,
+            process: ProcessProbe {
+                rss_kib,
+                rss_anon_kib: rss_kib / 2,
+                threads: 4,
+                fds: 12,
+                sockets: 2,
+                tcp_established: 2,
+            },
             redis_clients: Some(3),
             store_entries: 2_000,
             reads: 10_000,
@@ -394,10 +390,10 @@ mod tests {
     fn a_leaked_connection_fails() {
         let mut samples = run(|_| 40_000);
         for s in samples.iter_mut().skip(30) {
-            s.sockets = 3;
-            s.tcp_established = 3;
+            s.process.sockets = 3;
+            s.process.tcp_established = 3;
             s.redis_clients = Some(4);
-            s.fds = 13;
+            s.process.fds = 13;
         }
         let v = judge(&samples, 60.0, 2_000);
         let failures = v.failures();

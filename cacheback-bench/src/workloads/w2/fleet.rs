@@ -1,0 +1,358 @@
+//! W2 across processes: 4 reader processes × 16 readers and a separate worker process, all on
+//! one `redis-server`; fetches count themselves with a Redis `INCR`.
+
+use std::io::Read as _;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Worker};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{FETCH, READERS};
+use crate::peers::W2_LIFETIME;
+use crate::report::Record;
+use crate::stats;
+use crate::value::unix_ms;
+use crate::workloads::runtime;
+
+const PROCESSES: usize = 4;
+const PER_PROCESS: usize = READERS / PROCESSES;
+/// Time between two trials' bursts (the 200 ms fetch lands well within it).
+const PERIOD: Duration = Duration::from_millis(1_000);
+/// Time for the children to start before the first burst.
+const STARTUP: Duration = Duration::from_millis(3_000);
+
+/// Fetches count themselves in Redis (`INCR`), then sleep [`FETCH`].
+#[derive(Debug)]
+struct CountingJob {
+    redis: redis::Client,
+    prefix: String,
+}
+
+impl Job for CountingJob {
+    type Args = u64;
+    type Value = crate::value::Value;
+    type Error = redis::RedisError;
+
+    fn name(&self) -> &str {
+        "w2-fleet"
+    }
+
+    fn policy(&self) -> Policy {
+        Policy::default()
+            .lifetime(W2_LIFETIME)
+            .stale_ttl(Duration::from_secs(3600))
+    }
+
+    async fn fetch(&self, key: u64) -> Result<Self::Value, redis::RedisError> {
+        let mut conn = self.redis.get_multiplexed_async_connection().await?;
+        let _: u64 = redis::cmd("INCR")
+            .arg(counter(&self.prefix, key))
+            .query_async(&mut conn)
+            .await?;
+        tokio::time::sleep(FETCH).await;
+        Ok(crate::value::Value::new(key))
+    }
+}
+
+fn counter(prefix: &str, key: u64) -> String {
+    format!("{prefix}:fetches:{key}")
+}
+
+/// What every process of the fleet agrees on, passed as arguments
+/// (`URL PREFIX T0_MS TRIALS`).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Plan {
+    /// The run's Redis.
+    url: String,
+    /// The run's key prefix.
+    prefix: String,
+    /// Unix ms of the first burst.
+    t0_ms: u64,
+    /// Trials (one key and one burst each).
+    trials: usize,
+}
+
+impl Plan {
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.url.clone(),
+            self.prefix.clone(),
+            self.t0_ms.to_string(),
+            self.trials.to_string(),
+        ]
+    }
+
+    /// Unix ms of trial `i`'s burst.
+    fn burst_at(&self, i: usize) -> u64 {
+        self.t0_ms + i as u64 * PERIOD.as_millis() as u64
+    }
+
+    /// A client of the fleet (no in-process worker), its job handle and its queue.
+    fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, RedisQueue), String> {
+        let queue = RedisQueue::builder(&self.url)
+            .prefix(&self.prefix)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let client = Cacheback::builder()
+            .prefix(&self.prefix)
+            .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
+            .queue(queue.clone())
+            .in_process_worker(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = client.job(CountingJob {
+            redis: redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?,
+            prefix: self.prefix.clone(),
+        });
+        Ok((client, handle, queue))
+    }
+}
+
+/// What a reader process reports for one trial (one JSON line on stdout).
+#[derive(Debug, Deserialize)]
+struct TrialReport {
+    trial: usize,
+    latencies_ns: Vec<u64>,
+    stale: usize,
+    enqueued: u64,
+    late_ms: u64,
+}
+
+/// Sleeps until the Unix time `at_ms`; how late it woke.
+async fn sleep_until_unix(at_ms: u64) -> u64 {
+    let now = unix_ms();
+    if at_ms > now {
+        tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
+    }
+    unix_ms().saturating_sub(at_ms)
+}
+
+/// A reader process: at each trial's instant, 16 readers read that trial's key at once.
+async fn reader(plan: Plan) -> Result<(), String> {
+    let (_client, handle, queue) = plan.client()?;
+    // Connect before the first burst, so no burst pays for the connection.
+    handle
+        .peek(u64::MAX)
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    for trial in 0..plan.trials {
+        let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
+        let enqueued_before = queue.enqueued();
+        let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
+        let readers: Vec<_> = (0..PER_PROCESS)
+            .map(|_| {
+                let (handle, barrier) = (handle.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let t = std::time::Instant::now();
+                    let lookup = handle.get_with_status(trial as u64).await;
+                    let took = t.elapsed().as_nanos() as u64;
+                    let stale = lookup
+                        .is_ok_and(|l| l.value.is_some() && l.status == cacheback::Status::Stale);
+                    (took, stale)
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        let mut stale = 0usize;
+        for r in readers {
+            let (took, was_stale) = r.await.map_err(|e| e.to_string())?;
+            latencies.push(took);
+            stale += usize::from(was_stale);
+        }
+        let report = json!({
+            "trial": trial,
+            "late_ms": late_ms,
+            "latencies_ns": latencies,
+            "stale": stale,
+            "enqueued": queue.enqueued() - enqueued_before,
+        });
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// The worker process: drains the queue until one period after the last burst.
+async fn worker(plan: Plan) -> Result<(), String> {
+    let (client, _handle, _queue) = plan.client()?;
+    let worker = Worker::builder(&client)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let until = plan.burst_at(plan.trials) + PERIOD.as_millis() as u64;
+    let report = worker
+        .run_until(async move {
+            sleep_until_unix(until).await;
+        })
+        .await;
+    eprintln!("   w2 worker process: {report:?}");
+    Ok(())
+}
+
+/// The reader process (`__child w2-reader`).
+pub(crate) fn reader_main(plan: Plan) -> Result<(), String> {
+    runtime().block_on(reader(plan))
+}
+
+/// The worker process (`__child w2-worker`).
+pub(crate) fn worker_main(plan: Plan) -> Result<(), String> {
+    runtime().block_on(worker(plan))
+}
+
+/// Kills the children still running when dropped (on any early return).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the trials across processes.
+pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
+    let rt = runtime();
+    let prefix = format!("w2fleet-{}", std::process::id());
+    let mut plan = Plan {
+        url: url.to_owned(),
+        prefix,
+        t0_ms: 0,
+        trials,
+    };
+    // Prime one key per trial (1 fetch each, counted), long before its burst.
+    let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
+    rt.block_on(async {
+        for key in 0..trials as u64 {
+            handle.refresh(key).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    })?;
+    plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
+    let reports = run_children(&plan)?;
+    let fetches = rt.block_on(async {
+        let fetches = count_fetches(&plan, &handle).await;
+        client.shutdown(Duration::from_secs(5)).await;
+        fetches
+    })?;
+    record(&fetches, &reports, trials)
+}
+
+/// Starts the worker process and the reader processes, waits for them to finish, and returns
+/// the readers' trial reports.
+fn run_children(plan: &Plan) -> Result<Vec<TrialReport>, String> {
+    let mut children = Children(Vec::new());
+    children
+        .0
+        .push(crate::fleet::spawn("w2-worker", &plan.args())?);
+    for _ in 0..PROCESSES {
+        children
+            .0
+            .push(crate::fleet::spawn("w2-reader", &plan.args())?);
+    }
+    // Every child exits on its own after the last trial; give them a bound.
+    let deadline = std::time::Instant::now()
+        + STARTUP
+        + PERIOD * (plan.trials as u32 + 2)
+        + Duration::from_secs(20);
+    let mut outputs = Vec::new();
+    for child in &mut children.0 {
+        loop {
+            match child.try_wait().map_err(|e| e.to_string())? {
+                Some(status) if status.success() => break,
+                Some(status) => return Err(format!("a W2 child process failed: {status}")),
+                None if std::time::Instant::now() > deadline => {
+                    return Err("a W2 child process did not finish in time".to_owned());
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            stdout.read_to_string(&mut out).map_err(|e| e.to_string())?;
+        }
+        outputs.push(out);
+    }
+    let reports: Vec<TrialReport> = outputs
+        .iter()
+        .flat_map(|o| o.lines())
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad child report {l}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if reports.len() != PROCESSES * plan.trials {
+        return Err(format!(
+            "{} trial reports from the reader processes, expected {}",
+            reports.len(),
+            PROCESSES * plan.trials
+        ));
+    }
+    Ok(reports)
+}
+
+/// Fetches per event: each key's counter, less its priming fetch. Checks every trial's
+/// refresh landed.
+async fn count_fetches(plan: &Plan, handle: &JobHandle<CountingJob>) -> Result<Vec<f64>, String> {
+    let redis = redis::Client::open(plan.url.as_str()).map_err(|e| e.to_string())?;
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut fetches = Vec::new();
+    for key in 0..plan.trials as u64 {
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(counter(&plan.prefix, key))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        fetches.push(n.unwrap_or(0).saturating_sub(1) as f64);
+        let landed = handle
+            .peek(key)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some_and(|p| {
+                p.value
+                    .is_some_and(|v| v.at_ms >= plan.burst_at(key as usize))
+            });
+        if !landed {
+            return Err(format!("trial {key}: the refresh never landed"));
+        }
+    }
+    Ok(fetches)
+}
+
+/// The record of the trials: the readers' reports tallied per trial, next to its fetches.
+fn record(fetches: &[f64], reports: &[TrialReport], trials: usize) -> Result<Record, String> {
+    let mut tally = super::Tally::default();
+    let mut late_max = 0u64;
+    for (trial, &trial_fetches) in fetches.iter().enumerate() {
+        let (mut stale, mut enqueued) = (0, 0);
+        let mut trial_hist = stats::latency_histogram();
+        for r in reports.iter().filter(|r| r.trial == trial) {
+            for &ns in &r.latencies_ns {
+                stats::record(&mut trial_hist, Duration::from_nanos(ns));
+            }
+            stale += r.stale;
+            late_max = late_max.max(r.late_ms);
+            enqueued += r.enqueued;
+        }
+        tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
+    }
+    let mut r = tally
+        .record(
+            "Redis, 4 processes × 16 readers + a worker process",
+            "cacheback",
+            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
+        )?
+        .param("processes", PROCESSES as u64);
+    r.figure("max_burst_start_skew_ms", late_max);
+    super::check(
+        &mut r,
+        trials,
+        5_000.0,
+        "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
+    );
+    Ok(r)
+}
