@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::clock::Timestamp;
 use crate::policy::Freshness;
 
-/// Metadata kept with every entry (SPEC §1).
+/// Metadata kept with every entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EntryMeta {

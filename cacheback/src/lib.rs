@@ -61,19 +61,97 @@
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
 //!
-//! ## Semantics
+//! ## How it behaves
 //!
-//! Keys are Fresh for [`Policy::lifetime`], then Stale for [`Policy::stale_ttl`] (served at
-//! once while one refresh runs), then gone. A per-key claim, held for
-//! [`Policy::refresh_timeout`], makes a stale key cause exactly one refresh however many
-//! readers see it; a failed refresh keeps the old value and backs off. See `SPEC.md` in the
-//! repository for the whole contract.
+//! This is the contract the crate keeps; the tests named in the repository's `RELIABILITY.md`
+//! check each part of it.
+//!
+//! **Windows.** A fetched value is *Fresh* for [`Policy::lifetime`] (shortened by up to
+//! [`Policy::jitter`] of it, never lengthened), then *Stale* for [`Policy::stale_ttl`], then
+//! gone: a read past that is a miss. Freshness is decided on the client's [`Clock`] (wall-clock
+//! milliseconds, because entries are shared by processes), never by the store's expiry, which
+//! only reclaims memory.
+//!
+//! **Reads.** A Fresh value is returned as it is ([`Status::Hit`]). A Stale value is returned
+//! at once ([`Status::Stale`]) and one refresh is triggered, unless it is stale by more than
+//! [`Policy::stale_threshold`]: then it is fetched before the read returns
+//! ([`Status::StaleRefetched`]). A miss is fetched before the read returns
+//! ([`Status::MissFetched`]) or, with [`Policy::fetch_on_miss`] off, answered empty
+//! ([`Status::Miss`]) while a refresh is triggered. Concurrent synchronous fetches of one key
+//! in one process share one fetch; cancelling a waiter does not cancel it. A read whose value
+//! could not be cached (the store unreachable, the value over
+//! [`CachebackBuilder::max_value_bytes`]) says so: [`Status::Bypassed`] and
+//! [`Event::CacheBypassed`]. A read never fails because a refresh could not be queued.
+//!
+//! **Claims: one refresh per stale key.** Triggering a refresh takes the key's *claim* in the
+//! store, atomically (a Lua script on Redis): only the reader that wins it enqueues a refresh
+//! request; everyone else serves the stale value and moves on. A claim lasts
+//! [`Policy::refresh_timeout`]: a refresh lost with a crashed process is retried by the first
+//! reader after that. Behind a remote store the readers of one process ask for a key's claim
+//! at most once per short window. A worker process refreshes one key at a time, so a request
+//! enqueued again because a claim vanished early (evicted by Redis) waits for the running
+//! refresh and is then skipped.
+//!
+//! **Generations: nothing old overwrites something new.** Every write of a key moves its
+//! generation on, and a fetch writes only if the generation it started from is still current.
+//! `set`, `delete` (which leaves a tombstone for the client's tombstone TTL) and `invalidate`
+//! (which marks a value stale, or writes a tombstone when there is none) therefore fence every
+//! fetch requested before them: its value is dropped ([`Event::RefreshDiscarded`]), never
+//! stored Fresh afterwards.
+//!
+//! **Failures.** A failing, panicking or hanging (past [`Policy::fetch_timeout`]) refresh keeps
+//! the old value, is reported ([`Event::RefreshFailed`], metrics, logs with the whole cause
+//! chain), and backs off per [`Policy::retry_backoff`]: no reader triggers the key again
+//! before `retry_after`, fleet-wide on Redis. [`Policy::stale_if_error`] keeps serving the old
+//! value longer than `stale_ttl` while refreshes fail. A failing synchronous fetch backs off the
+//! same way ([`Policy::miss_backoff`]): reads get [`Error::BackingOff`] until the next attempt
+//! is due instead of calling the upstream once each.
+//!
+//! **Fallbacks.** When the store cannot be read, reads follow [`StoreFallback`] (default: fetch
+//! without the cache, status `Bypassed`); when the queue cannot take a refresh, the reader
+//! follows [`QueueFallback`] (default: refresh in a background task of this process). A full
+//! queue drops the request, counts it and releases the claim, so the next read triggers again.
+//!
+//! **Workers.** A [`Worker`] looks requests up by job name; an unknown job, a malformed
+//! message, a request made by a process with another prefix or codec, and a message delivered
+//! more than [`WorkerOptions::max_deliveries`] times are dead-lettered with the reason, and the
+//! worker goes on. On a durable queue a refresh that never completes (its worker died) is
+//! delivered again after the visibility timeout; a worker that stops finishes its refreshes up
+//! to a deadline and hands back what it still holds.
+//!
+//! **Values and keys.** Keys are `prefix:job:digest` with a 128-bit hash of a canonical
+//! encoding of the args (never the args themselves). Values are encoded with the client's
+//! [`Codec`] for byte stores (the memory store keeps the `Arc`s); an entry that does not decode
+//! (another schema version, codec or type; corrupt bytes) is a miss, counted and reported with
+//! [`Event::EntryUndecodable`], never a panic.
+//!
+//! ## Metrics
+//!
+//! Reported through the [`metrics`](https://docs.rs/metrics) facade, all labelled with `job`.
+//! Handles are registered when a job is registered with a client, so install your recorder
+//! before creating job handles.
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `cacheback_reads_total` | counter | `status` = `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`, `bypassed` | reads by outcome |
+//! | `cacheback_coalesced_waiters_total` | counter | | reads that shared another caller's in-flight fetch |
+//! | `cacheback_claims_total` | counter | `outcome` = `won`, `held`, `backing_off` | claim attempts |
+//! | `cacheback_refreshes_total` | counter | `outcome` = `ok`, `failed`, `skipped`, `discarded` | refreshes run by workers |
+//! | `cacheback_enqueue_dropped_total` | counter | | refresh requests dropped by a full queue |
+//! | `cacheback_fallbacks_total` | counter | `mode` = `local`, `sync`, `skip` | refreshes that could not be queued |
+//! | `cacheback_dead_letters_total` | counter | `reason` | messages dead-lettered by a worker (`job` = `unknown` when it could not be read) |
+//! | `cacheback_decode_errors_total` | counter | | entries that did not decode (read as misses) |
+//! | `cacheback_store_errors_total` | counter | `op` | store calls that failed |
+//! | `cacheback_fetch_duration_seconds` | histogram | | duration of every fetch |
+//! | `cacheback_queue_lag_seconds` | histogram | | enqueue-to-start delay of refreshes |
+//! | `cacheback_served_age_seconds` | histogram | | age of values served stale |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod clock;
 mod codec;
+mod engine;
 mod entry;
 mod error;
 mod job;

@@ -1,24 +1,5 @@
-//! Observability: the events hook and the metrics every job reports (SPEC §9).
-//!
-//! Metric names (all labelled with `job`):
-//!
-//! | metric | kind | labels | meaning |
-//! |---|---|---|---|
-//! | `cacheback_reads_total` | counter | `status` = `hit`, `stale`, `stale_refetched`, `miss`, `miss_fetched`, `bypassed` | reads by outcome |
-//! | `cacheback_coalesced_waiters_total` | counter | | reads that shared another caller's in-flight fetch |
-//! | `cacheback_claims_total` | counter | `outcome` = `won`, `held`, `backing_off` | claim attempts |
-//! | `cacheback_refreshes_total` | counter | `outcome` = `ok`, `failed`, `skipped`, `discarded` | refreshes run by workers |
-//! | `cacheback_enqueue_dropped_total` | counter | | refresh requests dropped by a full queue |
-//! | `cacheback_fallbacks_total` | counter | `mode` = `local`, `sync`, `skip` | refreshes that could not be queued |
-//! | `cacheback_dead_letters_total` | counter | `reason` | messages dead-lettered by a worker (`job` = `unknown` when it could not be read) |
-//! | `cacheback_decode_errors_total` | counter | | entries that did not decode (read as misses) |
-//! | `cacheback_store_errors_total` | counter | `op` | store calls that failed |
-//! | `cacheback_fetch_duration_seconds` | histogram | | duration of every fetch |
-//! | `cacheback_queue_lag_seconds` | histogram | | enqueue-to-start delay of refreshes |
-//! | `cacheback_served_age_seconds` | histogram | | age of values served stale |
-//!
-//! Handles are registered when a job is registered with a client, so install your metrics
-//! recorder before creating job handles.
+//! Observability: the events hook and the per-job metric handles. The metric names are listed
+//! in the crate docs.
 
 use std::fmt;
 use std::sync::Arc;

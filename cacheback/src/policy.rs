@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 
-/// How a job's values age and how their refreshes behave. Defaults follow the spec (SPEC §2).
+/// How a job's values age and how their refreshes behave. Every knob has a default; see each field.
 ///
 /// ```
 /// use cacheback::Policy;
@@ -237,7 +237,7 @@ pub struct Windows {
     pub stale_until: Timestamp,
 }
 
-/// The state of a key at a given time (SPEC §1).
+/// The state of a key at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Freshness {

@@ -16,26 +16,28 @@ use crate::key;
 use crate::observe::{Event, EventHook, JobMetrics};
 use crate::queue::{LocalQueue, Queue};
 use crate::store::{MemoryStore, Store};
-use crate::worker::{Worker, WorkerOptions, WorkerReport};
+use crate::worker::{Worker, WorkerBuilder, WorkerOptions, WorkerReport};
 
-mod backoff;
 mod coalesce;
 pub(crate) mod global;
 mod handle;
 mod hints;
-pub(crate) mod refresh;
-pub(crate) mod registry;
-mod running;
+mod lookup;
+mod miss;
+mod trigger;
+mod write;
 
-pub use handle::{JobHandle, Lookup, Peek, Status, WarmProgress, WarmReport};
+pub use handle::JobHandle;
+pub use lookup::{Lookup, Peek, Status, WarmProgress, WarmReport};
 
+use crate::engine::registry::{JobEntry, Registry};
+use crate::engine::{Core, RecentFailures, Running};
 use coalesce::Coalescer;
-use registry::{JobEntry, Registry};
 
 /// The default limit on a value's encoded size.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
 
-/// What a read does when the store cannot be reached (SPEC §7).
+/// What a read does when the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StoreFallback {
@@ -48,7 +50,7 @@ pub enum StoreFallback {
 }
 
 /// What a reader does with a refresh it won the claim for but could not enqueue because the
-/// queue is unavailable (SPEC §3.5). A full queue is not unavailable: that request is dropped,
+/// queue is unavailable. A full queue is not unavailable: that request is dropped,
 /// counted, and the claim released so the next read triggers again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -62,48 +64,14 @@ pub enum QueueFallback {
     Skip,
 }
 
-/// Shared state of a client and of the workers built from it.
-pub(crate) struct Core {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) queue: Arc<dyn Queue>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) prefix: Arc<str>,
-    pub(crate) codec: Codec,
-    pub(crate) events: Option<EventHook>,
+/// What the read path of a client keeps besides the shared [`Core`]: its fallbacks, its
+/// coalesced fetches and its claim hints (workers need none of it).
+pub(crate) struct ReadState {
     pub(crate) store_fallback: StoreFallback,
     pub(crate) queue_fallback: QueueFallback,
-    pub(crate) max_value_bytes: usize,
-    pub(crate) tombstone_ttl: Duration,
-    pub(crate) registry: Registry,
     pub(crate) coalescer: Arc<Coalescer>,
-    /// Keys being refreshed in this process: one refresh of a key at a time.
-    pub(crate) running: running::Running,
-    /// Failures of synchronous fetches this process saw, for their backoff.
-    pub(crate) recent_failures: backoff::RecentFailures,
     /// Claim hints for read-triggered refreshes; `None` for in-process stores.
     pub(crate) claim_hints: Option<hints::ClaimHints>,
-    /// Every background task of the client (coalesced fetches, local fallback refreshes).
-    pub(crate) tasks: TaskTracker,
-}
-
-impl Core {
-    /// Calls the events hook, building the event only when there is one.
-    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
-        if let Some(hook) = &self.events {
-            hook(&event());
-        }
-    }
-}
-
-impl fmt::Debug for Core {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Core")
-            .field("store", &self.store)
-            .field("queue", &self.queue)
-            .field("prefix", &self.prefix)
-            .field("codec", &self.codec)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A cacheback client: a cheap-to-clone handle (an `Arc` inside) on a store, a queue and,
@@ -133,6 +101,7 @@ pub struct Cacheback {
 
 struct ClientInner {
     core: Arc<Core>,
+    reads: ReadState,
     /// The in-process worker, if this client started one.
     worker: Mutex<Option<JoinHandle<WorkerReport>>>,
     /// Stops the in-process worker when the last handle is dropped.
@@ -253,6 +222,10 @@ impl Cacheback {
 
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.inner.core
+    }
+
+    pub(crate) fn reads(&self) -> &ReadState {
+        &self.inner.reads
     }
 
     /// Stops the in-process worker (letting in-flight refreshes finish) and waits up to
@@ -460,17 +433,19 @@ impl CachebackBuilder {
             prefix: Arc::from(self.prefix),
             codec: self.codec,
             events: self.events,
-            store_fallback: self.store_fallback,
-            queue_fallback: self.queue_fallback,
             max_value_bytes: self.max_value_bytes,
             tombstone_ttl: self.tombstone_ttl,
             registry: Registry::default(),
-            coalescer: Arc::new(Coalescer::default()),
-            recent_failures: backoff::RecentFailures::default(),
-            running: running::Running::default(),
-            claim_hints,
+            recent_failures: RecentFailures::default(),
+            running: Running::default(),
             tasks: TaskTracker::new(),
         });
+        let reads = ReadState {
+            store_fallback: self.store_fallback,
+            queue_fallback: self.queue_fallback,
+            coalescer: Arc::new(Coalescer::default()),
+            claim_hints,
+        };
         let stop = CancellationToken::new();
         let worker = runtime.map(|runtime| {
             let worker = Worker::from_core(Arc::clone(&core), queue, self.worker_options);
@@ -480,10 +455,18 @@ impl CachebackBuilder {
         Ok(Cacheback {
             inner: Arc::new(ClientInner {
                 core,
+                reads,
                 worker: Mutex::new(worker),
                 _stop_on_drop: stop.clone().drop_guard(),
                 stop,
             }),
         })
+    }
+}
+
+impl Worker {
+    /// A worker for `client`'s jobs, store and (by default) queue.
+    pub fn builder(client: &Cacheback) -> WorkerBuilder {
+        WorkerBuilder::new(Arc::clone(client.core()))
     }
 }

@@ -34,7 +34,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Envelope version of encoded refresh requests.
 const MESSAGE_VERSION: u8 = 1;
 
-/// A request to refresh one key (SPEC §4).
+/// A request to refresh one key, from the reader that won its claim to a worker.
 ///
 /// This is a wire format: fields are only added together with a new message version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

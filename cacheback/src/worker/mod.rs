@@ -17,9 +17,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::client::registry::Processed;
-use crate::client::{Cacheback, Core};
 use crate::clock::Timestamp;
+use crate::engine::Core;
+use crate::engine::registry::Processed;
 use crate::error::{Chain, Error, Result};
 use crate::observe::{Event, dead_letter_metric};
 use crate::queue::{Delivery, Queue};
@@ -224,6 +224,14 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        WorkerBuilder {
+            core,
+            queue: None,
+            options: WorkerOptions::default(),
+        }
+    }
+
     /// Drain this queue instead of the client's.
     pub fn queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(queue);
@@ -246,14 +254,8 @@ impl WorkerBuilder {
 }
 
 impl Worker {
-    /// A worker for `client`'s jobs, store and (by default) queue.
-    pub fn builder(client: &Cacheback) -> WorkerBuilder {
-        WorkerBuilder {
-            core: Arc::clone(client.core()),
-            queue: None,
-            options: WorkerOptions::default(),
-        }
-    }
+    // `Worker::builder(&Cacheback)` is defined beside `Cacheback` (in the client module), so that
+    // this module depends on the engine alone.
 
     pub(crate) fn from_core(
         core: Arc<Core>,

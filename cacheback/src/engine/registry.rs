@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
 
-use crate::client::Core;
+use crate::engine::Core;
 use crate::job::Job;
 use crate::observe::JobMetrics;
 use crate::policy::Policy;
@@ -62,7 +62,7 @@ impl<J: Job> ErasedJob for JobEntry<J> {
         core: Arc<Core>,
         request: RefreshRequest,
     ) -> BoxFuture<'static, Processed> {
-        Box::pin(crate::client::refresh::process_request(core, self, request))
+        Box::pin(crate::engine::refresh::process_request(core, self, request))
     }
 }
 

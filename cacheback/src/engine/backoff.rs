@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 
-use crate::client::Core;
-use crate::client::registry::JobEntry;
 use crate::clock::Timestamp;
+use crate::engine::Core;
+use crate::engine::registry::JobEntry;
 use crate::error::{Chain, Error};
 use crate::key::Key;
 use crate::store::{ClaimToken, Release};

@@ -1,160 +1,24 @@
-//! Running fetches and writing their results: shared by readers (synchronous fetches), the
-//! trigger's local fallback and workers.
+//! Refreshing a claimed key: decode a request (worker side), skip it if the key moved on, fetch,
+//! write if the generation still matches, record failures, release the claim. Run by workers
+//! and by a reader's local fallback when the queue is down.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::FutureExt;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::client::Core;
-use crate::client::registry::{JobEntry, Processed, RefreshOutcome};
 use crate::clock::Timestamp;
 use crate::codec::Codec;
-use crate::entry::{Entry, EntryMeta, Payload};
-use crate::error::{Chain, Error, Result, panic_message};
+use crate::engine::Core;
+use crate::engine::fetch::run_fetch;
+use crate::engine::registry::{JobEntry, Processed, RefreshOutcome};
+use crate::engine::value::prepare_put;
+use crate::entry::Entry;
+use crate::error::{Chain, Error};
 use crate::job::Job;
 use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::queue::RefreshRequest;
 use crate::store::{ClaimToken, Put, PutCondition, PutOutcome, Release};
-
-/// Runs the job's fetch under its `fetch_timeout`, catching panics. Returns the value and how
-/// long the fetch took.
-pub(crate) async fn run_fetch<J: Job>(
-    job: &JobEntry<J>,
-    args: J::Args,
-) -> Result<(J::Value, Duration)> {
-    let started = tokio::time::Instant::now();
-    let timeout = job.policy.fetch_timeout;
-    let fetch = AssertUnwindSafe(job.job.fetch(args)).catch_unwind();
-    let result = match tokio::time::timeout(timeout, fetch)
-        .instrument(info_span!("cacheback.fetch", job = %job.name))
-        .await
-    {
-        Ok(Ok(Ok(value))) => Ok(value),
-        Ok(Ok(Err(e))) => Err(Error::fetch(&job.name, e)),
-        Ok(Err(panic)) => Err(Error::FetchPanicked {
-            job: Arc::clone(&job.name),
-            message: panic_message(&*panic),
-        }),
-        Err(_) => Err(Error::Timeout {
-            what: format!("fetch of job `{}`", job.name),
-            after: timeout,
-        }),
-    };
-    let elapsed = started.elapsed();
-    job.metrics.fetch_duration.record(elapsed.as_secs_f64());
-    result.map(|value| (value, elapsed))
-}
-
-/// Writes a value under `condition`, refusing it when it is over the size limit.
-pub(crate) async fn store_value<J: Job>(
-    core: &Core,
-    job: &JobEntry<J>,
-    key: Key<'_>,
-    value: Arc<J::Value>,
-    fetch_duration: Duration,
-    condition: PutCondition,
-) -> Result<PutOutcome> {
-    let put = prepare_put(core, job, value, fetch_duration, condition)?;
-    core.store.put(key, put).await
-}
-
-/// The write of a fetched value: encoded (for byte stores), size-checked, with its windows.
-fn prepare_put<J: Job>(
-    core: &Core,
-    job: &JobEntry<J>,
-    value: Arc<J::Value>,
-    fetch_duration: Duration,
-    condition: PutCondition,
-) -> Result<Put> {
-    let (payload, size) = if core.store.holds_objects() {
-        let size = core.codec.encoded_len(&*value)?;
-        check_size(core, job, size)?;
-        (Payload::Object(value as Arc<dyn Any + Send + Sync>), size)
-    } else {
-        let bytes = core.codec.encode(&*value)?;
-        check_size(core, job, bytes.len())?;
-        let size = bytes.len();
-        (
-            Payload::Encoded {
-                codec: core.codec.id(),
-                bytes: bytes.into(),
-            },
-            size,
-        )
-    };
-    let now = core.clock.now();
-    let windows = job.policy.windows(now, fastrand::f64());
-    let mut meta = EntryMeta::new(now, windows.fresh_until, windows.stale_until);
-    meta.fetch_duration = fetch_duration;
-    meta.schema_version = job.policy.schema_version;
-    meta.size = u32::try_from(size).unwrap_or(u32::MAX);
-    let ttl = windows.stale_until.since(now);
-    Ok(Put::new(Entry::new(meta, payload), condition, ttl))
-}
-
-fn check_size<J>(core: &Core, job: &JobEntry<J>, size: usize) -> Result<()> {
-    if size > core.max_value_bytes {
-        return Err(Error::TooLarge {
-            job: Arc::clone(&job.name),
-            size,
-            limit: core.max_value_bytes,
-        });
-    }
-    Ok(())
-}
-
-/// Reads a stored entry as this job's value: `Ok(None)` for a tombstone, `Err(reason)` when
-/// the entry cannot be this job's value (another schema, codec or type; corrupt bytes).
-pub(crate) fn decode_value<J: Job>(
-    core: &Core,
-    job: &JobEntry<J>,
-    entry: &Entry,
-) -> std::result::Result<Option<Arc<J::Value>>, String> {
-    decode_payload(core, job, &entry.meta, entry.payload.clone())
-}
-
-/// [`decode_value`] taking the payload by value, so a live object is handed over without
-/// touching its reference count (the hit path).
-#[inline]
-pub(crate) fn decode_payload<J: Job>(
-    core: &Core,
-    job: &JobEntry<J>,
-    meta: &EntryMeta,
-    payload: Payload,
-) -> std::result::Result<Option<Arc<J::Value>>, String> {
-    if meta.schema_version != job.policy.schema_version && !matches!(payload, Payload::Tombstone) {
-        return Err(format!(
-            "entry has schema version {}, job expects {}",
-            meta.schema_version, job.policy.schema_version
-        ));
-    }
-    match payload {
-        Payload::Tombstone => Ok(None),
-        Payload::Object(any) => any
-            .downcast::<J::Value>()
-            .map(Some)
-            .map_err(|_| "entry holds a value of another type".to_owned()),
-        Payload::Encoded { codec, bytes } => {
-            if codec != core.codec.id() {
-                return Err(format!(
-                    "entry was written with {}, this client uses {}: every process of a fleet \
-                     must use the same codec",
-                    Codec::name_of(codec),
-                    core.codec.name()
-                ));
-            }
-            core.codec
-                .decode::<J::Value>(&bytes)
-                .map(|v| Some(Arc::new(v)))
-                .map_err(|e| e.to_string())
-        }
-    }
-}
 
 /// Turns a received request back into typed args and runs it (worker side).
 pub(crate) async fn process_request<J: Job>(

@@ -1,0 +1,276 @@
+//! The read paths that need more than one store read: stale values (served at once, or
+//! refetched past `stale_threshold`), misses, and reads while the store is unreachable; the
+//! coalesced synchronous fetch they share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{Instrument, debug_span, warn};
+
+use crate::client::StoreFallback;
+use crate::client::coalesce::AnyValue;
+use crate::client::handle::{Args, Classified, JobHandle, Value};
+use crate::client::lookup::{Lookup, Status};
+use crate::clock::Timestamp;
+use crate::engine::registry::JobEntry;
+use crate::engine::{Core, backoff, fetch, value};
+use crate::entry::EntryMeta;
+use crate::error::{Chain, Error, Result};
+use crate::job::Job;
+use crate::key::Key;
+use crate::observe::Event;
+use crate::policy::Freshness;
+use crate::store::PutCondition;
+
+/// The result of a synchronous (coalesced) fetch: the value, and why it was not cached, if it
+/// was not.
+pub(super) struct Fetched<V> {
+    value: Arc<V>,
+    uncached: Option<Error>,
+}
+
+impl<J: Job> JobHandle<J> {
+    /// Everything but a plain hit.
+    pub(super) async fn finish(
+        &self,
+        args: Args<J>,
+        digest: u128,
+        read: Classified<Value<J>>,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        let key = Key::new(&self.core().prefix, &job.name, digest);
+        let span = debug_span!("cacheback.get", job = %job.name, key = %key);
+        async move {
+            match read {
+                Classified::Hit(lookup) => Ok(lookup),
+                Classified::FreshMaybeEarly { value, meta, now } => {
+                    job.metrics.hit.increment(1);
+                    let refresh_triggered = self.maybe_refresh_early(key, &args, &meta, now).await;
+                    Ok(Lookup {
+                        value: Some(value),
+                        status: Status::Hit,
+                        age: Some(now.since(meta.fetched_at)),
+                        refresh_triggered,
+                    })
+                }
+                Classified::Stale { value, meta, now } => {
+                    self.serve_stale(key, args, value, meta, now).await
+                }
+                Classified::Missing { generation, now } => {
+                    self.serve_miss(key, args, generation, now).await
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn serve_stale(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        value: Arc<Value<J>>,
+        meta: EntryMeta,
+        now: Timestamp,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        let age = now.since(meta.fetched_at);
+        if job.policy.threshold_exceeded(now, meta.fresh_until) {
+            let condition = Some(PutCondition::IfGeneration(meta.generation));
+            match self.fetch_coalesced(key.digest(), args, condition).await {
+                Ok(fresh) => return Ok(self.fetched(&fresh, Status::StaleRefetched)),
+                Err(error) => {
+                    // stale-if-error: a value we have beats an error.
+                    warn!(error = %Chain(&error), "synchronous refetch of a stale value failed; serving the stale value");
+                }
+            }
+        } else {
+            let triggered = self.trigger_on_read(key, &args, meta.generation, now).await;
+            job.metrics.stale.increment(1);
+            job.metrics.served_age.record(age.as_secs_f64());
+            return Ok(Lookup {
+                value: Some(value),
+                status: Status::Stale,
+                age: Some(age),
+                refresh_triggered: triggered,
+            });
+        }
+        job.metrics.stale.increment(1);
+        job.metrics.served_age.record(age.as_secs_f64());
+        Ok(Lookup {
+            value: Some(value),
+            status: Status::Stale,
+            age: Some(age),
+            refresh_triggered: false,
+        })
+    }
+
+    pub(super) async fn serve_miss(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> Result<Lookup<Value<J>>> {
+        let job = &*self.job;
+        if job.policy.fetch_on_miss {
+            let condition = Some(PutCondition::IfGeneration(generation));
+            let fetched = self.fetch_coalesced(key.digest(), args, condition).await?;
+            Ok(self.fetched(&fetched, Status::MissFetched))
+        } else {
+            let triggered = self.trigger_on_read(key, &args, generation, now).await;
+            job.metrics.miss.increment(1);
+            Ok(Lookup {
+                value: None,
+                status: Status::Miss,
+                age: None,
+                refresh_triggered: triggered,
+            })
+        }
+    }
+
+    /// The store could not be read: follow [`StoreFallback`].
+    pub(super) async fn read_without_store(
+        &self,
+        args: Args<J>,
+        digest: u128,
+        error: Error,
+    ) -> Result<Lookup<Value<J>>> {
+        self.job.metrics.store_error("get");
+        match self.reads().store_fallback {
+            StoreFallback::Fail => Err(error),
+            StoreFallback::Fetch => {
+                warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; fetching without the cache");
+                let fetched = self.fetch_coalesced(digest, args, None).await?;
+                Ok(self.fetched(&fetched, Status::Bypassed))
+            }
+        }
+    }
+
+    /// The answer of a read whose value was fetched synchronously: `status`, unless the value
+    /// could not be cached.
+    pub(super) fn fetched(&self, fetched: &Fetched<Value<J>>, status: Status) -> Lookup<Value<J>> {
+        let metrics = &self.job.metrics;
+        let status = match (&fetched.uncached, status) {
+            (Some(_), _) => Status::Bypassed,
+            (None, status) => status,
+        };
+        match status {
+            Status::Bypassed => metrics.bypassed.increment(1),
+            Status::StaleRefetched => metrics.stale_refetched.increment(1),
+            _ => metrics.miss_fetched.increment(1),
+        }
+        Lookup {
+            value: Some(Arc::clone(&fetched.value)),
+            status,
+            age: Some(Duration::ZERO),
+            refresh_triggered: status == Status::StaleRefetched,
+        }
+    }
+
+    pub(super) async fn maybe_refresh_early(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        meta: &EntryMeta,
+        now: Timestamp,
+    ) -> bool {
+        let p =
+            self.job
+                .policy
+                .early_refresh_probability(now, meta.fresh_until, meta.fetch_duration);
+        p > 0.0
+            && fastrand::f64() < p
+            && self.trigger_on_read(key, args, meta.generation, now).await
+    }
+
+    /// One fetch per key per process: runs (or joins) the fetch in a task and, when
+    /// `condition` is given, stores the value under it (`None`: the store is unreachable).
+    pub(super) async fn fetch_coalesced(
+        &self,
+        digest: u128,
+        args: Args<J>,
+        condition: Option<PutCondition>,
+    ) -> Result<Arc<Fetched<Value<J>>>> {
+        let core = Arc::clone(self.core());
+        let job = Arc::clone(&self.job);
+        let (result, joined) = self
+            .reads()
+            .coalescer
+            .run(digest, &self.core().tasks, move || {
+                Box::pin(Self::fetch_and_store(core, job, digest, args, condition))
+            })
+            .await;
+        if joined {
+            self.job.metrics.coalesced.increment(1);
+        }
+        result.and_then(|any| {
+            any.downcast::<Fetched<Value<J>>>()
+                .map_err(|_| Error::codec("coalesced fetch produced a value of another type"))
+        })
+    }
+
+    /// The body of a coalesced fetch, run in its own task.
+    pub(super) async fn fetch_and_store(
+        core: Arc<Core>,
+        job: Arc<JobEntry<J>>,
+        digest: u128,
+        args: Args<J>,
+        condition: Option<PutCondition>,
+    ) -> Result<AnyValue> {
+        let key = Key::new(&core.prefix, &job.name, digest);
+        // Double-check: a caller that read the store just before another fetch of the key
+        // landed, and reached the coalescer just after that fetch left it, finds the fresh
+        // value here instead of fetching a second time.
+        if let Some(PutCondition::IfGeneration(seen)) = condition
+            && let Ok(Some(entry)) = core.store.get(key).await
+            && entry.meta.generation != seen
+            && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
+            && let Ok(Some(value)) = value::decode_value(&core, &job, &entry)
+        {
+            return Ok(Arc::new(Fetched {
+                value,
+                uncached: None,
+            }) as AnyValue);
+        }
+        let use_store = condition.is_some();
+        let before = backoff::before_fetch(&core, &job, key, core.clock.now(), use_store).await?;
+        let (value, took) = match fetch::run_fetch(&job, args).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                backoff::record_failure(&core, &job, key, before, &error, use_store).await;
+                return Err(error);
+            }
+        };
+        backoff::record_success(&core, &job, key, before).await;
+        let value = Arc::new(value);
+        let uncached = match condition {
+            None => Some(Error::store(
+                core.store.backend(),
+                "the store is unreachable; the value was fetched without the cache",
+            )),
+            Some(condition) => {
+                match value::store_value(&core, &job, key, Arc::clone(&value), took, condition)
+                    .await
+                {
+                    Ok(_) => None,
+                    Err(error) => {
+                        if !matches!(error, Error::TooLarge { .. }) {
+                            job.metrics.store_error("put");
+                        }
+                        Some(error)
+                    }
+                }
+            }
+        };
+        if let Some(error) = &uncached {
+            warn!(job = %job.name, key = %key, error = %Chain(error), "fetched value not cached");
+            core.emit(|| Event::CacheBypassed {
+                job: Arc::clone(&job.name),
+                key: key.to_string(),
+                error: error.clone(),
+            });
+        }
+        Ok(Arc::new(Fetched { value, uncached }) as AnyValue)
+    }
+}

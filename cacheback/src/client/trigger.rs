@@ -1,0 +1,207 @@
+//! Triggering a refresh: take the key's claim (once per hint window per process for a remote
+//! store) and, if won, enqueue one refresh request, or fall back when the queue is down.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, debug_span, warn};
+
+use crate::client::QueueFallback;
+use crate::client::handle::{Args, JobHandle};
+use crate::client::hints::ClaimHints;
+use crate::clock::Timestamp;
+use crate::engine::refresh::{self, Claimed};
+use crate::error::{Chain, Result};
+use crate::job::Job;
+use crate::key::Key;
+use crate::observe::Event;
+use crate::queue::{EnqueueError, RefreshRequest};
+use crate::store::{ClaimToken, Release};
+
+impl<J: Job> JobHandle<J> {
+    /// [`trigger`](Self::trigger) for a read: with a remote store, asks for the claim at most
+    /// once per hint window per process (see `client::hints`). Returns whether a refresh was
+    /// enqueued or run.
+    pub(super) async fn trigger_on_read(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> bool {
+        let Some(hints) = &self.reads().claim_hints else {
+            return self.trigger(key, args, generation, now, true).await == Trigger::Started;
+        };
+        let window = ClaimHints::window(self.job.policy.lifetime);
+        if !hints.should_claim(key.digest(), now, window) {
+            self.job.metrics.claim_held.increment(1);
+            return false;
+        }
+        match self.trigger(key, args, generation, now, true).await {
+            Trigger::Started => true,
+            Trigger::Taken => false,
+            Trigger::Retry => {
+                hints.forget(key.digest());
+                false
+            }
+        }
+    }
+
+    /// Takes the key's claim and, if won, enqueues one refresh. Never fails the
+    /// read.
+    ///
+    /// A read saw the entry at `generation` before asking for the claim; a refresh may have
+    /// landed in between (and released its claim), so with `recheck` the winner reads the entry
+    /// again and lets the claim go when it has been written since: the stale event it saw is
+    /// already over, and enqueueing would only make a worker skip the request.
+    pub(super) async fn trigger(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+        recheck: bool,
+    ) -> Trigger {
+        let core = self.core();
+        let job = &*self.job;
+        let outcome = core
+            .store
+            .claim(key, now, job.policy.refresh_timeout)
+            .instrument(debug_span!("cacheback.claim"))
+            .await;
+        let (token, failures) = match self.won(outcome) {
+            Ok(won) => won,
+            Err(refused) => return refused,
+        };
+        self.after_claim(key, args, generation, now, recheck, token, failures)
+            .await
+    }
+
+    /// The rest of [`trigger`](Self::trigger) once the claim is won: check the entry was not
+    /// written meanwhile (with `recheck`), then enqueue the refresh, or fall back.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn after_claim(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+        recheck: bool,
+        token: ClaimToken,
+        failures: u32,
+    ) -> Trigger {
+        let core = self.core();
+        let job = &*self.job;
+        let current = match core.store.get_now(key) {
+            _ if !recheck => Ok(None),
+            Some(now) => now,
+            None => core.store.get(key).await,
+        };
+        if let Ok(Some(current)) = current
+            && current.meta.generation != generation
+        {
+            refresh::release(core, job, key, token, Release::Abandoned).await;
+            job.metrics.claim_held.increment(1);
+            return Trigger::Taken;
+        }
+        job.metrics.claim_won.increment(1);
+        let claimed = Claimed {
+            token,
+            generation,
+            prior_failures: failures,
+        };
+        let request = match self.request(key, args, claimed, now) {
+            Ok(request) => request,
+            Err(error) => {
+                warn!(error = %Chain(&error), "could not encode the refresh request");
+                refresh::release(core, job, key, token, Release::Abandoned).await;
+                return Trigger::Retry;
+            }
+        };
+        match core.queue.enqueue(request).await {
+            Ok(()) => Trigger::Started,
+            Err(EnqueueError::Full) => {
+                job.metrics.enqueue_dropped.increment(1);
+                warn!(job = %job.name, "refresh queue is full; dropped the refresh (the next read retries)");
+                refresh::release(core, job, key, token, Release::Abandoned).await;
+                core.emit(|| Event::EnqueueDropped {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                });
+                Trigger::Retry
+            }
+            Err(error) => self.fall_back(key, args, claimed, error).await,
+        }
+    }
+
+    pub(super) async fn fall_back(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        claimed: Claimed,
+        error: EnqueueError,
+    ) -> Trigger {
+        let core = self.core();
+        let job = &*self.job;
+        match self.reads().queue_fallback {
+            QueueFallback::LocalRefresh => {
+                job.metrics.fallback_local.increment(1);
+                warn!(error = %Chain(&error), "queue unavailable; refreshing in this process");
+                let (core, job, args, digest) = (
+                    Arc::clone(core),
+                    Arc::clone(&self.job),
+                    args.clone(),
+                    key.digest(),
+                );
+                self.core().tasks.spawn(async move {
+                    refresh::refresh_claimed(&core, &job, args, digest, claimed).await;
+                });
+                Trigger::Started
+            }
+            QueueFallback::SyncRefresh => {
+                job.metrics.fallback_sync.increment(1);
+                warn!(error = %Chain(&error), "queue unavailable; refreshing before answering");
+                refresh::refresh_claimed(core, job, args.clone(), key.digest(), claimed).await;
+                Trigger::Started
+            }
+            QueueFallback::Skip => {
+                job.metrics.fallback_skip.increment(1);
+                warn!(error = %Chain(&error), "queue unavailable; refresh skipped");
+                refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
+                Trigger::Retry
+            }
+        }
+    }
+
+    pub(super) fn request(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        claimed: Claimed,
+        now: Timestamp,
+    ) -> Result<RefreshRequest> {
+        let core = self.core();
+        Ok(RefreshRequest {
+            job: self.job.name.to_string(),
+            key: key.to_string(),
+            args: core.codec.encode(args)?,
+            codec: core.codec.id(),
+            token: claimed.token,
+            generation: claimed.generation,
+            enqueued_at: now,
+            prior_failures: claimed.prior_failures,
+            queue: self.job.policy.queue.to_string(),
+        })
+    }
+}
+
+/// What [`JobHandle::trigger`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Trigger {
+    /// Won the claim; the refresh is enqueued (or runs in this process).
+    Started,
+    /// The claim is taken: a refresh is under way elsewhere, or failures are backing off.
+    Taken,
+    /// Nothing started and nothing holds the key (a store error, a dropped request): the next
+    /// read should try again.
+    Retry,
+}

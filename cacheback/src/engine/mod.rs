@@ -1,0 +1,67 @@
+//! The engine shared by the read path ([`client`](crate::client)) and the refresh path
+//! ([`worker`](crate::worker)): the state both work on ([`Core`]), the job registry, and what
+//! both do to a key: run a fetch, encode and decode values, refresh a claimed key, back off
+//! failing fetches. Nothing here knows about clients or workers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::codec::Codec;
+use crate::observe::{Event, EventHook};
+use crate::queue::Queue;
+use crate::store::Store;
+
+pub(crate) mod backoff;
+pub(crate) mod fetch;
+pub(crate) mod refresh;
+pub(crate) mod registry;
+mod running;
+pub(crate) mod value;
+
+pub(crate) use backoff::RecentFailures;
+pub(crate) use running::Running;
+
+use registry::Registry;
+
+/// Shared state of a client and of the workers built from it.
+pub(crate) struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) prefix: Arc<str>,
+    pub(crate) codec: Codec,
+    pub(crate) events: Option<EventHook>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) tombstone_ttl: Duration,
+    pub(crate) registry: Registry,
+    /// Keys being refreshed in this process: one refresh of a key at a time.
+    pub(crate) running: Running,
+    /// Failures of synchronous fetches this process saw, for their backoff.
+    pub(crate) recent_failures: RecentFailures,
+    /// Every background task of the client (coalesced fetches, local fallback refreshes).
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Core {
+    /// Calls the events hook, building the event only when there is one.
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(hook) = &self.events {
+            hook(&event());
+        }
+    }
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("store", &self.store)
+            .field("queue", &self.queue)
+            .field("prefix", &self.prefix)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
