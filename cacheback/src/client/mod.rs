@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tokio_util::task::TaskTracker;
 
-use crate::clock::{Clock, SystemClock};
-use crate::codec::Codec;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::key;
-use crate::observe::{Event, EventHook, JobMetrics};
-use crate::queue::{LocalQueue, Queue};
-use crate::store::{MemoryStore, Store};
-use crate::worker::{Worker, WorkerBuilder, WorkerOptions, WorkerReport};
+use crate::observe::JobMetrics;
+use crate::queue::Queue;
+use crate::store::Store;
+use crate::worker::{Worker, WorkerBuilder, WorkerReport};
 
+mod builder;
 mod coalesce;
 pub(crate) mod global;
 mod handle;
@@ -27,11 +26,12 @@ mod miss;
 mod trigger;
 mod write;
 
+pub use builder::CachebackBuilder;
 pub use handle::JobHandle;
 pub use lookup::{Lookup, Peek, Status, WarmProgress, WarmReport};
 
-use crate::engine::registry::{JobEntry, Registry};
-use crate::engine::{Core, RecentFailures, Running};
+use crate::engine::Core;
+use crate::engine::registry::JobEntry;
 use coalesce::Coalescer;
 
 /// The default limit on a value's encoded size.
@@ -257,210 +257,6 @@ impl Cacheback {
             .is_ok();
         tasks.reopen();
         report
-    }
-}
-
-type SharedStore = Arc<dyn Store>;
-type SharedQueue = Arc<dyn Queue>;
-
-/// Builds a [`Cacheback`] client.
-#[must_use]
-pub struct CachebackBuilder {
-    store: Option<SharedStore>,
-    queue: Option<SharedQueue>,
-    clock: Arc<dyn Clock>,
-    prefix: String,
-    codec: Codec,
-    events: Option<EventHook>,
-    store_fallback: StoreFallback,
-    queue_fallback: QueueFallback,
-    max_value_bytes: usize,
-    tombstone_ttl: Duration,
-    worker: Option<bool>,
-    worker_options: WorkerOptions,
-}
-
-impl Default for CachebackBuilder {
-    fn default() -> Self {
-        CachebackBuilder {
-            store: None,
-            queue: None,
-            clock: Arc::new(SystemClock),
-            prefix: "cacheback".to_owned(),
-            codec: Codec::default(),
-            events: None,
-            store_fallback: StoreFallback::default(),
-            queue_fallback: QueueFallback::default(),
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            tombstone_ttl: Duration::from_secs(600),
-            worker: None,
-            worker_options: WorkerOptions::default(),
-        }
-    }
-}
-
-impl fmt::Debug for CachebackBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CachebackBuilder")
-            .field("store", &self.store)
-            .field("queue", &self.queue)
-            .field("prefix", &self.prefix)
-            .field("codec", &self.codec)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CachebackBuilder {
-    /// The store (default: a [`MemoryStore`] of 100,000 entries).
-    pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// A store already behind an `Arc` (to share one between clients).
-    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    /// The queue (default: a [`LocalQueue`] of 10,000 requests).
-    pub fn queue(mut self, queue: impl Queue) -> Self {
-        self.queue = Some(Arc::new(queue));
-        self
-    }
-
-    /// A queue already behind an `Arc`.
-    pub fn shared_queue(mut self, queue: Arc<dyn Queue>) -> Self {
-        self.queue = Some(queue);
-        self
-    }
-
-    /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::TestClock).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// The key prefix isolating this application in a shared store (default `"cacheback"`):
-    /// ASCII letters, digits, `_`, `.`, `-`; at most 64 bytes.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// The codec for args and for values in byte stores (default: postcard).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.codec = codec;
-        self
-    }
-
-    /// A hook called for every [`Event`].
-    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
-        self.events = Some(Arc::new(hook));
-        self
-    }
-
-    /// What reads do when the store cannot be reached (default: [`StoreFallback::Fetch`]).
-    pub fn store_fallback(mut self, fallback: StoreFallback) -> Self {
-        self.store_fallback = fallback;
-        self
-    }
-
-    /// What happens to a refresh the queue cannot accept (default:
-    /// [`QueueFallback::LocalRefresh`]).
-    pub fn queue_fallback(mut self, fallback: QueueFallback) -> Self {
-        self.queue_fallback = fallback;
-        self
-    }
-
-    /// Values whose encoding is larger are refused with [`Error::TooLarge`] (default 4 MiB).
-    pub fn max_value_bytes(mut self, limit: usize) -> Self {
-        self.max_value_bytes = limit;
-        self
-    }
-
-    /// How long a deleted key's tombstone is kept, blocking refreshes enqueued before the delete
-    /// from resurrecting it (default 10 minutes).
-    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
-        self.tombstone_ttl = ttl;
-        self
-    }
-
-    /// Whether to start an in-process worker (default: only for in-process queues such as
-    /// [`LocalQueue`], which nobody else can drain).
-    pub fn in_process_worker(mut self, start: bool) -> Self {
-        self.worker = Some(start);
-        self
-    }
-
-    /// Options of the in-process worker (concurrency, drain deadline, ...).
-    pub fn worker_options(mut self, options: WorkerOptions) -> Self {
-        self.worker_options = options;
-        self
-    }
-
-    /// Builds the client. Starting the in-process worker needs a Tokio runtime: call this
-    /// from within one.
-    pub fn build(self) -> Result<Cacheback> {
-        key::validate_prefix(&self.prefix).map_err(|e| Error::config(e.to_string()))?;
-        if self.max_value_bytes == 0 {
-            return Err(Error::config("max_value_bytes must be greater than zero"));
-        }
-        self.worker_options.validate()?;
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as SharedStore);
-        let queue = self
-            .queue
-            .unwrap_or_else(|| Arc::new(LocalQueue::default()) as SharedQueue);
-        queue.bind_prefix(&self.prefix)?;
-        let start_worker = self.worker.unwrap_or_else(|| queue.is_in_process());
-        let claim_hints = (!store.is_in_process()).then(hints::ClaimHints::default);
-        let runtime = if start_worker {
-            Some(tokio::runtime::Handle::try_current().map_err(|_| {
-                Error::config(
-                    "the in-process worker needs a Tokio runtime: build the client inside one, \
-                     or turn the worker off with `in_process_worker(false)`",
-                )
-            })?)
-        } else {
-            None
-        };
-        let core = Arc::new(Core {
-            store,
-            queue: Arc::clone(&queue),
-            clock: self.clock,
-            prefix: Arc::from(self.prefix),
-            codec: self.codec,
-            events: self.events,
-            max_value_bytes: self.max_value_bytes,
-            tombstone_ttl: self.tombstone_ttl,
-            registry: Registry::default(),
-            recent_failures: RecentFailures::default(),
-            running: Running::default(),
-            tasks: TaskTracker::new(),
-        });
-        let reads = ReadState {
-            store_fallback: self.store_fallback,
-            queue_fallback: self.queue_fallback,
-            coalescer: Arc::new(Coalescer::default()),
-            claim_hints,
-        };
-        let stop = CancellationToken::new();
-        let worker = runtime.map(|runtime| {
-            let worker = Worker::from_core(Arc::clone(&core), queue, self.worker_options);
-            let stop = stop.clone();
-            runtime.spawn(worker.run_until(async move { stop.cancelled().await }))
-        });
-        Ok(Cacheback {
-            inner: Arc::new(ClientInner {
-                core,
-                reads,
-                worker: Mutex::new(worker),
-                _stop_on_drop: stop.clone().drop_guard(),
-                stop,
-            }),
-        })
     }
 }
 

@@ -1,0 +1,378 @@
+//! [`CachebackBuilder`]: a client's settings, from code or from the environment.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::coalesce::Coalescer;
+use crate::client::hints;
+use crate::client::{
+    Cacheback, ClientInner, DEFAULT_MAX_VALUE_BYTES, QueueFallback, ReadState, StoreFallback,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::codec::Codec;
+use crate::engine::registry::Registry;
+use crate::engine::{Core, RecentFailures, Running};
+use crate::error::{Error, Result};
+use crate::key;
+use crate::observe::{Event, EventHook};
+use crate::queue::{LocalQueue, Queue};
+use crate::store::{MemoryStore, Store};
+use crate::worker::{Worker, WorkerOptions};
+
+type SharedStore = Arc<dyn Store>;
+type SharedQueue = Arc<dyn Queue>;
+
+/// Builds a [`Cacheback`] client.
+#[must_use]
+pub struct CachebackBuilder {
+    store: Option<SharedStore>,
+    queue: Option<SharedQueue>,
+    clock: Arc<dyn Clock>,
+    prefix: String,
+    codec: Codec,
+    events: Option<EventHook>,
+    store_fallback: StoreFallback,
+    queue_fallback: QueueFallback,
+    max_value_bytes: usize,
+    tombstone_ttl: Duration,
+    worker: Option<bool>,
+    worker_options: WorkerOptions,
+}
+
+impl Default for CachebackBuilder {
+    fn default() -> Self {
+        CachebackBuilder {
+            store: None,
+            queue: None,
+            clock: Arc::new(SystemClock),
+            prefix: "cacheback".to_owned(),
+            codec: Codec::default(),
+            events: None,
+            store_fallback: StoreFallback::default(),
+            queue_fallback: QueueFallback::default(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            tombstone_ttl: Duration::from_secs(600),
+            worker: None,
+            worker_options: WorkerOptions::default(),
+        }
+    }
+}
+
+impl fmt::Debug for CachebackBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachebackBuilder")
+            .field("store", &self.store)
+            .field("queue", &self.queue)
+            .field("prefix", &self.prefix)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The environment variables [`CachebackBuilder::from_env`] reads.
+const ENV_PREFIX: &str = "CACHEBACK_PREFIX";
+const ENV_REDIS_URL: &str = "CACHEBACK_REDIS_URL";
+const ENV_IN_PROCESS_WORKER: &str = "CACHEBACK_IN_PROCESS_WORKER";
+const ENV_WORKER_CONCURRENCY: &str = "CACHEBACK_WORKER_CONCURRENCY";
+const ENV_MAX_VALUE_BYTES: &str = "CACHEBACK_MAX_VALUE_BYTES";
+
+impl CachebackBuilder {
+    /// A builder with the settings services take from their environment; unset variables keep
+    /// the defaults, and anything can still be overridden in code afterwards.
+    ///
+    /// | variable | sets | example |
+    /// |---|---|---|
+    /// | `CACHEBACK_PREFIX` | [`prefix`](Self::prefix) | `myapp` |
+    /// | `CACHEBACK_REDIS_URL` | a `RedisStore` and a `RedisQueue` at that URL (feature `redis`) | `redis://:secret@redis:6379/0` |
+    /// | `CACHEBACK_IN_PROCESS_WORKER` | [`in_process_worker`](Self::in_process_worker): `true`/`false`/`1`/`0` | `false` on web processes |
+    /// | `CACHEBACK_WORKER_CONCURRENCY` | the in-process worker's [`WorkerOptions::concurrency`] | `64` |
+    /// | `CACHEBACK_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `1048576` |
+    ///
+    /// A value that does not parse, or `CACHEBACK_REDIS_URL` in a build without the `redis`
+    /// feature, is an [`Error::Config`] naming the variable (a URL's password is never shown).
+    ///
+    /// ```
+    /// # fn main() -> cacheback::Result<()> {
+    /// let builder = cacheback::CachebackBuilder::from_env()?;
+    /// # let _ = builder;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_env() -> Result<CachebackBuilder> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) with the variables looked up by `var` (tests pass a map).
+    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<CachebackBuilder> {
+        let mut builder = CachebackBuilder::default();
+        if let Some(prefix) = var(ENV_PREFIX) {
+            builder = builder.prefix(prefix);
+        }
+        if let Some(url) = var(ENV_REDIS_URL) {
+            builder = with_redis(builder, &url)?;
+        }
+        if let Some(text) = var(ENV_IN_PROCESS_WORKER) {
+            let start = match text.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad_var(ENV_IN_PROCESS_WORKER, &text, "true or false")),
+            };
+            builder = builder.in_process_worker(start);
+        }
+        if let Some(text) = var(ENV_WORKER_CONCURRENCY) {
+            let n = parse_count(ENV_WORKER_CONCURRENCY, &text)?;
+            builder.worker_options = builder.worker_options.clone().concurrency(n);
+        }
+        if let Some(text) = var(ENV_MAX_VALUE_BYTES) {
+            builder = builder.max_value_bytes(parse_count(ENV_MAX_VALUE_BYTES, &text)?);
+        }
+        Ok(builder)
+    }
+
+    /// The store (default: a [`MemoryStore`] of 100,000 entries).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// A store already behind an `Arc` (to share one between clients).
+    pub fn shared_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The queue (default: a [`LocalQueue`] of 10,000 requests).
+    pub fn queue(mut self, queue: impl Queue) -> Self {
+        self.queue = Some(Arc::new(queue));
+        self
+    }
+
+    /// A queue already behind an `Arc`.
+    pub fn shared_queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::TestClock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The key prefix isolating this application in a shared store (default `"cacheback"`):
+    /// ASCII letters, digits, `_`, `.`, `-`; at most 64 bytes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The codec for args and for values in byte stores (default: postcard).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// A hook called for every [`Event`].
+    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(hook));
+        self
+    }
+
+    /// What reads do when the store cannot be reached (default: [`StoreFallback::Fetch`]).
+    pub fn store_fallback(mut self, fallback: StoreFallback) -> Self {
+        self.store_fallback = fallback;
+        self
+    }
+
+    /// What happens to a refresh the queue cannot accept (default:
+    /// [`QueueFallback::LocalRefresh`]).
+    pub fn queue_fallback(mut self, fallback: QueueFallback) -> Self {
+        self.queue_fallback = fallback;
+        self
+    }
+
+    /// Values whose encoding is larger are refused with [`Error::TooLarge`] (default 4 MiB).
+    pub fn max_value_bytes(mut self, limit: usize) -> Self {
+        self.max_value_bytes = limit;
+        self
+    }
+
+    /// How long a deleted key's tombstone is kept, blocking refreshes enqueued before the delete
+    /// from resurrecting it (default 10 minutes).
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// Whether to start an in-process worker (default: only for in-process queues such as
+    /// [`LocalQueue`], which nobody else can drain).
+    pub fn in_process_worker(mut self, start: bool) -> Self {
+        self.worker = Some(start);
+        self
+    }
+
+    /// Options of the in-process worker (concurrency, drain deadline, ...).
+    pub fn worker_options(mut self, options: WorkerOptions) -> Self {
+        self.worker_options = options;
+        self
+    }
+
+    /// Builds the client. Starting the in-process worker needs a Tokio runtime: call this
+    /// from within one.
+    pub fn build(self) -> Result<Cacheback> {
+        key::validate_prefix(&self.prefix).map_err(|e| Error::config(e.to_string()))?;
+        if self.max_value_bytes == 0 {
+            return Err(Error::config("max_value_bytes must be greater than zero"));
+        }
+        self.worker_options.validate()?;
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()) as SharedStore);
+        let queue = self
+            .queue
+            .unwrap_or_else(|| Arc::new(LocalQueue::default()) as SharedQueue);
+        queue.bind_prefix(&self.prefix)?;
+        let start_worker = self.worker.unwrap_or_else(|| queue.is_in_process());
+        let claim_hints = (!store.is_in_process()).then(hints::ClaimHints::default);
+        let runtime = if start_worker {
+            Some(tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::config(
+                    "the in-process worker needs a Tokio runtime: build the client inside one, \
+                     or turn the worker off with `in_process_worker(false)`",
+                )
+            })?)
+        } else {
+            None
+        };
+        let core = Arc::new(Core {
+            store,
+            queue: Arc::clone(&queue),
+            clock: self.clock,
+            prefix: Arc::from(self.prefix),
+            codec: self.codec,
+            events: self.events,
+            max_value_bytes: self.max_value_bytes,
+            tombstone_ttl: self.tombstone_ttl,
+            registry: Registry::default(),
+            recent_failures: RecentFailures::default(),
+            running: Running::default(),
+            tasks: TaskTracker::new(),
+        });
+        let reads = ReadState {
+            store_fallback: self.store_fallback,
+            queue_fallback: self.queue_fallback,
+            coalescer: Arc::new(Coalescer::default()),
+            claim_hints,
+        };
+        let stop = CancellationToken::new();
+        let worker = runtime.map(|runtime| {
+            let worker = Worker::from_core(Arc::clone(&core), queue, self.worker_options);
+            let stop = stop.clone();
+            runtime.spawn(worker.run_until(async move { stop.cancelled().await }))
+        });
+        Ok(Cacheback {
+            inner: Arc::new(ClientInner {
+                core,
+                reads,
+                worker: Mutex::new(worker),
+                _stop_on_drop: stop.clone().drop_guard(),
+                stop,
+            }),
+        })
+    }
+}
+
+fn bad_var(name: &str, value: &str, expected: &str) -> Error {
+    Error::config(format!(
+        "environment variable {name} is `{value}`; expected {expected}"
+    ))
+}
+
+fn parse_count(name: &str, text: &str) -> Result<usize> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(bad_var(name, text, "a whole number above 0")),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn with_redis(builder: CachebackBuilder, url: &str) -> Result<CachebackBuilder> {
+    let named = |e: Error| Error::config(format!("environment variable {ENV_REDIS_URL}: {e}"));
+    let store = crate::store::RedisStore::from_url(url).map_err(named)?;
+    let queue = crate::queue::RedisQueue::from_url(url).map_err(named)?;
+    Ok(builder.store(store).queue(queue))
+}
+
+#[cfg(not(feature = "redis"))]
+fn with_redis(_: CachebackBuilder, _: &str) -> Result<CachebackBuilder> {
+    Err(Error::config(format!(
+        "environment variable {ENV_REDIS_URL} is set, but cacheback was built without its \
+         `redis` feature"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn settings_come_from_the_environment() {
+        let builder = CachebackBuilder::from_vars(vars(&[
+            ("CACHEBACK_PREFIX", "shop"),
+            ("CACHEBACK_IN_PROCESS_WORKER", "false"),
+            ("CACHEBACK_WORKER_CONCURRENCY", "64"),
+            ("CACHEBACK_MAX_VALUE_BYTES", "1024"),
+        ]))
+        .unwrap();
+        assert_eq!(builder.prefix, "shop");
+        assert_eq!(builder.worker, Some(false));
+        assert_eq!(builder.worker_options.concurrency, 64);
+        assert_eq!(builder.max_value_bytes, 1024);
+        let defaults = CachebackBuilder::from_vars(vars(&[])).unwrap();
+        assert_eq!(defaults.prefix, "cacheback");
+        assert!(defaults.store.is_none() && defaults.queue.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("CACHEBACK_IN_PROCESS_WORKER", "maybe"),
+            ("CACHEBACK_WORKER_CONCURRENCY", "0"),
+            ("CACHEBACK_MAX_VALUE_BYTES", "lots"),
+        ] {
+            let err = CachebackBuilder::from_vars(vars(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn a_redis_url_sets_store_and_queue_and_hides_its_password() {
+        let builder = CachebackBuilder::from_vars(vars(&[(
+            "CACHEBACK_REDIS_URL",
+            "redis://:pw@127.0.0.1:1",
+        )]))
+        .unwrap();
+        assert_eq!(builder.store.as_ref().map(|s| s.backend()), Some("redis"));
+        assert_eq!(builder.queue.as_ref().map(|q| q.backend()), Some("redis"));
+        let err = CachebackBuilder::from_vars(vars(&[("CACHEBACK_REDIS_URL", "nope://:secret@x")]))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("CACHEBACK_REDIS_URL") && !text.contains("secret"),
+            "{text}"
+        );
+    }
+}
