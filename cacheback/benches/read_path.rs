@@ -7,7 +7,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cacheback::{Cacheback, Job, JobHandle, LocalQueue, Policy, TestClock};
+use cacheback::clock::TestClock;
+use cacheback::{Cacheback, Job, JobHandle, LocalQueue, Policy};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 

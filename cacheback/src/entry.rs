@@ -107,7 +107,7 @@ impl Entry {
 }
 
 /// Length of the fixed envelope header.
-pub const ENVELOPE_HEADER_LEN: usize = 48;
+pub(crate) const ENVELOPE_HEADER_LEN: usize = 48;
 const MAGIC: [u8; 2] = *b"CB";
 const FORMAT_VERSION: u8 = 1;
 const FLAG_TOMBSTONE: u8 = 1;

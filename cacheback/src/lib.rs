@@ -68,7 +68,7 @@
 //!
 //! **Windows.** A fetched value is *Fresh* for [`Policy::lifetime`] (shortened by up to
 //! [`Policy::jitter`] of it, never lengthened), then *Stale* for [`Policy::stale_ttl`], then
-//! gone: a read past that is a miss. Freshness is decided on the client's [`Clock`] (wall-clock
+//! gone: a read past that is a miss. Freshness is decided on the client's [`Clock`](clock::Clock) (wall-clock
 //! milliseconds, because entries are shared by processes), never by the store's expiry, which
 //! only reclaims memory.
 //!
@@ -149,7 +149,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
-mod clock;
+pub mod clock;
 mod codec;
 mod engine;
 mod entry;
@@ -162,7 +162,7 @@ pub mod queue;
 #[cfg(feature = "redis")]
 mod redis_support;
 pub mod store;
-mod worker;
+pub mod worker;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -170,28 +170,29 @@ pub mod testing;
 #[doc(hidden)]
 pub mod __private;
 
+/// Decoders of outside bytes, for the fuzz targets only. Not public API.
+#[doc(hidden)]
+pub mod __fuzz {
+    pub use crate::entry::{EnvelopeError, decode_envelope, encode_envelope};
+}
+
 pub use client::global::{global, set_global};
 pub use client::{
-    Cacheback, CachebackBuilder, DEFAULT_MAX_VALUE_BYTES, JobHandle, Lookup, Peek, QueueFallback,
-    ShutdownReport, Status, StoreFallback, WarmProgress, WarmReport,
+    Cacheback, CachebackBuilder, JobHandle, Lookup, Peek, QueueFallback, ShutdownReport, Status,
+    StoreFallback, WarmProgress, WarmReport,
 };
-pub use clock::{Clock, SystemClock, TestClock, Timestamp};
 pub use codec::Codec;
-pub use entry::{
-    ENVELOPE_HEADER_LEN, Entry, EntryMeta, EnvelopeError, Payload, decode_envelope, encode_envelope,
-};
 pub use error::{BoxError, Error, Result};
 pub use job::{FnJob, Job, job_fn};
-pub use key::Key;
 pub use observe::Event;
-pub use policy::{Backoff, Freshness, Policy, Windows};
-pub use queue::{LocalQueue, Queue};
+pub use policy::{Backoff, Freshness, Policy};
+pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]
-pub use queue::{RedisDeadLetter, RedisQueue, RedisQueueBuilder};
-pub use store::{MemoryStore, Store};
+pub use queue::redis::RedisQueue;
+pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use store::{RedisStore, RedisStoreBuilder};
-pub use worker::{Worker, WorkerBuilder, WorkerHealth, WorkerOptions, WorkerReport};
+pub use store::redis::RedisStore;
+pub use worker::{Worker, WorkerOptions};
 
 #[cfg(feature = "macros")]
 pub use cacheback_macros::cacheback;

@@ -178,7 +178,7 @@ impl Policy {
     /// The freshness windows of a value fetched at `fetched_at`. `u` is a uniform random number
     /// in `[0, 1)` used for jitter: `fresh_until` is shortened by up to `jitter * lifetime`, never
     /// lengthened, so a jittered entry is never served fresh longer than `lifetime`.
-    pub fn windows(&self, fetched_at: Timestamp, u: f64) -> Windows {
+    pub(crate) fn windows(&self, fetched_at: Timestamp, u: f64) -> Windows {
         let jitter = self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0);
         let lifetime = self.lifetime.mul_f64(1.0 - jitter);
         let fresh_until = fetched_at.saturating_add(lifetime);
@@ -190,7 +190,7 @@ impl Policy {
 
     /// Whether a value that turned stale at `fresh_until` is, at `now`, stale by more than
     /// [`Policy::stale_threshold`] (exactly at the threshold it is not).
-    pub fn threshold_exceeded(&self, now: Timestamp, fresh_until: Timestamp) -> bool {
+    pub(crate) fn threshold_exceeded(&self, now: Timestamp, fresh_until: Timestamp) -> bool {
         match self.stale_threshold {
             Some(threshold) => now.since(fresh_until) > threshold,
             None => false,
@@ -200,7 +200,7 @@ impl Policy {
     /// XFetch: the probability that a Fresh read at `now` triggers an early refresh,
     /// `exp(-(fresh_until - now) / (beta * fetch_duration))`. Zero when early refresh is off or
     /// the fetch duration is unknown (zero).
-    pub fn early_refresh_probability(
+    pub(crate) fn early_refresh_probability(
         &self,
         now: Timestamp,
         fresh_until: Timestamp,
@@ -219,7 +219,7 @@ impl Policy {
 
     /// The `stale_until` that `stale_if_error` allows for an entry whose value turned stale at
     /// `fresh_until`, or `None` when `stale_if_error` is off.
-    pub fn stale_if_error_until(&self, fresh_until: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn stale_if_error_until(&self, fresh_until: Timestamp) -> Option<Timestamp> {
         self.stale_if_error.map(|extra| {
             fresh_until
                 .saturating_add(self.stale_ttl)
@@ -230,7 +230,7 @@ impl Policy {
 
 /// The time windows of one fetched value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Windows {
+pub(crate) struct Windows {
     /// The value is Fresh before this instant.
     pub fresh_until: Timestamp,
     /// The value is Stale (servable) before this instant, and expired from then on.
@@ -251,7 +251,7 @@ pub enum Freshness {
 
 impl Freshness {
     /// Classifies `now` against an entry's windows.
-    pub fn at(now: Timestamp, fresh_until: Timestamp, stale_until: Timestamp) -> Self {
+    pub(crate) fn at(now: Timestamp, fresh_until: Timestamp, stale_until: Timestamp) -> Self {
         if now < fresh_until {
             Freshness::Fresh
         } else if now < stale_until {
@@ -320,7 +320,7 @@ impl Backoff {
 
     /// The delay before retrying after `failures` consecutive failures (`failures >= 1`; 0 is
     /// treated as 1). `u` is a uniform random number in `[0, 1)`, used only with jitter.
-    pub fn delay(&self, failures: u32, u: f64) -> Duration {
+    pub(crate) fn delay(&self, failures: u32, u: f64) -> Duration {
         let exponent = failures.saturating_sub(1).min(64);
         let factor = self.multiplier.max(1.0).powi(exponent as i32);
         let max = self.max.as_secs_f64();

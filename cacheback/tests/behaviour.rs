@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cacheback::clock::TestClock;
+use cacheback::queue::Queue;
 use cacheback::queue::{EnqueueError, RefreshRequest};
 use cacheback::{
     Backoff, Cacheback, Error, Event, Freshness, Job, JobHandle, LocalQueue, MemoryStore, Policy,
-    Queue, QueueFallback, Status, TestClock, job_fn,
+    QueueFallback, Status, job_fn,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc};
@@ -524,7 +526,7 @@ async fn failed_refresh_keeps_the_value_and_backs_off() {
         unreachable!()
     };
     assert_eq!(failures, 2);
-    let now = cacheback::Clock::now(&fx.clock);
+    let now = cacheback::clock::Clock::now(&fx.clock);
     assert_eq!(
         retry_after.since(now),
         Duration::from_secs(2),
@@ -931,7 +933,7 @@ async fn unknown_jobs_are_dead_lettered_and_the_worker_keeps_going() {
         codec: 1,
         token: cacheback::store::ClaimToken::random(),
         generation: 0,
-        enqueued_at: cacheback::Timestamp::EPOCH,
+        enqueued_at: cacheback::clock::Timestamp::EPOCH,
         prior_failures: 0,
         queue: "default".to_owned(),
     };
@@ -1015,7 +1017,7 @@ async fn malformed_and_mismatched_requests_are_dead_lettered() {
         codec: 1,
         token: cacheback::store::ClaimToken::random(),
         generation: 0,
-        enqueued_at: cacheback::Timestamp::EPOCH,
+        enqueued_at: cacheback::clock::Timestamp::EPOCH,
         prior_failures: 0,
         queue: "default".to_owned(),
     };
@@ -1056,7 +1058,7 @@ struct RefreshLandsBeforeClaim {
     armed: Mutex<Option<cacheback::store::Put>>,
 }
 
-impl cacheback::Store for RefreshLandsBeforeClaim {
+impl cacheback::store::Store for RefreshLandsBeforeClaim {
     fn backend(&self) -> &'static str {
         "memory-with-race"
     }
@@ -1065,21 +1067,21 @@ impl cacheback::Store for RefreshLandsBeforeClaim {
     }
     fn get<'a>(
         &'a self,
-        key: cacheback::Key<'a>,
-    ) -> BoxFuture<'a, cacheback::Result<Option<cacheback::Entry>>> {
+        key: cacheback::store::Key<'a>,
+    ) -> BoxFuture<'a, cacheback::Result<Option<cacheback::store::Entry>>> {
         self.inner.get(key)
     }
     fn put<'a>(
         &'a self,
-        key: cacheback::Key<'a>,
+        key: cacheback::store::Key<'a>,
         put: cacheback::store::Put,
     ) -> BoxFuture<'a, cacheback::Result<cacheback::store::PutOutcome>> {
         self.inner.put(key, put)
     }
     fn claim<'a>(
         &'a self,
-        key: cacheback::Key<'a>,
-        now: cacheback::Timestamp,
+        key: cacheback::store::Key<'a>,
+        now: cacheback::clock::Timestamp,
         ttl: Duration,
     ) -> BoxFuture<'a, cacheback::Result<cacheback::store::ClaimOutcome>> {
         Box::pin(async move {
@@ -1092,7 +1094,7 @@ impl cacheback::Store for RefreshLandsBeforeClaim {
     }
     fn release<'a>(
         &'a self,
-        key: cacheback::Key<'a>,
+        key: cacheback::store::Key<'a>,
         token: cacheback::store::ClaimToken,
         release: cacheback::store::Release,
     ) -> BoxFuture<'a, cacheback::Result<()>> {
@@ -1100,8 +1102,8 @@ impl cacheback::Store for RefreshLandsBeforeClaim {
     }
     fn claim_state<'a>(
         &'a self,
-        key: cacheback::Key<'a>,
-        now: cacheback::Timestamp,
+        key: cacheback::store::Key<'a>,
+        now: cacheback::clock::Timestamp,
     ) -> BoxFuture<'a, cacheback::Result<cacheback::store::ClaimState>> {
         self.inner.claim_state(key, now)
     }
@@ -1117,20 +1119,20 @@ async fn a_stale_read_overtaken_by_its_refresh_enqueues_nothing() {
         armed: Mutex::new(None),
     });
     let fx = Fixture::with(false, LocalQueue::new(10), |b| {
-        b.shared_store(Arc::clone(&store) as Arc<dyn cacheback::Store>)
+        b.shared_store(Arc::clone(&store) as Arc<dyn cacheback::store::Store>)
     });
     let squares = fx.job(policy());
     squares.set(9, "old".to_owned()).await.unwrap();
     fx.clock.advance(LIFETIME + Duration::from_secs(1));
-    let now = cacheback::Clock::now(&fx.clock);
-    let fresh = cacheback::EntryMeta::new(
+    let now = cacheback::clock::Clock::now(&fx.clock);
+    let fresh = cacheback::store::EntryMeta::new(
         now,
         now.saturating_add(LIFETIME),
         now.saturating_add(STALE_TTL),
     );
     let value: Arc<dyn std::any::Any + Send + Sync> = Arc::new("refreshed".to_owned());
     *store.armed.lock().unwrap() = Some(cacheback::store::Put::new(
-        cacheback::Entry::new(fresh, cacheback::Payload::Object(value)),
+        cacheback::store::Entry::new(fresh, cacheback::store::Payload::Object(value)),
         cacheback::store::PutCondition::Always,
         STALE_TTL,
     ));

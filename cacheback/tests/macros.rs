@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
-use cacheback::{Cacheback, Error, Policy, Status, TestClock, cacheback};
+use cacheback::clock::TestClock;
+use cacheback::{Cacheback, Error, Policy, Status, cacheback};
 use serde::{Deserialize, Serialize};
 
 /// A client with no background worker, usable from any test.

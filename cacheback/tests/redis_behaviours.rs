@@ -13,9 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cacheback::clock::{Clock, TestClock};
+use cacheback::worker::WorkerReport;
 use cacheback::{
-    Backoff, Cacheback, Clock, Error, Freshness, Job, JobHandle, Policy, RedisQueue, RedisStore,
-    Status, StoreFallback, TestClock, Worker, WorkerOptions, WorkerReport,
+    Backoff, Cacheback, Error, Freshness, Job, JobHandle, Policy, RedisQueue, RedisStore, Status,
+    StoreFallback, Worker, WorkerOptions,
 };
 use support::{RedisServer, eventually, unique_prefix};
 use tokio::sync::Notify;
@@ -727,7 +729,7 @@ async fn an_abandoned_refresh_is_redelivered_then_dead_lettered() {
     // A worker that takes the message and dies before acknowledging it.
     let visibility = Duration::from_millis(300);
     let dying = Fx::queue_for(&fx.server, &fx.prefix, visibility);
-    let taken = cacheback::Queue::receive(&dying, 10).await.unwrap();
+    let taken = cacheback::queue::Queue::receive(&dying, 10).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].attempt, 1);
     drop(dying);
@@ -755,7 +757,7 @@ async fn an_abandoned_refresh_is_redelivered_then_dead_lettered() {
         if attempts.len() >= 3 {
             break;
         }
-        for d in cacheback::Queue::receive(&flaky, 10).await.unwrap() {
+        for d in cacheback::queue::Queue::receive(&flaky, 10).await.unwrap() {
             attempts.push(d.attempt);
         }
     }

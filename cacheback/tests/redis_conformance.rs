@@ -7,10 +7,10 @@ mod support;
 
 use std::time::Duration;
 
+use cacheback::clock::Timestamp;
+use cacheback::store::{Entry, EntryMeta, Key, Payload, Store};
 use cacheback::store::{Put, PutCondition};
-use cacheback::{
-    Entry, EntryMeta, Key, Payload, RedisQueue, RedisStore, Store, Timestamp, testing,
-};
+use cacheback::{RedisQueue, RedisStore, testing};
 use support::{RedisServer, unique_prefix};
 
 #[tokio::test]

@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cacheback::clock::TestClock;
+use cacheback::worker::WorkerReport;
 use cacheback::{
     Cacheback, Codec, Error, Event, Freshness, Job, JobHandle, Policy, RedisQueue, RedisStore,
-    Status, TestClock, Worker, WorkerOptions, WorkerReport,
+    Status, Worker, WorkerOptions,
 };
 use support::{RedisServer, eventually, unique_prefix};
 use tokio::sync::{Notify, mpsc};

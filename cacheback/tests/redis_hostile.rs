@@ -31,7 +31,7 @@ struct App {
     client: Cacheback,
     queue: RedisQueue,
     stop: CancellationToken,
-    worker: Option<tokio::task::JoinHandle<cacheback::WorkerReport>>,
+    worker: Option<tokio::task::JoinHandle<cacheback::worker::WorkerReport>>,
 }
 
 impl App {
@@ -89,7 +89,7 @@ impl App {
         ));
     }
 
-    async fn stop_worker(&mut self) -> cacheback::WorkerReport {
+    async fn stop_worker(&mut self) -> cacheback::worker::WorkerReport {
         self.stop.cancel();
         self.worker.take().unwrap().await.unwrap()
     }

@@ -135,7 +135,7 @@ fn w1_hit_path_vs_raw_get() {
             store_only.push(rt.block_on(run_concurrent(tasks, total, move || {
                 let (store, prefix) = (Arc::clone(&store2), prefix.clone());
                 async move {
-                    let key = cacheback::Key::new(&prefix, "perf", hex);
+                    let key = cacheback::store::Key::new(&prefix, "perf", hex);
                     assert!(store.get(key).await.unwrap().is_some());
                 }
             })));
@@ -316,7 +316,7 @@ fn w2_stale_burst_one_process() {
     let rt = runtime();
     let url = server.url();
     rt.block_on(async {
-        let clock = cacheback::TestClock::new();
+        let clock = cacheback::clock::TestClock::new();
         let prefix = unique_prefix("w2");
         let calls = Arc::new(AtomicUsize::new(0));
         let client = |queue: RedisQueue| {

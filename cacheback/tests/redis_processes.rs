@@ -17,9 +17,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cacheback::clock::{TestClock, Timestamp};
 use cacheback::{
-    Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Status, TestClock, Timestamp,
-    Worker, WorkerOptions,
+    Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Status, Worker, WorkerOptions,
 };
 use support::{RedisServer, unique_prefix};
 

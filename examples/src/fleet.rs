@@ -33,7 +33,8 @@
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisQueueBuilder, RedisStore};
+use cacheback::queue::RedisQueueBuilder;
+use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore};
 use serde::{Deserialize, Serialize};
 
 /// The prefix of the demo's keys and refresh stream unless `CACHEBACK_PREFIX` says otherwise.

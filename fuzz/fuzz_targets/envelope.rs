@@ -3,7 +3,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use cacheback::{decode_envelope, encode_envelope};
+use cacheback::__fuzz::{decode_envelope, encode_envelope};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

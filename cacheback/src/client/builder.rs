@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::LocalQueue;
+use crate::MemoryStore;
 use crate::client::coalesce::Coalescer;
 use crate::client::hints;
 use crate::client::{
@@ -19,8 +21,8 @@ use crate::engine::{Core, RecentFailures, Running};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::observe::{Event, EventHook};
-use crate::queue::{LocalQueue, Queue};
-use crate::store::{MemoryStore, Store};
+use crate::queue::Queue;
+use crate::store::Store;
 use crate::worker::{Worker, WorkerOptions};
 
 type SharedStore = Arc<dyn Store>;
@@ -157,7 +159,7 @@ impl CachebackBuilder {
         self
     }
 
-    /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::TestClock).
+    /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::clock::TestClock).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -302,8 +304,8 @@ fn parse_count(name: &str, text: &str) -> Result<usize> {
 #[cfg(feature = "redis")]
 fn with_redis(builder: CachebackBuilder, url: &str) -> Result<CachebackBuilder> {
     let named = |e: Error| Error::config(format!("environment variable {ENV_REDIS_URL}: {e}"));
-    let store = crate::store::RedisStore::from_url(url).map_err(named)?;
-    let queue = crate::queue::RedisQueue::from_url(url).map_err(named)?;
+    let store = crate::RedisStore::from_url(url).map_err(named)?;
+    let queue = crate::RedisQueue::from_url(url).map_err(named)?;
     Ok(builder.store(store).queue(queue))
 }
 

@@ -35,7 +35,7 @@ use crate::engine::registry::JobEntry;
 use coalesce::Coalescer;
 
 /// The default limit on a value's encoded size.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 4 << 20;
 
 /// What a read does when the store cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,8 +128,8 @@ pub struct ShutdownReport {
 }
 
 impl Cacheback {
-    /// Configures a client. The defaults are the embedded ones: a [`MemoryStore`], a
-    /// [`LocalQueue`] and an in-process worker.
+    /// Configures a client. The defaults are the embedded ones: a [`MemoryStore`](crate::MemoryStore), a
+    /// [`LocalQueue`](crate::LocalQueue) and an in-process worker.
     pub fn builder() -> CachebackBuilder {
         CachebackBuilder::default()
     }

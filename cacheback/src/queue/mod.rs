@@ -7,7 +7,7 @@
 //!
 //! | queue | feature | for |
 //! |---|---|---|
-//! | [`LocalQueue`] | — | one process: a bounded in-memory channel drained by an in-process worker |
+//! | [`LocalQueue`](crate::LocalQueue) | — | one process: a bounded in-memory channel drained by an in-process worker |
 //! | `RedisQueue` | `redis` | a fleet: Redis Streams with consumer groups, drained by worker processes |
 
 use std::fmt;
@@ -19,13 +19,13 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::ClaimToken;
 
-pub mod local;
+pub(crate) mod local;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisDeadLetter, RedisQueue, RedisQueueBuilder};
-pub use local::LocalQueue;
+pub use self::redis::{RedisDeadLetter, RedisQueueBuilder};
+pub use local::DeadLetter;
 
 /// The default bound on an encoded [`RefreshRequest`]: args are small by nature, and a
 /// larger message is refused before it is decoded.
@@ -189,7 +189,7 @@ pub trait Queue: Send + Sync + fmt::Debug + 'static {
 
     /// Adopts the key prefix of the client (or worker) the queue serves, called once by every
     /// [`CachebackBuilder::build`](crate::CachebackBuilder::build) and
-    /// [`WorkerBuilder::build`](crate::WorkerBuilder::build) the queue is given to. A queue
+    /// [`WorkerBuilder::build`](crate::worker::WorkerBuilder::build) the queue is given to. A queue
     /// that keeps its messages under a prefix (so that applications sharing a broker stay
     /// apart) takes the client's when it was built without one, and refuses a client whose
     /// prefix differs from its own with [`Error::Config`]. The default accepts any prefix.

@@ -7,7 +7,7 @@
 //!
 //! | store | feature | holds |
 //! |---|---|---|
-//! | [`MemoryStore`] | — | live `Arc` values, claims in a process-local map |
+//! | [`MemoryStore`](crate::MemoryStore) | — | live `Arc` values, claims in a process-local map |
 //! | `RedisStore` | `redis` | envelopes, claims and failure state in Redis, shared by a fleet |
 
 use std::fmt;
@@ -17,17 +17,17 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::entry::Entry;
 use crate::error::Result;
-use crate::key::Key;
 
-pub mod memory;
+pub(crate) mod memory;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisStore, RedisStoreBuilder};
-pub use memory::MemoryStore;
+pub use self::redis::RedisStoreBuilder;
+pub use crate::entry::{Entry, EntryMeta, Payload};
+pub use crate::key::Key;
+pub use memory::MemoryStoreBuilder;
 
 /// When a [`Store::put`] may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,12 +180,12 @@ pub struct ClaimState {
 /// returned promptly: remote stores bound every call with a timeout).
 ///
 /// All times are passed in by the caller, so a store needs no clock of its own and tests can
-/// use [`TestClock`](crate::TestClock).
+/// use [`TestClock`](crate::clock::TestClock).
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// A short name for errors and metrics (`"memory"`, `"redis"`).
     fn backend(&self) -> &'static str;
 
-    /// Whether the store keeps live objects ([`Payload::Object`](crate::entry::Payload::Object))
+    /// Whether the store keeps live objects ([`Payload::Object`])
     /// rather than bytes. Clients write objects to such stores and skip encoding entirely.
     fn holds_objects(&self) -> bool {
         false

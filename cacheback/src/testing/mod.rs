@@ -31,4 +31,4 @@ pub use queue::queue_suite;
 pub use store::store_suite;
 
 #[cfg(doc)]
-use crate::{Queue, Store};
+use crate::{queue::Queue, store::Store};

@@ -15,7 +15,8 @@
 
 use std::time::Duration;
 
-use cacheback::{Worker, WorkerHealth, WorkerOptions};
+use cacheback::worker::WorkerHealth;
+use cacheback::{Worker, WorkerOptions};
 use cacheback_examples::fleet::{self, FleetArgs};
 use clap::Parser;
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use cacheback::worker::WorkerHealth;
 use cacheback::{
-    Cacheback, Job, JobHandle, MemoryStore, Policy, RedisQueue, Worker, WorkerHealth, WorkerOptions,
+    Cacheback, Job, JobHandle, MemoryStore, Policy, RedisQueue, Worker, WorkerOptions,
 };
 use cacheback_test_support::RedisServer;
 use serde_json::json;
