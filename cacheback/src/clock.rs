@@ -123,7 +123,7 @@ impl Clock for SystemClock {
 /// A clock that only moves when told to. Clones share one time.
 ///
 /// ```
-/// use cacheback::{Clock, TestClock};
+/// use cacheback::clock::{Clock, TestClock};
 /// use std::time::Duration;
 ///
 /// let clock = TestClock::new();

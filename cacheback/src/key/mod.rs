@@ -55,7 +55,7 @@ pub(crate) const MAX_ARGS_LEN: usize = 1 << 20;
 /// # Example
 ///
 /// ```
-/// use cacheback::Key;
+/// use cacheback::store::Key;
 ///
 /// let key = Key::new("myapp", "my_crate::user_tweets", 0x0123_4567_89ab_cdef_0000_0000_0000_002a);
 /// assert_eq!(key.prefix(), "myapp");
