@@ -110,6 +110,12 @@ impl Entry {
 pub(crate) const ENVELOPE_HEADER_LEN: usize = 48;
 const MAGIC: [u8; 2] = *b"CB";
 const FORMAT_VERSION: u8 = 1;
+/// The envelope's first bytes, magic then format version: what a server-side script checks
+/// before it trusts the header.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) const ENVELOPE_PREFIX: [u8; 3] = [MAGIC[0], MAGIC[1], FORMAT_VERSION];
+/// Where the generation (8 bytes, big-endian) starts in the header.
+pub(crate) const GENERATION_OFFSET: usize = 8;
 const FLAG_TOMBSTONE: u8 = 1;
 
 /// Why bytes read from a store are not a valid envelope.
@@ -223,7 +229,7 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
     };
     let value_len = bytes.len() - ENVELOPE_HEADER_LEN;
     let meta = EntryMeta {
-        generation: u64_at(8),
+        generation: u64_at(GENERATION_OFFSET),
         fetched_at: Timestamp::from_millis(u64_at(16)),
         fresh_until: Timestamp::from_millis(u64_at(24)),
         stale_until: Timestamp::from_millis(u64_at(32)),

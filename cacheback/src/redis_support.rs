@@ -321,3 +321,21 @@ pub(crate) fn px(d: Duration) -> u64 {
         .unwrap_or(u64::MAX)
         .clamp(1, CENTURY_MS)
 }
+
+/// The value of the line `local NAME = value` in a Lua script: how tests check the constants a
+/// script shares with Rust.
+#[cfg(test)]
+pub(crate) fn lua_constant<'a>(script: &'a str, name: &str) -> &'a str {
+    let start = format!("local {name} = ");
+    script
+        .lines()
+        .find_map(|line| line.strip_prefix(&start))
+        .unwrap_or_else(|| panic!("no `{start}` in the script"))
+        .trim()
+}
+
+/// `text` as a Lua string literal (for text without quotes or escapes).
+#[cfg(test)]
+pub(crate) fn lua_string(text: &str) -> String {
+    format!("'{text}'")
+}

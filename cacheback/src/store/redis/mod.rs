@@ -20,11 +20,12 @@
 //! # Commands
 //!
 //! - `get`: one plain `GET` of the entry key, and nothing else.
-//! - `put`: a script that reads the current generation at byte offset 8 of the stored envelope
-//!   (8 bytes, big-endian, compared and incremented as a byte string), checks the condition,
-//!   writes the new envelope with `SET ... PX` and stamps the new generation into it.
-//! - `claim` / `release`: scripts over the claim and failure keys; `release` deletes the claim
-//!   only if the token matches.
+//! - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
+//!   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
+//!   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
+//!   it. The envelope layout is passed to the script with every call.
+//! - `claim` / `release`: scripts (`claim.lua`, `release.lua`) over the claim and failure keys;
+//!   `release` deletes the claim only if the token matches.
 //! - `claim_state`: one `MGET` of the claim and failure keys.
 //!
 //! Bytes at an entry key that are not a valid envelope (corruption, another program, an entry
@@ -33,6 +34,12 @@
 //! refresh overwrites it. Its generation is read the same way the `put` script reads it (offset
 //! 8 when the bytes start with the envelope magic and version and are long enough, else 0), so
 //! that refresh's generation-checked write succeeds.
+//!
+//! The files: this one holds the store and its builder, `scripts.rs` the Lua scripts with their
+//! arguments and decoded replies, `layout.rs` key names, records and times as text.
+
+mod layout;
+mod scripts;
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,18 +49,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
-use redis::{Client, Script, Value};
+use redis::{Client, ScriptInvocation, Value};
 use tracing::{debug, warn};
 
-use crate::clock::Timestamp;
-use crate::entry::{
-    ENVELOPE_HEADER_LEN, Entry, EntryMeta, Payload, decode_envelope, encode_envelope,
+use self::layout::{
+    HEAD_LEN, claim_key, clamp_u32, entry_key, fail_key, failure_record, parse_claim,
+    parse_failure, time_text, undecodable,
 };
+use self::scripts::{ClaimReply, PutReply, ReleaseMode, Scripts};
+use crate::clock::Timestamp;
+use crate::entry::{ENVELOPE_HEADER_LEN, Entry, decode_envelope, encode_envelope};
 use crate::error::{Chain, Error, Result};
 use crate::key::Key;
-use crate::redis_support::{
-    self, BACKEND, Conn, ConnOptions, Failure, bytes_of, int_of, px, u64_of,
-};
+use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure, px};
 use crate::store::{
     ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
 };
@@ -64,92 +72,6 @@ pub const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
 /// Default extra time Redis keeps entries and claims past their own end (clock skew between
 /// processes, and a last chance for `stale_if_error`).
 pub const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
-
-/// The envelope's first bytes: magic `CB`, format version 1.
-const ENVELOPE_PREFIX: &[u8] = b"CB\x01";
-
-/// `put` (and `put_and_release`): KEYS[1] = entry; ARGV[1] = "" (always) or the expected
-/// generation as 8 big-endian bytes; ARGV[2] = the envelope; ARGV[3] = PX. Returns
-/// {1, new generation} or {0, current generation}, generations as 8-byte strings.
-/// With KEYS[2] = claim, KEYS[3] = fail and ARGV[4] = a token, it then also releases a
-/// successful refresh's claim (if the token owns it) and clears the failure state, written or
-/// discarded alike: one round trip instead of two.
-const PUT_LUA: &str = r"
-local function release()
-  if #KEYS == 3 then
-    local c = redis.call('GET', KEYS[2])
-    if c and string.sub(c, 1, 32) == ARGV[4] then
-      redis.call('DEL', KEYS[2])
-    end
-    redis.call('DEL', KEYS[3])
-  end
-end
-local cur = redis.call('GET', KEYS[1])
-local gen = '\0\0\0\0\0\0\0\0'
-if cur and #cur >= 48 and string.sub(cur, 1, 3) == 'CB\1' then
-  gen = string.sub(cur, 9, 16)
-end
-if ARGV[1] ~= '' and ARGV[1] ~= gen then
-  release()
-  return {0, gen}
-end
-local b = {string.byte(gen, 1, 8)}
-local i = 8
-while i >= 1 do
-  if b[i] == 255 then
-    b[i] = 0
-    i = i - 1
-  else
-    b[i] = b[i] + 1
-    break
-  end
-end
-local new = string.char(unpack(b))
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SETRANGE', KEYS[1], 8, new)
-release()
-return {1, new}
-";
-
-/// `claim`: KEYS = claim, fail; ARGV = now, new token, until, PX (times as 20-digit strings).
-/// Returns {0, failures} (won), {1, until} (held) or {2, retry_after, failures} (backing off).
-const CLAIM_LUA: &str = r"
-local now = ARGV[1]
-local failures = '0'
-local f = redis.call('GET', KEYS[2])
-if f then
-  local n, retry, forget = string.match(f, '^(%d+):(%d+):(%d+)$')
-  if n and forget > now then
-    failures = n
-    if retry > now then
-      return {2, retry, n}
-    end
-  end
-end
-local c = redis.call('GET', KEYS[1])
-if c then
-  local held_until = string.sub(c, 34)
-  if held_until > now then
-    return {1, held_until}
-  end
-end
-redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[4])
-return {0, failures}
-";
-
-/// `release`: KEYS = claim, fail; ARGV = token, mode (r|f|a), failure record, PX.
-const RELEASE_LUA: &str = r"
-local c = redis.call('GET', KEYS[1])
-if c and string.sub(c, 1, 32) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-end
-if ARGV[2] == 'r' then
-  redis.call('DEL', KEYS[2])
-elseif ARGV[2] == 'f' then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-end
-return 1
-";
 
 /// A store in Redis, shared by every web process and worker of a fleet. See the
 /// [module docs](self) for the layout and the commands it sends.
@@ -184,23 +106,6 @@ pub struct RedisStore {
     max_entry_bytes: usize,
     expiry_grace: Duration,
     scripts: Scripts,
-}
-
-#[derive(Clone)]
-struct Scripts {
-    put: Script,
-    claim: Script,
-    release: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            put: Script::new(PUT_LUA),
-            claim: Script::new(CLAIM_LUA),
-            release: Script::new(RELEASE_LUA),
-        }
-    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -387,8 +292,8 @@ impl RedisStore {
     fn decode(&self, key: Key<'_>, bytes: Bytes) -> Entry {
         // Keep what `undecodable` needs, rather than a second handle on the bytes (cloning a
         // `Vec`-backed `Bytes` allocates).
-        let mut head = [0u8; 16];
-        let n = bytes.len().min(16);
+        let mut head = [0u8; HEAD_LEN];
+        let n = bytes.len().min(HEAD_LEN);
         head[..n].copy_from_slice(&bytes[..n]);
         let len = bytes.len();
         match decode_envelope(bytes, self.max_entry_bytes) {
@@ -415,6 +320,21 @@ impl RedisStore {
         }
     }
 
+    /// Runs one of the store's scripts and decodes its reply.
+    async fn run<T>(
+        &self,
+        invocation: ScriptInvocation<'_>,
+        what: &'static str,
+        decode: fn(Value) -> std::result::Result<T, String>,
+    ) -> Result<T> {
+        let reply: Value = self
+            .conn
+            .script(&invocation, what)
+            .await
+            .map_err(Failure::into_store)?;
+        decode(reply).map_err(|message| Failure::protocol(what, message).into_store())
+    }
+
     /// `put`, or with `release` the put-and-release script.
     async fn do_put(
         &self,
@@ -433,88 +353,53 @@ impl RedisStore {
                 "the redis store holds bytes: it cannot store a live object",
             )
         })?;
-        let expected: Vec<u8> = match condition {
-            PutCondition::Always => Vec::new(),
-            PutCondition::IfGeneration(g) => g.to_be_bytes().to_vec(),
+        let expected = match condition {
+            PutCondition::Always => None,
+            PutCondition::IfGeneration(g) => Some(g),
         };
-        let mut invocation = self.scripts.put.key(entry_key(key));
-        if release.is_some() {
-            invocation.key(claim_key(key)).key(fail_key(key));
-        }
-        invocation
-            .arg(expected)
-            .arg(envelope)
-            .arg(px(ttl.saturating_add(self.expiry_grace)));
-        if let Some(token) = release {
-            invocation.arg(token.to_string());
-        }
-        let reply: Vec<Value> = self
-            .conn
-            .script(&invocation, "put script")
-            .await
-            .map_err(Failure::into_store)?;
-        let (written, generation) = match <[Value; 2]>::try_from(reply) {
-            Ok([flag, generation]) => (int_of(&flag), bytes_of(generation)),
-            Err(other) => {
-                return Err(Failure::protocol("put script", format!("{other:?}")).into_store());
-            }
-        };
-        let generation = generation
-            .and_then(|g| <[u8; 8]>::try_from(g).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| Failure::protocol("put script", "bad generation").into_store())?;
-        match written {
-            Some(1) => Ok(PutOutcome::Written { generation }),
-            Some(0) => Ok(PutOutcome::Discarded {
-                current: generation,
-            }),
-            other => Err(Failure::protocol("put script", format!("flag {other:?}")).into_store()),
-        }
+        let px = px(ttl.saturating_add(self.expiry_grace));
+        let invocation = self.scripts.put(key, expected, envelope, px, release);
+        Ok(
+            match self.run(invocation, "put script", PutReply::decode).await? {
+                PutReply::Written(generation) => PutOutcome::Written { generation },
+                PutReply::Discarded(current) => PutOutcome::Discarded { current },
+            },
+        )
     }
 
     async fn do_claim(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> Result<ClaimOutcome> {
         self.check_eviction_once().await;
         let token = ClaimToken::random();
-        let until = now.saturating_add(ttl);
-        let mut invocation = self.scripts.claim.key(claim_key(key));
-        invocation
-            .key(fail_key(key))
-            .arg(time_text(now))
-            .arg(token.to_string())
-            .arg(time_text(until))
-            .arg(px(ttl.saturating_add(self.expiry_grace)));
-        let reply: Vec<Value> = self
-            .conn
-            .script(&invocation, "claim script")
-            .await
-            .map_err(Failure::into_store)?;
-        let bad = |what: &str| Failure::protocol("claim script", what.to_owned()).into_store();
-        let mut reply = reply.into_iter();
-        let flag = reply.next().as_ref().and_then(int_of);
-        let mut number = || reply.next().as_ref().and_then(u64_of);
-        match flag {
-            Some(0) => Ok(ClaimOutcome::Won {
-                token,
-                failures: number().map_or(0, clamp_u32),
-            }),
-            Some(1) => Ok(ClaimOutcome::Held {
-                until: Timestamp::from_millis(number().ok_or_else(|| bad("claim expiry"))?),
-            }),
-            Some(2) => {
-                let retry_after = Timestamp::from_millis(number().ok_or_else(|| bad("retry"))?);
-                Ok(ClaimOutcome::BackingOff {
+        let (now_text, until) = (time_text(now), time_text(now.saturating_add(ttl)));
+        let px = px(ttl.saturating_add(self.expiry_grace));
+        let invocation = self.scripts.claim(key, &now_text, token, &until, px);
+        Ok(
+            match self
+                .run(invocation, "claim script", ClaimReply::decode)
+                .await?
+            {
+                ClaimReply::Won { failures } => ClaimOutcome::Won {
+                    token,
+                    failures: clamp_u32(failures),
+                },
+                ClaimReply::Held { until } => ClaimOutcome::Held {
+                    until: Timestamp::from_millis(until),
+                },
+                ClaimReply::BackingOff {
                     retry_after,
-                    failures: number().map_or(0, clamp_u32),
-                })
-            }
-            _ => Err(bad("flag")),
-        }
+                    failures,
+                } => ClaimOutcome::BackingOff {
+                    retry_after: Timestamp::from_millis(retry_after),
+                    failures: clamp_u32(failures),
+                },
+            },
+        )
     }
 
     async fn do_release(&self, key: Key<'_>, token: ClaimToken, release: Release) -> Result<()> {
         let (mode, record, keep) = match release {
-            Release::Refreshed => ("r", String::new(), Duration::ZERO),
-            Release::Abandoned => ("a", String::new(), Duration::ZERO),
+            Release::Refreshed => (ReleaseMode::Refreshed, String::new(), Duration::ZERO),
+            Release::Abandoned => (ReleaseMode::Abandoned, String::new(), Duration::ZERO),
             Release::Failed {
                 failures,
                 retry_after,
@@ -524,27 +409,13 @@ impl RedisStore {
                 // clock and `forget_at` a maximal backoff after it, so twice their distance
                 // outlives `forget_at`; scripts compare `forget_at` with callers' clocks.
                 let keep = forget_at.since(retry_after).saturating_mul(2);
-                let record = format!(
-                    "{failures}:{}:{}",
-                    time_text(retry_after),
-                    time_text(forget_at)
-                );
-                ("f", record, keep)
+                let record = failure_record(failures, retry_after, forget_at);
+                (ReleaseMode::Failed, record, keep)
             }
         };
-        let mut invocation = self.scripts.release.key(claim_key(key));
-        invocation
-            .key(fail_key(key))
-            .arg(token.to_string())
-            .arg(mode)
-            .arg(record)
-            .arg(px(keep.saturating_add(self.expiry_grace)));
-        let _: Value = self
-            .conn
-            .script(&invocation, "release script")
-            .await
-            .map_err(Failure::into_store)?;
-        Ok(())
+        let px = px(keep.saturating_add(self.expiry_grace));
+        let invocation = self.scripts.release(key, token, mode, (&record, px));
+        self.run(invocation, "release script", |_| Ok(())).await
     }
 
     async fn do_claim_state(&self, key: Key<'_>, now: Timestamp) -> Result<ClaimState> {
@@ -557,25 +428,13 @@ impl RedisStore {
             .map_err(Failure::into_store)?;
         let mut reply = reply.into_iter();
         let (claim, fail) = (reply.next().flatten(), reply.next().flatten());
-        let mut state = ClaimState::default();
-        if let Some(claim) = claim
-            && let Some((token, until)) = claim.split_once(':')
-            && let (Ok(token), Ok(until)) = (u128::from_str_radix(token, 16), until.parse())
-        {
-            let until = Timestamp::from_millis(until);
-            if until > now {
-                state.claim = Some((ClaimToken::from_u128(token), until));
-            }
-        }
-        if let Some(fail) = fail {
-            let mut parts = fail.split(':').map(str::parse::<u64>);
-            if let (Some(Ok(failures)), Some(Ok(retry)), Some(Ok(forget))) =
-                (parts.next(), parts.next(), parts.next())
-                && Timestamp::from_millis(forget) > now
-            {
-                state.failures = clamp_u32(failures);
-                state.retry_after = Some(Timestamp::from_millis(retry));
-            }
+        let mut state = ClaimState {
+            claim: claim.and_then(|record| parse_claim(&record, now)),
+            ..ClaimState::default()
+        };
+        if let Some((failures, retry_after)) = fail.and_then(|record| parse_failure(&record, now)) {
+            state.failures = failures;
+            state.retry_after = Some(retry_after);
         }
         Ok(state)
     }
@@ -592,71 +451,6 @@ fn eviction_warning(maxmemory: u64, policy: &str) -> Option<String> {
          claim can cost one more fetch of a stale key per worker process. Safe settings: \
          maxmemory-policy noeviction, or no maxmemory limit"
     ))
-}
-
-/// The entry for bytes (`head`: their first 16 bytes; `len`: their length) that are not a
-/// valid envelope: no job decodes it (codec id 0 is no
-/// codec), it is already expired (so `invalidate` leaves it alone), and its generation is the
-/// one the `put` script sees in the same bytes.
-fn undecodable(head: &[u8], len: usize) -> Entry {
-    let generation =
-        if len >= ENVELOPE_HEADER_LEN && head.len() >= 16 && head.starts_with(ENVELOPE_PREFIX) {
-            let mut g = [0u8; 8];
-            g.copy_from_slice(&head[8..16]);
-            u64::from_be_bytes(g)
-        } else {
-            0
-        };
-    let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
-    meta.generation = generation;
-    Entry::new(
-        meta,
-        Payload::Encoded {
-            codec: 0,
-            bytes: Bytes::new(),
-        },
-    )
-}
-
-/// `{<key text>}<suffix>`, written by hand: this runs on every read (`format!` of the 32 hex
-/// digits costs about as much as the rest of the key handling together).
-fn tagged(key: Key<'_>, suffix: &str) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (prefix, job) = (key.prefix().as_bytes(), key.job().as_bytes());
-    let mut out = Vec::with_capacity(prefix.len() + job.len() + 36 + suffix.len());
-    out.push(b'{');
-    out.extend_from_slice(prefix);
-    out.push(b':');
-    out.extend_from_slice(job);
-    out.push(b':');
-    let digest = key.digest();
-    for shift in (0..32).rev() {
-        out.push(HEX[((digest >> (shift * 4)) & 0xf) as usize]);
-    }
-    out.push(b'}');
-    out.extend_from_slice(suffix.as_bytes());
-    out
-}
-
-fn entry_key(key: Key<'_>) -> Vec<u8> {
-    tagged(key, "")
-}
-
-fn claim_key(key: Key<'_>) -> Vec<u8> {
-    tagged(key, ":c")
-}
-
-fn fail_key(key: Key<'_>) -> Vec<u8> {
-    tagged(key, ":f")
-}
-
-/// A timestamp as 20 zero-padded digits: compares as a string the way it compares as a number.
-fn time_text(t: Timestamp) -> String {
-    format!("{:020}", t.as_millis())
-}
-
-fn clamp_u32(n: u64) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Store for RedisStore {
@@ -717,51 +511,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_share_one_hash_tag() {
-        for digest in [
-            0,
-            0xabc,
-            u128::MAX,
-            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
-        ] {
-            let key = Key::new("app", "job.v2", digest);
-            let text = key.to_string();
-            assert_eq!(entry_key(key), format!("{{{text}}}").into_bytes());
-            assert_eq!(claim_key(key), format!("{{{text}}}:c").into_bytes());
-            assert_eq!(fail_key(key), format!("{{{text}}}:f").into_bytes());
-        }
-    }
-
-    #[test]
     fn only_settings_that_evict_are_warned_about() {
         assert_eq!(eviction_warning(0, "allkeys-lru"), None);
         assert_eq!(eviction_warning(1 << 20, "noeviction"), None);
         let warning = eviction_warning(1 << 20, "volatile-ttl").unwrap();
         assert!(warning.contains("`volatile-ttl`"), "{warning}");
         assert!(warning.contains("noeviction"), "{warning}");
-    }
-
-    #[test]
-    fn times_compare_as_text() {
-        let (a, b) = (Timestamp::from_millis(999), Timestamp::from_millis(1000));
-        assert!(time_text(a) < time_text(b));
-        assert!(time_text(Timestamp::MAX) > time_text(b));
-        assert_eq!(time_text(Timestamp::MAX).len(), 20);
-    }
-
-    #[test]
-    fn garbage_has_the_generation_the_script_sees() {
-        assert_eq!(undecodable(b"garbage", 7).meta.generation, 0);
-        let mut header = [0u8; ENVELOPE_HEADER_LEN];
-        header[..3].copy_from_slice(ENVELOPE_PREFIX);
-        header[15] = 7;
-        header[4] = 0xff; // unknown flags: not a valid envelope, but the header is readable
-        assert_eq!(undecodable(&header[..16], 48).meta.generation, 7);
-        assert_eq!(
-            undecodable(&header[..16], 47).meta.generation,
-            0,
-            "too short"
-        );
-        assert!(!undecodable(&header[..16], 48).is_tombstone());
     }
 }

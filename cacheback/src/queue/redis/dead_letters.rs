@@ -1,0 +1,165 @@
+//! Dead letters: a message that cannot be processed is moved (`dead_letter.lua`) to the
+//! dead-letter stream beside its stream, where operators read it back
+//! ([`RedisQueue::dead_letters`]).
+
+use redis::Value;
+
+use super::replies::{MESSAGE_FIELD, StreamEntry, entry_list};
+use super::{RedisQueue, dead_key};
+use crate::error::Result;
+use crate::queue::{Delivery, RefreshRequest};
+use crate::redis_support::Failure;
+
+/// See the script's header.
+pub(super) const DEAD_LETTER_LUA: &str = include_str!("dead_letter.lua");
+
+/// The fields the script writes besides the message's own.
+const REASON_FIELD: &str = "reason";
+const ATTEMPT_FIELD: &str = "attempt";
+const SOURCE_ID_FIELD: &str = "id";
+const JOB_FIELD: &str = "job";
+
+/// A message in a dead-letter stream ([`RedisQueue::dead_letters`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisDeadLetter {
+    /// The dead letter's id in the dead-letter stream.
+    pub id: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The delivery it was dead-lettered at.
+    pub attempt: u32,
+    /// The original message's id in its stream.
+    pub source_id: String,
+    /// The job name, when the message decoded.
+    pub job: Option<String>,
+    /// The original message bytes (field `m`), if it had any.
+    pub message: Option<Vec<u8>>,
+    /// The decoded request, when the message decodes.
+    pub request: Option<RefreshRequest>,
+}
+
+impl RedisDeadLetter {
+    /// Reads a dead-letter stream entry; `limit` bounds the message decoded.
+    fn from_entry(entry: StreamEntry, limit: usize) -> Self {
+        // Only the message is binary; the other fields are text the script wrote.
+        let text = |name: &str| {
+            entry
+                .field(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let message = entry.field(MESSAGE_FIELD).map(<[u8]>::to_vec);
+        RedisDeadLetter {
+            reason: text(REASON_FIELD).unwrap_or_default(),
+            attempt: text(ATTEMPT_FIELD)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            source_id: text(SOURCE_ID_FIELD).unwrap_or_default(),
+            job: text(JOB_FIELD).filter(|j| !j.is_empty()),
+            request: message
+                .as_deref()
+                .and_then(|m| RefreshRequest::decode(m, limit).ok()),
+            message,
+            id: entry.id,
+        }
+    }
+}
+
+impl RedisQueue {
+    /// The newest `count` dead letters of `queue`, newest first.
+    pub async fn dead_letters(&self, queue: &str, count: usize) -> Result<Vec<RedisDeadLetter>> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(dead_key(self.prefix(), queue))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count.max(1));
+        let reply: Value = self
+            .inner
+            .conn
+            .query(&cmd, "XREVRANGE")
+            .await
+            .map_err(Failure::into_queue)?;
+        let limit = self.inner.options.max_message_bytes;
+        Ok(entry_list(reply)
+            .into_iter()
+            .map(|entry| RedisDeadLetter::from_entry(entry, limit))
+            .collect())
+    }
+
+    pub(super) async fn do_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let (key, name, id) = self.stream_of(&delivery.receipt)?;
+        let job = delivery
+            .message
+            .as_ref()
+            .map(|r| r.job.as_str())
+            .unwrap_or("");
+        let mut invocation = inner.dead_letter.key(&key);
+        invocation
+            .key(dead_key(self.prefix(), name))
+            .arg(&inner.group)
+            .arg(id)
+            .arg(reason)
+            .arg(delivery.attempt)
+            .arg(inner.options.dead_letter_max_len)
+            .arg(job);
+        let _: Value = inner
+            .conn
+            .script(&invocation, "dead-letter script")
+            .await
+            .map_err(Failure::into_queue)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_support::{lua_constant, lua_string};
+
+    #[test]
+    fn the_script_writes_the_fields_dead_letters_read() {
+        for (lua, rust) in [
+            ("MESSAGE", MESSAGE_FIELD),
+            ("REASON", REASON_FIELD),
+            ("ATTEMPT", ATTEMPT_FIELD),
+            ("SOURCE_ID", SOURCE_ID_FIELD),
+            ("JOB", JOB_FIELD),
+        ] {
+            assert_eq!(
+                lua_constant(DEAD_LETTER_LUA, lua),
+                lua_string(rust),
+                "{lua}"
+            );
+        }
+    }
+
+    #[test]
+    fn dead_letters_keep_the_message_bytes() {
+        let fields = [
+            (REASON_FIELD, &b"fetch failed"[..]),
+            (ATTEMPT_FIELD, b"3"),
+            (SOURCE_ID_FIELD, b"1-0"),
+            (JOB_FIELD, b""),
+            (MESSAGE_FIELD, &[0xff, 0x00]),
+        ];
+        let entry = StreamEntry {
+            id: "9-0".to_owned(),
+            fields: Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+                    .collect(),
+            ),
+        };
+        let letter = RedisDeadLetter::from_entry(entry, 1024);
+        assert_eq!(letter.id, "9-0");
+        assert_eq!(letter.reason, "fetch failed");
+        assert_eq!(letter.attempt, 3);
+        assert_eq!(letter.source_id, "1-0");
+        assert_eq!(letter.job, None);
+        assert_eq!(letter.message.as_deref(), Some(&[0xff, 0x00][..]));
+        assert!(letter.request.is_none(), "not a request");
+    }
+}

@@ -1,0 +1,576 @@
+//! [`RedisQueue`]: refresh requests on Redis Streams, drained by worker processes (feature
+//! `redis`).
+//!
+//! # Layout
+//!
+//! Each queue name ([`Policy::queue`](crate::Policy::queue)) is a stream; each stream has a
+//! dead-letter stream beside it:
+//!
+//! | Redis key | holds |
+//! |---|---|
+//! | `{<prefix>:queue}:stream:<name>` | one entry per request: field `m` = [`RefreshRequest::encode`] |
+//! | `{<prefix>:queue}:dead:<name>` | dead letters: `reason`, `attempt`, `id`, `stream`, `job` and the original fields (`m` included) |
+//!
+//! All streams of a prefix share one hash tag, so one `XREADGROUP` can drain several of them on
+//! Redis Cluster too.
+//!
+//! # Delivery
+//!
+//! - `enqueue`: `XADD <stream> MAXLEN ~ <max_len> * m <bytes>` (one round trip, bounded by the
+//!   command timeout; [`EnqueueError::Unavailable`] when Redis is down).
+//! - `receive`: the consumer group (default `cacheback-workers`) is created on first use
+//!   (`XGROUP CREATE ... 0 MKSTREAM`, so requests enqueued before any worker started are
+//!   delivered too, and again after a Redis restart wiped it). Messages idle in another
+//!   consumer's pending list for longer than the visibility timeout are taken over first
+//!   (`XAUTOCLAIM`), with their delivery count (`XPENDING`) as [`Delivery::attempt`]; then new
+//!   messages are read with `XREADGROUP ... BLOCK` on a connection of their own, so a blocked
+//!   read never delays the other commands.
+//! - `ack`: `XACK` + `XDEL` (one round trip, shared by the acks that arrive meanwhile): the
+//!   stream holds only unfinished requests, so `MAXLEN` trimming only bites on a real backlog.
+//! - `dead_letter`: a script copies the message (raw, even when it did not decode) with the
+//!   reason to the dead-letter stream, then acknowledges and deletes it.
+//!
+//! A receive that is dropped while blocked may leave messages in this consumer's pending list;
+//! like those of a worker that died, they are redelivered after the visibility timeout. Set the
+//! visibility timeout above the jobs' `fetch_timeout`, or a slow refresh is run twice.
+//!
+//! The files: this one holds the queue, its builder and the stream names; `receive.rs` the
+//! group set-up, take-overs and reads; `acks.rs` acknowledgements; `dead_letters.rs` and
+//! `hand_back.rs` those two operations with their Lua scripts (`dead_letter.lua`,
+//! `hand_back.lua`); `replies.rs` the decoding of the stream commands' replies.
+
+mod acks;
+mod dead_letters;
+mod hand_back;
+mod receive;
+mod replies;
+
+pub use self::dead_letters::RedisDeadLetter;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use redis::{Client, Script, Value};
+
+use self::acks::PendingAck;
+use self::receive::ReadState;
+
+use crate::error::{Error, Result};
+use crate::queue::{Delivery, EnqueueError, MAX_MESSAGE_BYTES, Queue, Receipt, RefreshRequest};
+use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure};
+
+/// The prefix of a queue used without a client.
+const DEFAULT_PREFIX: &str = "cacheback";
+
+/// Default approximate bound on a stream's length (`XADD ... MAXLEN ~`).
+pub const DEFAULT_MAX_LEN: u64 = 1_000_000;
+/// Default approximate bound on a dead-letter stream's length.
+pub const DEFAULT_DEAD_LETTER_MAX_LEN: u64 = 100_000;
+/// Default time a delivered, unacknowledged message waits before another worker takes it over.
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest wait of one `receive` (`XREADGROUP ... BLOCK`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A refresh queue on Redis Streams, shared by the web processes (which enqueue) and the
+/// worker processes (which drain it). See the [module docs](self) for the commands it sends.
+///
+/// ```no_run
+/// use cacheback::RedisQueue;
+/// use std::time::Duration;
+///
+/// # fn main() -> cacheback::Result<()> {
+/// // A worker pool that drains two queues.
+/// let queue = RedisQueue::builder("redis://127.0.0.1:6379")
+///     .prefix("myapp")
+///     .queues(["default", "reports"])
+///     .visibility_timeout(Duration::from_secs(120))
+///     .build()?;
+/// # let _ = queue;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Multiplexed: enqueue, ack, dead letters, group set-up, take-overs.
+    conn: Conn,
+    /// Dedicated to `XREADGROUP ... BLOCK`.
+    blocking: Conn,
+    /// One blocking read at a time on the dedicated connection.
+    read_lock: tokio::sync::Mutex<ReadState>,
+    /// The prefix given to the builder, if any; else the client's (see [`Queue::bind_prefix`]).
+    explicit_prefix: Option<String>,
+    /// The prefix and the streams under it, fixed by the first client bound (or by first use).
+    bound: OnceLock<Bound>,
+    /// The queue names this process drains.
+    names: Vec<String>,
+    group: String,
+    consumer: String,
+    groups_ready: AtomicBool,
+    options: Options,
+    enqueued: AtomicU64,
+    dead_letter: Script,
+    hand_back: Script,
+    /// Acknowledgements waiting for the next flush, and the lock of whoever flushes.
+    acks: std::sync::Mutex<Vec<PendingAck>>,
+    ack_flush: tokio::sync::Mutex<()>,
+}
+
+/// The prefix in use and the stream keys under it.
+#[derive(Debug)]
+struct Bound {
+    prefix: String,
+    /// The streams this process drains.
+    streams: Vec<Stream>,
+}
+
+impl Bound {
+    fn new(prefix: &str, names: &[String]) -> Self {
+        Bound {
+            prefix: prefix.to_owned(),
+            streams: names
+                .iter()
+                .map(|name| Stream {
+                    name: name.clone(),
+                    key: stream_key(prefix, name),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Stream {
+    name: String,
+    key: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    conn: ConnOptions,
+    poll_interval: Duration,
+    visibility_timeout: Duration,
+    max_len: u64,
+    dead_letter_max_len: u64,
+    max_message_bytes: usize,
+}
+
+impl fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisQueue")
+            .field("prefix", &inner.bound.get().map(|b| &b.prefix))
+            .field("group", &inner.group)
+            .field("consumer", &inner.consumer)
+            .field("queues", &inner.names)
+            .field("options", &inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Source {
+    Url(String),
+    Client(Box<Client>),
+}
+
+/// Builds a [`RedisQueue`].
+#[must_use]
+pub struct RedisQueueBuilder {
+    source: Source,
+    prefix: Option<String>,
+    group: String,
+    consumer: Option<String>,
+    queues: Vec<String>,
+    options: Options,
+}
+
+impl fmt::Debug for RedisQueueBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisQueueBuilder")
+            .field("prefix", &self.prefix)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("queues", &self.queues)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisQueueBuilder {
+    fn new(source: Source) -> Self {
+        RedisQueueBuilder {
+            source,
+            prefix: None,
+            group: "cacheback-workers".to_owned(),
+            consumer: None,
+            queues: vec!["default".to_owned()],
+            options: Options {
+                conn: ConnOptions::default(),
+                poll_interval: DEFAULT_POLL_INTERVAL,
+                visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+                max_len: DEFAULT_MAX_LEN,
+                dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
+                max_message_bytes: MAX_MESSAGE_BYTES,
+            },
+        }
+    }
+
+    /// The prefix isolating this application's streams in a shared Redis. Default: the prefix
+    /// of the client the queue is given to, which is what a queue should use; a client whose
+    /// prefix differs from one set here refuses the queue at `build()` (two prefixes would
+    /// let another application's workers read this one's requests, or this one's miss them).
+    /// ASCII letters, digits, `_`, `.`, `-`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The consumer group: one per worker pool (default `"cacheback-workers"`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// This process's consumer name (default: `<pid>-<random>`). A stable name (a pod name)
+    /// lets a restarted worker find the messages it held when it died at once, instead of
+    /// after the visibility timeout.
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// The queues (streams) this process drains (default `["default"]`). Enqueueing works for
+    /// every queue name whatever this is set to.
+    pub fn queues<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Longest wait of one receive for new messages (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.options.poll_interval = d;
+        self
+    }
+
+    /// How long a delivered message may stay unacknowledged before another worker takes it
+    /// over (default 60 s). Keep it above the jobs' `fetch_timeout`.
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.options.visibility_timeout = d;
+        self
+    }
+
+    /// Approximate bound on each stream's length (default 1,000,000): past it the oldest
+    /// requests are trimmed (their keys are refreshed by the next reader once their claims
+    /// expire).
+    pub fn max_len(mut self, n: u64) -> Self {
+        self.options.max_len = n;
+        self
+    }
+
+    /// Approximate bound on each dead-letter stream's length (default 100,000).
+    pub fn dead_letter_max_len(mut self, n: u64) -> Self {
+        self.options.dead_letter_max_len = n;
+        self
+    }
+
+    /// Messages larger than this are not decoded; they are dead-lettered (default 1 MiB).
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.options.max_message_bytes = n;
+        self
+    }
+
+    /// Bound on one command, waiting for a reconnection included (default 1 s). Bounds
+    /// `enqueue`.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.options.conn.command_timeout = timeout;
+        self
+    }
+
+    /// Bound on one connection attempt (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.conn.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the queue. Does not connect: the first call does.
+    pub fn build(self) -> Result<RedisQueue> {
+        let o = self.options;
+        o.conn.validate()?;
+        if let Some(prefix) = &self.prefix {
+            crate::key::validate_prefix(prefix).map_err(|e| Error::config(e.to_string()))?;
+        }
+        if self.queues.is_empty() {
+            return Err(Error::config("a RedisQueue drains at least one queue"));
+        }
+        for name in self.queues.iter().chain([&self.group]) {
+            validate_name(name).map_err(Error::config)?;
+        }
+        if o.poll_interval.is_zero() || o.visibility_timeout.is_zero() {
+            return Err(Error::config(
+                "poll_interval and visibility_timeout must be greater than zero",
+            ));
+        }
+        let consumer = self
+            .consumer
+            .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
+        validate_name(&consumer).map_err(Error::config)?;
+        let client = match self.source {
+            Source::Url(url) => redis_support::open_client(&url)?,
+            Source::Client(client) => *client,
+        };
+        let conn = Conn::lazy(client.clone(), o.conn, Duration::ZERO)?;
+        let blocking = Conn::lazy(client, o.conn, o.poll_interval)?;
+        let mut seen = HashSet::new();
+        let names: Vec<String> = self
+            .queues
+            .into_iter()
+            .filter(|name| seen.insert(name.clone()))
+            .collect();
+        Ok(RedisQueue {
+            inner: Arc::new(Inner {
+                conn,
+                blocking,
+                read_lock: tokio::sync::Mutex::new(ReadState::default()),
+                explicit_prefix: self.prefix,
+                bound: OnceLock::new(),
+                names,
+                group: self.group,
+                consumer,
+                groups_ready: AtomicBool::new(false),
+                options: o,
+                enqueued: AtomicU64::new(0),
+                dead_letter: Script::new(dead_letters::DEAD_LETTER_LUA),
+                hand_back: Script::new(hand_back::HAND_BACK_LUA),
+                acks: std::sync::Mutex::new(Vec::new()),
+                ack_flush: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// Queue, group and consumer names: 1 to 128 printable ASCII bytes, no braces.
+fn validate_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(format!(
+            "Redis queue/group/consumer name `{name}` must be 1 to 128 bytes"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
+        return Err(format!(
+            "Redis queue/group/consumer name `{name}` may only hold printable ASCII without braces"
+        ));
+    }
+    Ok(())
+}
+
+fn stream_key(prefix: &str, name: &str) -> String {
+    format!("{{{prefix}:queue}}:stream:{name}")
+}
+
+fn dead_key(prefix: &str, name: &str) -> String {
+    format!("{{{prefix}:queue}}:dead:{name}")
+}
+
+impl RedisQueue {
+    /// A queue at `url` with the default options, draining the `"default"` queue.
+    pub fn from_url(url: &str) -> Result<RedisQueue> {
+        Self::builder(url).build()
+    }
+
+    /// Configures a queue at `url` (`redis://`, `rediss://`, `redis+unix://`, ...).
+    pub fn builder(url: &str) -> RedisQueueBuilder {
+        RedisQueueBuilder::new(Source::Url(url.to_owned()))
+    }
+
+    /// Configures a queue on a `redis::Client` the application built. The queue opens two
+    /// connections from it: a multiplexed one and one for blocking reads.
+    pub fn from_client(client: redis::Client) -> RedisQueueBuilder {
+        // A `rediss://` client needs rustls' crypto provider before it connects.
+        redis_support::install_crypto_provider();
+        RedisQueueBuilder::new(Source::Client(Box::new(client)))
+    }
+
+    /// The prefix and streams in use: those of the client the queue was bound to, else (a
+    /// queue used on its own) the builder's prefix or `"cacheback"`.
+    fn bound(&self) -> &Bound {
+        let inner = &*self.inner;
+        inner.bound.get_or_init(|| {
+            let prefix = inner.explicit_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
+            Bound::new(prefix, &inner.names)
+        })
+    }
+
+    /// The prefix the queue's streams live under.
+    pub fn prefix(&self) -> &str {
+        &self.bound().prefix
+    }
+
+    fn do_bind_prefix(&self, prefix: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let wanted = inner.explicit_prefix.as_deref().unwrap_or(prefix);
+        let bound = inner.bound.get_or_init(|| Bound::new(wanted, &inner.names));
+        if bound.prefix == prefix {
+            return Ok(());
+        }
+        let why = match &inner.explicit_prefix {
+            Some(own) => format!("the RedisQueue was built with prefix `{own}`"),
+            None => format!(
+                "the RedisQueue is already in use under prefix `{}`",
+                bound.prefix
+            ),
+        };
+        Err(Error::config(format!(
+            "{why}, but the client's prefix is `{prefix}`: its refresh requests would go to \
+             another application's streams. Build the queue without `.prefix(...)` (it takes \
+             the client's) or with the same prefix"
+        )))
+    }
+
+    /// This process's consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// Requests this handle enqueued so far.
+    pub fn enqueued(&self) -> u64 {
+        self.inner.enqueued.load(Ordering::Relaxed)
+    }
+
+    /// Checks that Redis answers (`PING`), for readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        let _: Value = self
+            .inner
+            .conn
+            .query(&redis::cmd("PING"), "PING")
+            .await
+            .map_err(Failure::into_queue)?;
+        Ok(())
+    }
+
+    /// Requests in the stream of `queue` not yet acknowledged (waiting or being processed).
+    pub async fn len(&self, queue: &str) -> Result<u64> {
+        let mut cmd = redis::cmd("XLEN");
+        cmd.arg(stream_key(self.prefix(), queue));
+        self.inner
+            .conn
+            .query(&cmd, "XLEN")
+            .await
+            .map_err(Failure::into_queue)
+    }
+
+    /// Requests of `queue` delivered to a worker and not yet acknowledged.
+    pub async fn pending(&self, queue: &str) -> Result<u64> {
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(stream_key(self.prefix(), queue))
+            .arg(&self.inner.group);
+        match self.inner.conn.query(&cmd, "XPENDING").await {
+            Ok(reply) => Ok(replies::pending_count(reply)),
+            Err(e) if e.code() == Some("NOGROUP") => Ok(0),
+            Err(e) => Err(e.into_queue()),
+        }
+    }
+
+    async fn do_enqueue(&self, request: RefreshRequest) -> std::result::Result<(), EnqueueError> {
+        let inner = &*self.inner;
+        validate_name(&request.queue)
+            .map_err(|m| EnqueueError::Unavailable(Error::queue(BACKEND, m)))?;
+        let bytes = request.encode().map_err(EnqueueError::Unavailable)?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream_key(self.prefix(), &request.queue))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(inner.options.max_len)
+            .arg("*")
+            .arg(replies::MESSAGE_FIELD)
+            .arg(bytes);
+        let _: Value = inner
+            .conn
+            .query(&cmd, "XADD")
+            .await
+            .map_err(|e| EnqueueError::Unavailable(e.into_queue()))?;
+        inner.enqueued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn stream_of<'a>(&'a self, receipt: &'a Receipt) -> Result<(String, &'a str, &'a str)> {
+        let (name, id) = receipt
+            .id()
+            .rsplit_once('/')
+            .ok_or_else(|| Error::queue(BACKEND, "not a RedisQueue receipt"))?;
+        Ok((stream_key(self.prefix(), name), name, id))
+    }
+}
+
+impl Queue for RedisQueue {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn bind_prefix(&self, prefix: &str) -> Result<()> {
+        self.do_bind_prefix(prefix)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(RedisQueue::ping(self))
+    }
+
+    fn enqueue(
+        &self,
+        request: RefreshRequest,
+    ) -> BoxFuture<'_, std::result::Result<(), EnqueueError>> {
+        Box::pin(self.do_enqueue(request))
+    }
+
+    fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>> {
+        Box::pin(self.do_receive(max))
+    }
+
+    fn ack<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_ack(delivery))
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_dead_letter(delivery, reason))
+    }
+
+    fn hand_back_held(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.do_hand_back_held())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_of_a_prefix_share_a_hash_tag() {
+        assert_eq!(stream_key("app", "default"), "{app:queue}:stream:default");
+        assert_eq!(dead_key("app", "default"), "{app:queue}:dead:default");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("reports-2").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+        assert!(validate_name("a{b}").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+-- put, and put-and-release: writes an entry if its generation condition holds, and stamps the
+-- new generation into it.
+--
+-- KEYS[1] = the entry; for put-and-release also KEYS[2] = the claim, KEYS[3] = the failure state.
+-- ARGV[1] = '' (write always) or the expected generation, 8 big-endian bytes
+-- ARGV[2] = the new envelope
+-- ARGV[3] = its PX expiry
+-- ARGV[4] = the envelope's first bytes (magic and format version)
+-- ARGV[5] = the envelope header's length
+-- ARGV[6] = the generation's byte offset in the header (0-based; the generation is 8 bytes)
+-- ARGV[7] = put-and-release only: the claim token
+--
+-- The layout comes from the Rust side, so this script never disagrees with the envelope codec.
+-- Bytes that do not start with the prefix, or are shorter than a header, have generation 0.
+-- Put-and-release then also deletes the claim (if the token owns it) and the failure state,
+-- whether the entry was written or not: one round trip instead of two.
+--
+-- Replies {WRITTEN, new generation} or {DISCARDED, current generation}, generations as
+-- 8-byte strings.
+local WRITTEN = 1
+local DISCARDED = 0
+
+local prefix, header_len, gen_at = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local function release()
+  if #KEYS == 3 then
+    local token = ARGV[7]
+    local c = redis.call('GET', KEYS[2])
+    if c and string.sub(c, 1, #token) == token then
+      redis.call('DEL', KEYS[2])
+    end
+    redis.call('DEL', KEYS[3])
+  end
+end
+
+local cur = redis.call('GET', KEYS[1])
+local gen = '\0\0\0\0\0\0\0\0'
+if cur and #cur >= header_len and string.sub(cur, 1, #prefix) == prefix then
+  gen = string.sub(cur, gen_at + 1, gen_at + 8)
+end
+if ARGV[1] ~= '' and ARGV[1] ~= gen then
+  release()
+  return {DISCARDED, gen}
+end
+-- Increment the 8-byte big-endian generation as a byte string (Lua numbers are doubles).
+local b = {string.byte(gen, 1, 8)}
+local i = 8
+while i >= 1 do
+  if b[i] == 255 then
+    b[i] = 0
+    i = i - 1
+  else
+    b[i] = b[i] + 1
+    break
+  end
+end
+local new = string.char(unpack(b))
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SETRANGE', KEYS[1], gen_at, new)
+release()
+return {WRITTEN, new}
