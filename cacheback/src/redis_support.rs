@@ -95,6 +95,13 @@ impl Conn {
         options: ConnOptions,
         extra_response_time: Duration,
     ) -> Result<Conn, Error> {
+        // redis-rs sets up its connection task on the current Tokio runtime (and panics
+        // without one): say so instead.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "Redis stores and queues must be built inside a Tokio runtime",
+            ));
+        }
         let response = options.command_timeout + extra_response_time;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

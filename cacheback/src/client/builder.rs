@@ -360,6 +360,15 @@ mod tests {
     }
 
     #[cfg(feature = "redis")]
+    #[test]
+    fn a_redis_store_outside_a_runtime_is_an_error_not_a_panic() {
+        let err =
+            CachebackBuilder::from_vars(vars(&[("CACHEBACK_REDIS_URL", "redis://127.0.0.1:1")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    }
+
+    #[cfg(feature = "redis")]
     #[tokio::test]
     async fn a_redis_url_sets_store_and_queue_and_hides_its_password() {
         let builder = CachebackBuilder::from_vars(vars(&[(

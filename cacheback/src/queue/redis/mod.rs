@@ -1,39 +1,6 @@
 //! [`RedisQueue`]: refresh requests on Redis Streams, drained by worker processes (feature
 //! `redis`).
 //!
-//! # Layout
-//!
-//! Each queue name ([`Policy::queue`](crate::Policy::queue)) is a stream; each stream has a
-//! dead-letter stream beside it:
-//!
-//! | Redis key | holds |
-//! |---|---|
-//! | `{<prefix>:queue}:stream:<name>` | one entry per request: field `m` = [`RefreshRequest::encode`] |
-//! | `{<prefix>:queue}:dead:<name>` | dead letters: `reason`, `attempt`, `id`, `stream`, `job` and the original fields (`m` included) |
-//!
-//! All streams of a prefix share one hash tag, so one `XREADGROUP` can drain several of them on
-//! Redis Cluster too.
-//!
-//! # Delivery
-//!
-//! - `enqueue`: `XADD <stream> MAXLEN ~ <max_len> * m <bytes>` (one round trip, bounded by the
-//!   command timeout; [`EnqueueError::Unavailable`] when Redis is down).
-//! - `receive`: the consumer group (default `cacheback-workers`) is created on first use
-//!   (`XGROUP CREATE ... 0 MKSTREAM`, so requests enqueued before any worker started are
-//!   delivered too, and again after a Redis restart wiped it). Messages idle in another
-//!   consumer's pending list for longer than the visibility timeout are taken over first
-//!   (`XAUTOCLAIM`), with their delivery count (`XPENDING`) as [`Delivery::attempt`]; then new
-//!   messages are read with `XREADGROUP ... BLOCK` on a connection of their own, so a blocked
-//!   read never delays the other commands.
-//! - `ack`: `XACK` + `XDEL` (one round trip, shared by the acks that arrive meanwhile): the
-//!   stream holds only unfinished requests, so `MAXLEN` trimming only bites on a real backlog.
-//! - `dead_letter`: a script copies the message (raw, even when it did not decode) with the
-//!   reason to the dead-letter stream, then acknowledges and deletes it.
-//!
-//! A receive that is dropped while blocked may leave messages in this consumer's pending list;
-//! like those of a worker that died, they are redelivered after the visibility timeout. Set the
-//! visibility timeout above the jobs' `fetch_timeout`, or a slow refresh is run twice.
-//!
 //! The files: this one holds the queue, its builder and the stream names; `receive.rs` the
 //! group set-up, take-overs and reads; `acks.rs` acknowledgements; `dead_letters.rs` and
 //! `hand_back.rs` those two operations with their Lua scripts (`dead_letter.lua`,
@@ -67,25 +34,58 @@ use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure};
 const DEFAULT_PREFIX: &str = "cacheback";
 
 /// Default approximate bound on a stream's length (`XADD ... MAXLEN ~`).
-pub const DEFAULT_MAX_LEN: u64 = 1_000_000;
+pub(crate) const DEFAULT_MAX_LEN: u64 = 1_000_000;
 /// Default approximate bound on a dead-letter stream's length.
-pub const DEFAULT_DEAD_LETTER_MAX_LEN: u64 = 100_000;
+pub(crate) const DEFAULT_DEAD_LETTER_MAX_LEN: u64 = 100_000;
 /// Default time a delivered, unacknowledged message waits before another worker takes it over.
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default longest wait of one `receive` (`XREADGROUP ... BLOCK`).
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A refresh queue on Redis Streams, shared by the web processes (which enqueue) and the
-/// worker processes (which drain it). See the [module docs](self) for the commands it sends.
+/// worker processes (which drain it).
+///
+/// # Layout
+///
+/// Each queue name ([`Policy::queue`](crate::Policy::queue)) is a stream; each stream has a
+/// dead-letter stream beside it:
+///
+/// | Redis key | holds |
+/// |---|---|
+/// | `{<prefix>:queue}:stream:<name>` | one entry per request: field `m` = [`RefreshRequest::encode`](crate::queue::RefreshRequest::encode) |
+/// | `{<prefix>:queue}:dead:<name>` | dead letters: `reason`, `attempt`, `id`, `stream`, `job` and the original fields (`m` included) |
+///
+/// All streams of a prefix share one hash tag, so one `XREADGROUP` can drain several of them on
+/// Redis Cluster too.
+///
+/// # Delivery
+///
+/// - `enqueue`: `XADD <stream> MAXLEN ~ <max_len> * m <bytes>` (one round trip, bounded by the
+///   command timeout; [`EnqueueError::Unavailable`](crate::queue::EnqueueError::Unavailable) when Redis is down).
+/// - `receive`: the consumer group (default `cacheback-workers`) is created on first use
+///   (`XGROUP CREATE ... 0 MKSTREAM`, so requests enqueued before any worker started are
+///   delivered too, and again after a Redis restart wiped it). Messages idle in another
+///   consumer's pending list for longer than the visibility timeout are taken over first
+///   (`XAUTOCLAIM`), with their delivery count (`XPENDING`) as [`Delivery::attempt`](crate::queue::Delivery::attempt); then new
+///   messages are read with `XREADGROUP ... BLOCK` on a connection of their own, so a blocked
+///   read never delays the other commands.
+/// - `ack`: `XACK` + `XDEL` (one round trip, shared by the acks that arrive meanwhile): the
+///   stream holds only unfinished requests, so `MAXLEN` trimming only bites on a real backlog.
+/// - `dead_letter`: a script copies the message (raw, even when it did not decode) with the
+///   reason to the dead-letter stream, then acknowledges and deletes it.
+///
+/// A receive that is dropped while blocked may leave messages in this consumer's pending list;
+/// like those of a worker that died, they are redelivered after the visibility timeout. Set the
+/// visibility timeout above the jobs' `fetch_timeout`, or a slow refresh is run twice.
 ///
 /// ```no_run
 /// use cacheback::RedisQueue;
 /// use std::time::Duration;
 ///
 /// # fn main() -> cacheback::Result<()> {
-/// // A worker pool that drains two queues.
+/// // A worker pool that drains two queues. No `.prefix(...)`: the queue takes the prefix of
+/// // the client it is given to, so it cannot differ from it.
 /// let queue = RedisQueue::builder("redis://127.0.0.1:6379")
-///     .prefix("myapp")
 ///     .queues(["default", "reports"])
 ///     .visibility_timeout(Duration::from_secs(120))
 ///     .build()?;

@@ -1,40 +1,6 @@
 //! [`RedisStore`]: entries, claims and failure state in Redis, shared by a fleet (feature
 //! `redis`).
 //!
-//! # Layout
-//!
-//! For a key whose text is `app:job:0123…` (see [`Key`]):
-//!
-//! | Redis key | holds | expiry |
-//! |---|---|---|
-//! | `{app:job:0123…}` | the entry envelope ([`encode_envelope`]) | `PX` = until `stale_until` + grace |
-//! | `{app:job:0123…}:c` | the claim: `<32-hex token>:<until ms>` | `PX` = refresh timeout + grace |
-//! | `{app:job:0123…}:f` | failure state: `<failures>:<retry_after ms>:<forget_at ms>` | see [`Release::Failed`] |
-//!
-//! The whole key text is the hash tag, so an entry, its claim and its failure state share a
-//! Redis Cluster slot and every script touches one slot. Times inside values are the callers'
-//! (a [`Clock`](crate::Clock)), written as 20-digit zero-padded decimals so that scripts
-//! compare them exactly as strings (Lua numbers are doubles and lose precision past 2^53);
-//! the `PX` expiries only reclaim memory, they never decide freshness or claim ownership.
-//!
-//! # Commands
-//!
-//! - `get`: one plain `GET` of the entry key, and nothing else.
-//! - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
-//!   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
-//!   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
-//!   it. The envelope layout is passed to the script with every call.
-//! - `claim` / `release`: scripts (`claim.lua`, `release.lua`) over the claim and failure keys;
-//!   `release` deletes the claim only if the token matches.
-//! - `claim_state`: one `MGET` of the claim and failure keys.
-//!
-//! Bytes at an entry key that are not a valid envelope (corruption, another program, an entry
-//! over [`RedisStoreBuilder::max_entry_bytes`]) are returned as an entry that no job can decode,
-//! so the client reads it as a miss, counts it in `cacheback_decode_errors_total`, and the next
-//! refresh overwrites it. Its generation is read the same way the `put` script reads it (offset
-//! 8 when the bytes start with the envelope magic and version and are long enough, else 0), so
-//! that refresh's generation-checked write succeeds.
-//!
 //! The files: this one holds the store and its builder, `scripts.rs` the Lua scripts with their
 //! arguments and decoded replies, `layout.rs` key names, records and times as text.
 
@@ -67,14 +33,47 @@ use crate::store::{
 };
 
 /// Default limit on an entry read back from Redis (value plus the 48-byte header).
-pub const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
 
 /// Default extra time Redis keeps entries and claims past their own end (clock skew between
 /// processes, and a last chance for `stale_if_error`).
-pub const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 
-/// A store in Redis, shared by every web process and worker of a fleet. See the
-/// [module docs](self) for the layout and the commands it sends.
+/// A store in Redis, shared by every web process and worker of a fleet.
+///
+/// # Layout
+///
+/// For a key whose text is `app:job:0123…` (see [`Key`](crate::store::Key)):
+///
+/// | Redis key | holds | expiry |
+/// |---|---|---|
+/// | `{app:job:0123…}` | the entry envelope (a 48-byte header with the windows and the generation, then the value) | `PX` = until `stale_until` + grace |
+/// | `{app:job:0123…}:c` | the claim: `<32-hex token>:<until ms>` | `PX` = refresh timeout + grace |
+/// | `{app:job:0123…}:f` | failure state: `<failures>:<retry_after ms>:<forget_at ms>` | see [`Release::Failed`](crate::store::Release::Failed) |
+///
+/// The whole key text is the hash tag, so an entry, its claim and its failure state share a
+/// Redis Cluster slot and every script touches one slot. Times inside values are the callers'
+/// (a [`Clock`](crate::clock::Clock)), written as 20-digit zero-padded decimals so that scripts
+/// compare them exactly as strings (Lua numbers are doubles and lose precision past 2^53);
+/// the `PX` expiries only reclaim memory, they never decide freshness or claim ownership.
+///
+/// # Commands
+///
+/// - `get`: one plain `GET` of the entry key, and nothing else.
+/// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
+///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
+///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
+///   it. The envelope layout is passed to the script with every call.
+/// - `claim` / `release`: scripts (`claim.lua`, `release.lua`) over the claim and failure keys;
+///   `release` deletes the claim only if the token matches.
+/// - `claim_state`: one `MGET` of the claim and failure keys.
+///
+/// Bytes at an entry key that are not a valid envelope (corruption, another program, an entry
+/// over [`RedisStoreBuilder::max_entry_bytes`](crate::store::RedisStoreBuilder::max_entry_bytes)) are returned as an entry that no job can decode,
+/// so the client reads it as a miss, counts it in `cacheback_decode_errors_total`, and the next
+/// refresh overwrites it. Its generation is read the same way the `put` script reads it (offset
+/// 8 when the bytes start with the envelope magic and version and are long enough, else 0), so
+/// that refresh's generation-checked write succeeds.
 ///
 /// Connects lazily (a process starts even while Redis is down: its reads then follow the
 /// client's [`StoreFallback`](crate::StoreFallback)), reconnects by itself, and bounds every
