@@ -9,11 +9,12 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -276,8 +277,8 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes, then stops taking work, lets in-flight refreshes finish
-    /// up to [`WorkerOptions::drain_timeout`] and returns what it did. Messages it did not
-    /// acknowledge are redelivered by queues that support it.
+    /// up to [`WorkerOptions::drain_timeout`], hands back what it still holds, and returns what
+    /// it did. Messages it did not acknowledge are redelivered by queues that support it.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
         let health = &self.health.inner;
         health.running.store(true, Ordering::Relaxed);
@@ -293,65 +294,108 @@ impl Worker {
             while let Some(done) = running.try_join_next() {
                 log_join(done);
             }
-            // Take messages only when a refresh can start right away: messages held but not
-            // started would be invisible to other workers until their visibility timeout.
-            let first = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let room = 1 + permits.available_permits();
-            let batch = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                batch = self.queue.receive(room.min(self.options.batch)) => batch,
-            };
-            health
-                .last_poll_ms
-                .store(self.core.clock.now().as_millis(), Ordering::Relaxed);
-            let deliveries = match batch {
-                Ok(deliveries) => deliveries,
-                Err(error) => {
-                    warn!(error = %Chain(&error), "receiving from the queue failed; retrying");
-                    drop(first);
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(self.options.receive_retry) => continue,
+            match self.next_batch(&permits, &mut shutdown).await {
+                Step::Stop => break,
+                Step::Retry => continue,
+                Step::Batch(first, deliveries) => {
+                    if !self.spawn_all(&permits, first, deliveries, &mut running).await {
+                        break;
                     }
                 }
-            };
-            let mut first = Some(first);
-            for delivery in deliveries {
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    None => match Arc::clone(&permits).try_acquire_owned() {
-                        Ok(permit) => permit,
-                        // Receive asked for no more than the free permits, so this only
-                        // happens with a queue that returns more than asked: wait for room.
-                        Err(_) => match Arc::clone(&permits).acquire_owned().await {
-                            Ok(permit) => permit,
-                            Err(_) => break,
-                        },
-                    },
-                };
-                let (core, queue, health) = (
-                    Arc::clone(&self.core),
-                    Arc::clone(&self.queue),
-                    self.health.clone(),
-                );
-                let max_deliveries = self.options.max_deliveries;
-                health.inner.in_flight.fetch_add(1, Ordering::Relaxed);
-                running.spawn(async move {
-                    handle_delivery(&core, &*queue, &health, delivery, max_deliveries).await;
-                    health.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                });
             }
         }
+        let abandoned = self.drain(running).await;
+        self.hand_back().await;
+        health.running.store(false, Ordering::Relaxed);
+        WorkerReport {
+            processed: health.processed.load(Ordering::Relaxed),
+            dead_lettered: health.dead_lettered.load(Ordering::Relaxed),
+            abandoned,
+        }
+    }
+
+    /// Waits for room for one refresh, then receives as many messages as there is room for.
+    async fn next_batch(
+        &self,
+        permits: &Arc<Semaphore>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Step {
+        // Take messages only when a refresh can start right away: messages held but not
+        // started would be invisible to other workers until their visibility timeout.
+        let first = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Step::Stop,
+            permit = Arc::clone(permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Step::Stop,
+            },
+        };
+        let room = 1 + permits.available_permits();
+        let batch = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Step::Stop,
+            batch = self.queue.receive(room.min(self.options.batch)) => batch,
+        };
+        self.health
+            .inner
+            .last_poll_ms
+            .store(self.core.clock.now().as_millis(), Ordering::Relaxed);
+        match batch {
+            Ok(deliveries) => Step::Batch(first, deliveries),
+            Err(error) => {
+                warn!(error = %Chain(&error), "receiving from the queue failed; retrying");
+                drop(first);
+                tokio::select! {
+                    biased;
+                    () = shutdown.as_mut() => Step::Stop,
+                    () = tokio::time::sleep(self.options.receive_retry) => Step::Retry,
+                }
+            }
+        }
+    }
+
+    /// Starts a refresh task per delivery, each holding a permit; `false` if the worker is
+    /// closing (no permit can be had).
+    async fn spawn_all(
+        &self,
+        permits: &Arc<Semaphore>,
+        first: OwnedSemaphorePermit,
+        deliveries: Vec<Delivery>,
+        running: &mut JoinSet<()>,
+    ) -> bool {
+        let mut first = Some(first);
+        for delivery in deliveries {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => match Arc::clone(permits).try_acquire_owned() {
+                    Ok(permit) => permit,
+                    // Receive asked for no more than the free permits, so this only happens
+                    // with a queue that returns more than asked: wait for room.
+                    Err(_) => match Arc::clone(permits).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => return false,
+                    },
+                },
+            };
+            let (core, queue, health) = (
+                Arc::clone(&self.core),
+                Arc::clone(&self.queue),
+                self.health.clone(),
+            );
+            let max_deliveries = self.options.max_deliveries;
+            health.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+            running.spawn(async move {
+                handle_delivery(&core, &*queue, &health, delivery, max_deliveries).await;
+                health.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        true
+    }
+
+    /// Lets in-flight refreshes finish up to the drain deadline; returns how many were
+    /// abandoned to redelivery.
+    async fn drain(&self, mut running: JoinSet<()>) -> usize {
         info!(
             in_flight = running.len(),
             "worker stopping; draining in-flight refreshes"
@@ -362,18 +406,21 @@ impl Worker {
             }
         })
         .await;
-        let abandoned = if drained.is_err() {
-            let n = running.len();
-            warn!(
-                abandoned = n,
-                "drain deadline passed; abandoning refreshes to redelivery"
-            );
-            running.abort_all();
-            while running.join_next().await.is_some() {}
-            n
-        } else {
-            0
-        };
+        if drained.is_ok() {
+            return 0;
+        }
+        let n = running.len();
+        warn!(
+            abandoned = n,
+            "drain deadline passed; abandoning refreshes to redelivery"
+        );
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+        n
+    }
+
+    /// Gives the queue back what this worker still holds, so other workers get it at once.
+    async fn hand_back(&self) {
         match self.queue.hand_back_held().await {
             Ok(0) => {}
             Ok(n) => info!(handed_back = n, "handed held requests back to the queue"),
@@ -382,13 +429,17 @@ impl Worker {
                 "could not hand held requests back; they are redelivered after the visibility timeout"
             ),
         }
-        health.running.store(false, Ordering::Relaxed);
-        WorkerReport {
-            processed: health.processed.load(Ordering::Relaxed),
-            dead_lettered: health.dead_lettered.load(Ordering::Relaxed),
-            abandoned,
-        }
     }
+}
+
+/// What the run loop does next.
+enum Step {
+    /// Start these deliveries (the first one's permit is already held).
+    Batch(OwnedSemaphorePermit, Vec<Delivery>),
+    /// Receiving failed; the pause before trying again is over.
+    Retry,
+    /// Shutting down.
+    Stop,
 }
 
 fn log_join(result: std::result::Result<(), tokio::task::JoinError>) {
