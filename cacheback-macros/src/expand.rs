@@ -369,7 +369,7 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
     } else {
         (
             quote!(::cacheback::Result<::core::option::Option<::std::sync::Arc<#value>>>),
-            quote!(#handle_fn().get((#(#names,)*)).await),
+            quote!(#handle_fn().get_cached((#(#names,)*)).await),
         )
     };
     // `expect` would be unfulfilled on one of the two fns; it belongs with the body.

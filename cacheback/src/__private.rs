@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::client::{Cacheback, JobHandle};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::job::Job;
 
 pub use std::sync::OnceLock;
@@ -54,17 +54,8 @@ pub fn register<J: Job>(client: impl ClientRef, job: J) -> JobHandle<J> {
     client.client_ref().job(job)
 }
 
-/// The read of a `#[cacheback]` fn with `fetch_on_miss` on, where a miss fetches and so every
+/// The read of a `#[cacheback]` fn with `fetch_on_miss` on: a miss fetches, so every
 /// successful read has a value.
 pub async fn get_fetched<J: Job>(handle: &JobHandle<J>, args: J::Args) -> Result<Arc<J::Value>> {
-    match handle.get(args).await? {
-        Some(value) => Ok(value),
-        // Unreachable while the policy keeps `fetch_on_miss` (the macro sets both from the
-        // same argument), but a read must not panic over it.
-        None => Err(Error::config(format!(
-            "job `{}` answered a read with no value although its #[cacheback] fn expects \
-             `fetch_on_miss = true`",
-            handle.name()
-        ))),
-    }
+    handle.get(args).await
 }

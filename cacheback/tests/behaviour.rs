@@ -486,7 +486,7 @@ async fn jobs_with_the_same_args_do_not_collide() {
     assert_eq!(a.key(&1).unwrap(), a.key(&1).unwrap());
     let from_b = b.get_with_status(1).await.unwrap();
     assert_eq!(from_b.status, Status::MissFetched);
-    assert_eq!(*a.get(1).await.unwrap().unwrap(), "from a");
+    assert_eq!(*a.get(1).await.unwrap(), "from a");
 }
 
 // 11. A failed fetch keeps the old value; the next reads do not enqueue before retry_after.
@@ -614,7 +614,7 @@ async fn a_cancelled_waiter_does_not_cancel_the_fetch() {
     assert!(first.await.unwrap_err().is_cancelled());
     drop(gate);
     fx.upstream.open_gate();
-    assert_eq!(*second.await.unwrap().unwrap().unwrap(), "value 18 #1");
+    assert_eq!(*second.await.unwrap().unwrap(), "value 18 #1");
     assert_eq!(fx.upstream.calls(), 1);
     assert_eq!(
         squares.get_with_status(18).await.unwrap().status,
@@ -819,7 +819,7 @@ async fn an_oversized_value_is_rejected_and_the_old_entry_kept() {
         err.to_string(),
         "value of job `squares` is 101 bytes, over the limit of 16 bytes"
     );
-    assert_eq!(*squares.get(24).await.unwrap().unwrap(), "small");
+    assert_eq!(*squares.get(24).await.unwrap(), "small");
 }
 
 // stale_if_error: a failing refresh extends how long the old value may be served.
@@ -915,7 +915,7 @@ async fn refresh_many_reports_progress_and_failures() {
     assert_eq!(report.failed, 3);
     assert_eq!(report.failures.len(), 3);
     assert_eq!(
-        *squares.get(1).await.unwrap().unwrap(),
+        *squares.get(1).await.unwrap(),
         "value 1 #2",
         "old value kept"
     );
@@ -946,7 +946,7 @@ async fn unknown_jobs_are_dead_lettered_and_the_worker_keeps_going() {
     assert_eq!(job.as_deref(), Some("no_such_job"));
     assert!(reason.contains("unknown job `no_such_job`"), "{reason}");
     assert_eq!(fx.queue.dead_letters().len(), 1);
-    squares.get(27).await.unwrap();
+    squares.get_cached(27).await.unwrap();
     fx.refreshed().await;
     assert_eq!(
         squares.get_with_status(27).await.unwrap().status,
@@ -959,7 +959,7 @@ async fn unknown_jobs_are_dead_lettered_and_the_worker_keeps_going() {
 async fn shutdown_drains() {
     let fx = Fixture::new(true);
     let squares = fx.job(policy().fetch_on_miss(false));
-    squares.get(28).await.unwrap();
+    squares.get_cached(28).await.unwrap();
     let report = fx.cache.shutdown(Duration::from_secs(5)).await;
     assert!(report.drained);
     assert!(report.worker.is_some());

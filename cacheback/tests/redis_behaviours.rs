@@ -271,7 +271,7 @@ async fn miss_without_fetch_enqueues_one_refresh_for_the_worker() {
     })
     .await;
     assert_eq!(
-        squares.get(2).await.unwrap().as_deref().map(String::as_str),
+        squares.get_cached(2).await.unwrap().as_deref().map(String::as_str),
         Some("value 2 #1")
     );
     assert_eq!(fx.upstream.calls(), 1);
@@ -426,15 +426,15 @@ async fn worker_writes_the_readers_key_and_jobs_do_not_collide() {
     let b = fx.job("cubes", policy());
     b.set(10, "cube".into()).await.unwrap();
     assert_ne!(a.key(&10).unwrap(), b.key(&10).unwrap());
-    assert!(a.get(10).await.unwrap().is_none());
+    assert!(a.get_cached(10).await.unwrap().is_none());
     let queue = Fx::queue_for(&fx.server, &fx.prefix, Duration::from_secs(30));
     fx.start_worker(&["squares", "cubes"], queue, WorkerOptions::default());
     eventually("refreshed by the worker", WITHIN, || async {
         is_fresh(&a, 10).await
     })
     .await;
-    assert_eq!(*a.get(10).await.unwrap().unwrap(), "value 10 #1");
-    assert_eq!(*b.get(10).await.unwrap().unwrap(), "cube");
+    assert_eq!(*a.get_cached(10).await.unwrap().unwrap(), "value 10 #1");
+    assert_eq!(*b.get(10).await.unwrap(), "cube");
     fx.stop_workers().await;
 }
 
@@ -694,7 +694,7 @@ async fn corrupt_entries_are_misses_and_oversized_values_are_refused() {
     );
 
     // Oversized.
-    let before = squares.get(15).await.unwrap().unwrap();
+    let before = squares.get(15).await.unwrap();
     let err = squares.set(15, "x".repeat(100)).await.unwrap_err();
     assert!(
         matches!(
@@ -712,7 +712,7 @@ async fn corrupt_entries_are_misses_and_oversized_values_are_refused() {
         "value of job `squares` is 101 bytes, over the limit of 64 bytes"
     );
     assert_eq!(
-        squares.get(15).await.unwrap().unwrap(),
+        squares.get(15).await.unwrap(),
         before,
         "old entry kept"
     );

@@ -132,7 +132,7 @@ async fn two_applications_on_one_redis_are_isolated_by_prefix() {
     );
     pb.set(user.clone(), "beta's value".into()).await.unwrap();
     assert_eq!(
-        pa.get(user.clone()).await.unwrap().as_deref(),
+        pa.get_cached(user.clone()).await.unwrap().as_deref(),
         Some(&"alpha's value".to_owned())
     );
 
@@ -144,7 +144,7 @@ async fn two_applications_on_one_redis_are_isolated_by_prefix() {
     assert_eq!(alpha.queue.len("default").await.unwrap(), 1);
     alpha.start_worker();
     eventually("alpha's refresh landed", WITHIN, || async {
-        pa.get(user.clone()).await.unwrap().as_deref() == Some(&format!("{a} fetched 9"))
+        pa.get_cached(user.clone()).await.unwrap().as_deref() == Some(&format!("{a} fetched 9"))
     })
     .await;
     let alpha_report = alpha.stop_worker().await;
@@ -152,16 +152,16 @@ async fn two_applications_on_one_redis_are_isolated_by_prefix() {
     assert_eq!((alpha_report.processed, alpha_report.dead_lettered), (1, 0));
     assert_eq!((beta_report.processed, beta_report.dead_lettered), (0, 0));
     assert_eq!(
-        pb.get(user.clone()).await.unwrap().as_deref(),
+        pb.get_cached(user.clone()).await.unwrap().as_deref(),
         Some(&"beta's value".to_owned()),
         "beta's entry untouched by alpha's refresh"
     );
 
     // A delete in one app leaves the other's entry.
     pa.delete(user.clone()).await.unwrap();
-    assert_eq!(pa.get(user.clone()).await.unwrap(), None);
+    assert_eq!(pa.get_cached(user.clone()).await.unwrap(), None);
     assert_eq!(
-        pb.get(user.clone()).await.unwrap().as_deref(),
+        pb.get_cached(user.clone()).await.unwrap().as_deref(),
         Some(&"beta's value".to_owned())
     );
 
@@ -210,7 +210,7 @@ async fn any_args_become_short_printable_keys_and_oversized_args_are_refused() {
     }
     for (i, args) in hostile.iter().enumerate() {
         assert_eq!(
-            profile.get(args.clone()).await.unwrap().as_deref(),
+            profile.get_cached(args.clone()).await.unwrap().as_deref(),
             Some(&format!("v{i}")),
             "args #{i} round-trips"
         );
@@ -234,7 +234,7 @@ async fn any_args_become_short_printable_keys_and_oversized_args_are_refused() {
     let before = server.total_commands();
     let huge = "x".repeat(1 << 20);
     for err in [
-        profile.get(huge.clone()).await.unwrap_err(),
+        profile.get_cached(huge.clone()).await.unwrap_err(),
         profile.set(huge.clone(), "v".into()).await.unwrap_err(),
         profile.invalidate(huge.clone()).await.unwrap_err(),
         profile.refresh_async(huge.clone()).await.unwrap_err(),
@@ -272,7 +272,7 @@ async fn oversized_messages_and_entries_are_refused_without_decoding() {
     assert!(profile.refresh_async("good".into()).await.unwrap());
     app.start_worker();
     eventually("the good request was processed", WITHIN, || async {
-        profile.get("good".into()).await.unwrap().is_some()
+        profile.get_cached("good".into()).await.unwrap().is_some()
     })
     .await;
     let report = app.stop_worker().await;
@@ -309,7 +309,7 @@ async fn oversized_messages_and_entries_are_refused_without_decoding() {
     assert_eq!(read.status, Status::Miss, "over the limit: a miss");
     assert_eq!(read.value, None);
     assert_eq!(
-        profile.get("big".into()).await.unwrap().map(|v| v.len()),
+        profile.get_cached("big".into()).await.unwrap().map(|v| v.len()),
         Some(4096),
         "the entry itself is left alone for readers that accept it"
     );

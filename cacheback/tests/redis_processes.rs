@@ -445,7 +445,7 @@ fn a_worker_killed_mid_fetch_is_replaced_after_the_visibility_timeout() {
         "the killed fetch and its redelivery"
     );
     assert_eq!(
-        *runtime.block_on(reader.get(1)).unwrap().unwrap(),
+        *runtime.block_on(reader.get(1)).unwrap(),
         "fresh 1 #2"
     );
     let _: () = server.cmd(&["SET", &format!("{prefix}:stop"), "1"]);

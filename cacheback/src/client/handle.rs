@@ -26,6 +26,18 @@ use crate::store::{ClaimOutcome, ClaimToken};
 
 use super::trigger::Trigger;
 
+/// What a read may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Always a value: a miss is fetched (`get`).
+    Fetch,
+    /// Never wait for the upstream: a miss, a value stale beyond the threshold and a store
+    /// outage answer with what the cache has, or nothing (`get_cached`).
+    Cached,
+    /// As the job's policy says (`get_with_status`).
+    Policy,
+}
+
 /// An answer available now, or a future for it.
 pub(super) type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
 
@@ -121,18 +133,42 @@ impl<J: Job> JobHandle<J> {
         })
     }
 
-    /// Reads the value of `args`: Fresh values at once; Stale values at once while one
-    /// refresh runs in the background; misses fetched synchronously (coalesced) or, with
-    /// `fetch_on_miss = false`, answered with `None` while a refresh is enqueued.
+    /// Reads the value of `args`, always with a value: Fresh values at once; Stale values at
+    /// once while one refresh runs in the background (or, stale beyond
+    /// [`Policy::stale_threshold`](crate::Policy::stale_threshold), fetched first); a miss is
+    /// fetched before this returns, once per key however many callers wait for it (whatever
+    /// [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss) says: use
+    /// [`get_cached`](Self::get_cached) to never wait).
     ///
-    /// Errors only when a synchronous fetch fails, the args cannot be hashed, or the store is
-    /// down and the client is configured with [`StoreFallback::Fail`](crate::StoreFallback::Fail). A refresh that cannot be
-    /// queued never fails a read.
-    pub fn get(
+    /// Errors only when a synchronous fetch fails (or backs off after failing), the args
+    /// cannot be hashed, or the store is down and the client is configured with
+    /// [`StoreFallback::Fail`](crate::StoreFallback::Fail). A refresh that cannot be queued
+    /// never fails a read.
+    pub fn get(&self, args: Args<J>) -> impl Future<Output = Result<Arc<Value<J>>>> + Send + '_ {
+        let name = &self.job.name;
+        let value = move |lookup: Result<Lookup<Value<J>>>| {
+            lookup?.value.ok_or_else(|| {
+                // Every path of a fetching read yields a value; never panic over it anyway.
+                Error::config(format!("job `{name}`: a fetching read found no value"))
+            })
+        };
+        match self.lookup(args, Mode::Fetch) {
+            Either::Left(now) => Either::Left(future::ready(value(now))),
+            Either::Right(later) => {
+                Either::Right(Box::pin(async move { value(later.await) }) as BoxFuture<'_, _>)
+            }
+        }
+    }
+
+    /// Reads the value of `args` if the cache has one, never waiting for the upstream: Fresh
+    /// and Stale values are returned at once (a Stale one triggers its refresh); a miss
+    /// returns `None` and triggers a refresh, so a later read finds the value. With the store
+    /// unreachable it returns `None`.
+    pub fn get_cached(
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Option<Arc<Value<J>>>>> + Send + '_ {
-        match self.lookup(args) {
+        match self.lookup(args, Mode::Cached) {
             Either::Left(now) => Either::Left(future::ready(now.map(|lookup| lookup.value))),
             Either::Right(later) => {
                 Either::Right(
@@ -143,8 +179,10 @@ impl<J: Job> JobHandle<J> {
         }
     }
 
-    /// Like [`get`](Self::get), with how the read was answered, the value's age and whether a
-    /// refresh was triggered.
+    /// Reads `args` as the job's policy says (a miss is fetched when
+    /// [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss) is on, else answered with no
+    /// value while a refresh is triggered), with how the read was answered, the value's age and
+    /// whether a refresh was triggered: for logs, metrics and response headers.
     ///
     /// With an in-process store, a Fresh hit is answered when this is called, and the returned
     /// future is already complete: the hit path allocates nothing and runs no state machine.
@@ -152,7 +190,7 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Lookup<Value<J>>>> + Send + '_ {
-        match self.lookup(args) {
+        match self.lookup(args, Mode::Policy) {
             Either::Left(now) => Either::Left(future::ready(now)),
             Either::Right(later) => Either::Right(later),
         }
@@ -160,7 +198,7 @@ impl<J: Job> JobHandle<J> {
 
     /// A read answered now (an in-process hit, or an error) or a future for the rest.
     #[inline]
-    pub(super) fn lookup(&self, args: Args<J>) -> NowOrLater<'_, Lookup<Value<J>>> {
+    pub(super) fn lookup(&self, args: Args<J>, mode: Mode) -> NowOrLater<'_, Lookup<Value<J>>> {
         let core = self.core();
         let digest = match self.digest(&args) {
             Ok(digest) => digest,
@@ -170,19 +208,35 @@ impl<J: Job> JobHandle<J> {
         match core.store.get_now(key) {
             Some(Ok(entry)) => match self.classify(key, entry, core.clock.now()) {
                 Classified::Hit(lookup) => Either::Left(Ok(lookup)),
-                Classified::Stale { value, meta, now }
-                    if !self.job.policy.threshold_exceeded(now, meta.fresh_until) =>
-                {
-                    self.stale_now(key, args, value, meta, now)
+                Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
+                    self.stale_now(key, args, value, meta, now, mode)
                 }
-                slow => {
-                    Either::Right(Box::pin(self.finish(args, digest, slow)) as BoxFuture<'_, _>)
-                }
+                slow => Either::Right(
+                    Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>
+                ),
             },
             Some(Err(error)) => Either::Right(
-                Box::pin(self.read_without_store(args, digest, error)) as BoxFuture<'_, _>,
+                Box::pin(self.read_without_store(args, digest, error, mode)) as BoxFuture<'_, _>,
             ),
-            None => Either::Right(Box::pin(self.get_remote(args, digest)) as BoxFuture<'_, _>),
+            None => {
+                Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>)
+            }
+        }
+    }
+
+    /// Whether a stale value must be fetched again before this read returns (stale beyond the
+    /// threshold, and the read may wait).
+    #[inline]
+    pub(super) fn refetch(&self, mode: Mode, now: Timestamp, meta: &EntryMeta) -> bool {
+        mode != Mode::Cached && self.job.policy.threshold_exceeded(now, meta.fresh_until)
+    }
+
+    /// Whether a miss is fetched before this read returns.
+    pub(super) fn fetches_misses(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Fetch => true,
+            Mode::Cached => false,
+            Mode::Policy => self.job.policy.fetch_on_miss,
         }
     }
 
@@ -196,13 +250,14 @@ impl<J: Job> JobHandle<J> {
         value: Arc<Value<J>>,
         meta: EntryMeta,
         now: Timestamp,
+        mode: Mode,
     ) -> NowOrLater<'_, Lookup<Value<J>>> {
         let core = self.core();
         let job = &*self.job;
         let Some(outcome) = core.store.claim_now(key, now, job.policy.refresh_timeout) else {
             let read = Classified::Stale { value, meta, now };
             return Either::Right(
-                Box::pin(self.finish(args, key.digest(), read)) as BoxFuture<'_, _>
+                Box::pin(self.finish(args, key.digest(), read, mode)) as BoxFuture<'_, _>
             );
         };
         let age = now.since(meta.fetched_at);
@@ -257,15 +312,20 @@ impl<J: Job> JobHandle<J> {
     }
 
     /// The read path of stores that must be awaited.
-    pub(super) async fn get_remote(&self, args: Args<J>, digest: u128) -> Result<Lookup<Value<J>>> {
+    pub(super) async fn get_remote(
+        &self,
+        args: Args<J>,
+        digest: u128,
+        mode: Mode,
+    ) -> Result<Lookup<Value<J>>> {
         let core = self.core();
         let key = Key::new(&core.prefix, &self.job.name, digest);
         match core.store.get(key).await {
             Ok(entry) => match self.classify(key, entry, core.clock.now()) {
                 Classified::Hit(lookup) => Ok(lookup),
-                slow => self.finish(args, digest, slow).await,
+                slow => self.finish(args, digest, slow, mode).await,
             },
-            Err(error) => self.read_without_store(args, digest, error).await,
+            Err(error) => self.read_without_store(args, digest, error, mode).await,
         }
     }
 

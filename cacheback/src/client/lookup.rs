@@ -25,13 +25,14 @@ pub enum Status {
     Stale,
     /// The value was stale beyond `stale_threshold`, so it was fetched synchronously.
     StaleRefetched,
-    /// No value; a refresh was triggered (`fetch_on_miss = false`).
+    /// No value; a refresh was triggered ([`JobHandle::get_cached`], or `fetch_on_miss = false`).
     Miss,
-    /// No value, so it was fetched synchronously (`fetch_on_miss = true`).
+    /// No value, so it was fetched synchronously ([`JobHandle::get`], or `fetch_on_miss = true`).
     MissFetched,
-    /// The read did not go through the cache: the value was fetched synchronously but could
-    /// not be stored (the store is unreachable, or the value is over the size limit). An
-    /// [`Event::CacheBypassed`] says why; the next read fetches again.
+    /// The read did not go through the cache: the store is unreachable, or the value is over
+    /// the size limit. The value was fetched without the cache (the next read fetches again),
+    /// or, for [`JobHandle::get_cached`] with the store unreachable, there is none. An
+    /// [`Event::CacheBypassed`] says why.
     Bypassed,
 }
 

@@ -9,7 +9,7 @@ use tracing::{Instrument, debug_span, warn};
 
 use crate::client::StoreFallback;
 use crate::client::coalesce::AnyValue;
-use crate::client::handle::{Args, Classified, JobHandle, Value};
+use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
 use crate::clock::Timestamp;
 use crate::engine::registry::JobEntry;
@@ -36,6 +36,7 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         digest: u128,
         read: Classified<Value<J>>,
+        mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
         let job = &*self.job;
         let key = Key::new(&self.core().prefix, &job.name, digest);
@@ -54,10 +55,10 @@ impl<J: Job> JobHandle<J> {
                     })
                 }
                 Classified::Stale { value, meta, now } => {
-                    self.serve_stale(key, args, value, meta, now).await
+                    self.serve_stale(key, args, value, meta, now, mode).await
                 }
                 Classified::Missing { generation, now } => {
-                    self.serve_miss(key, args, generation, now).await
+                    self.serve_miss(key, args, generation, now, mode).await
                 }
             }
         }
@@ -72,10 +73,11 @@ impl<J: Job> JobHandle<J> {
         value: Arc<Value<J>>,
         meta: EntryMeta,
         now: Timestamp,
+        mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
         let job = &*self.job;
         let age = now.since(meta.fetched_at);
-        if job.policy.threshold_exceeded(now, meta.fresh_until) {
+        if self.refetch(mode, now, &meta) {
             let condition = Some(PutCondition::IfGeneration(meta.generation));
             match self.fetch_coalesced(key.digest(), args, condition).await {
                 Ok(fresh) => return Ok(self.fetched(&fresh, Status::StaleRefetched)),
@@ -111,9 +113,10 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         generation: u64,
         now: Timestamp,
+        mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
         let job = &*self.job;
-        if job.policy.fetch_on_miss {
+        if self.fetches_misses(mode) {
             let condition = Some(PutCondition::IfGeneration(generation));
             let fetched = self.fetch_coalesced(key.digest(), args, condition).await?;
             Ok(self.fetched(&fetched, Status::MissFetched))
@@ -135,10 +138,29 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         digest: u128,
         error: Error,
+        mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
-        self.job.metrics.store_error("get");
+        let job = &*self.job;
+        job.metrics.store_error("get");
         match self.reads().store_fallback {
             StoreFallback::Fail => Err(error),
+            StoreFallback::Fetch if mode == Mode::Cached => {
+                // A read that never waits for the upstream has nothing to answer with.
+                warn!(job = %job.name, error = %Chain(&error), "store unreachable; no cached value to serve");
+                job.metrics.bypassed.increment(1);
+                let key = Key::new(&self.core().prefix, &job.name, digest);
+                self.core().emit(|| Event::CacheBypassed {
+                    job: Arc::clone(&job.name),
+                    key: key.to_string(),
+                    error,
+                });
+                Ok(Lookup {
+                    value: None,
+                    status: Status::Bypassed,
+                    age: None,
+                    refresh_triggered: false,
+                })
+            }
             StoreFallback::Fetch => {
                 warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; fetching without the cache");
                 let fetched = self.fetch_coalesced(digest, args, None).await?;

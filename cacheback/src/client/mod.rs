@@ -89,7 +89,7 @@ pub(crate) struct ReadState {
 /// let square = cache.job(job_fn("square", Policy::default(), |n: u64| async move {
 ///     Ok::<_, std::io::Error>(n * n)
 /// }));
-/// assert_eq!(*square.get(7).await?.unwrap(), 49);
+/// assert_eq!(*square.get(7).await?, 49);
 /// cache.shutdown(std::time::Duration::from_secs(5)).await;
 /// # Ok(())
 /// # }

@@ -387,7 +387,7 @@ async fn operate(
             handle.delete(key).await.is_err()
         } else {
             local.reads += 1;
-            match handle.get(key).await {
+            match handle.get_with_status(key).await.map(|read| read.value) {
                 Ok(Some(_)) => false,
                 Ok(None) => {
                     local.empty += 1;
