@@ -64,7 +64,17 @@ pub(crate) struct Workload {
 /// Every entry, in the order they run (W6 reuses the W2 and W4 results of the same run).
 pub(crate) fn registry() -> Vec<Workload> {
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
-    let mut entries = vec![
+    let mut entries = memory_entries();
+    #[cfg(feature = "redis")]
+    for redis in redis_entries() {
+        insert_after_its_workload(&mut entries, redis);
+    }
+    entries
+}
+
+/// The entries that need nothing but this process, in workload order.
+fn memory_entries() -> Vec<Workload> {
+    vec![
         Workload {
             id: "W1",
             title: "hit path, memory store",
@@ -107,9 +117,13 @@ pub(crate) fn registry() -> Vec<Workload> {
             needs: Needs::Nothing,
             run: w7::footprint,
         },
-    ];
-    #[cfg(feature = "redis")]
-    for redis in [
+    ]
+}
+
+/// The entries that need a Redis server, in workload order.
+#[cfg(feature = "redis")]
+fn redis_entries() -> [Workload; 4] {
+    [
         Workload {
             id: "W1",
             title: "hit path, Redis store",
@@ -134,15 +148,18 @@ pub(crate) fn registry() -> Vec<Workload> {
             needs: Needs::Redis,
             run: w4::redis,
         },
-    ] {
-        // Each Redis entry runs right after the memory entries of its workload.
-        let after = entries
-            .iter()
-            .rposition(|w| w.id == redis.id)
-            .map_or(entries.len(), |i| i + 1);
-        entries.insert(after, redis);
-    }
-    entries
+    ]
+}
+
+/// Inserts `entry` right after the last entry of its workload (a Redis entry runs right after
+/// the memory entries of its workload), or at the end if its workload has none.
+#[cfg(feature = "redis")]
+fn insert_after_its_workload(entries: &mut Vec<Workload>, entry: Workload) {
+    let after = entries
+        .iter()
+        .rposition(|w| w.id == entry.id)
+        .map_or(entries.len(), |i| i + 1);
+    entries.insert(after, entry);
 }
 
 /// What every workload of a run shares.

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cacheback::{JobHandle, Policy};
 use hdrhistogram::Histogram;
-use serde_json::{Map, json};
+use serde_json::{Map, Value as Json};
+use tokio::runtime::Runtime;
 
 use crate::report::{self, Baseline, Record};
 use crate::stats::{self, Spread};
@@ -32,6 +33,7 @@ pub(crate) trait HitRead: Clone + Send + Sync + 'static {
     fn read(&self) -> impl Future<Output = ()> + Send + '_;
 }
 
+/// cacheback's hit path: `JobHandle::get` of the fresh key.
 #[derive(Clone)]
 struct CachebackHit(JobHandle<BenchJob>);
 
@@ -44,6 +46,7 @@ impl HitRead for CachebackHit {
     }
 }
 
+/// Raw `moka::future::Cache::get` of the same `Arc` value.
 #[derive(Clone)]
 struct MokaHit(moka::future::Cache<u64, Arc<Value>>);
 
@@ -53,6 +56,7 @@ impl HitRead for MokaHit {
     }
 }
 
+/// The floor: a read-locked `HashMap` lookup of the same `Arc` value.
 #[derive(Clone)]
 struct FloorHit(Arc<RwLock<HashMap<u64, Arc<Value>>>>);
 
@@ -124,123 +128,251 @@ fn timer_overhead_ns() -> u64 {
     h.value_at_quantile(0.5)
 }
 
-/// W1 on the memory store.
-pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
-    let reads: u64 = ctx.scale.pick(2_000_000, 200_000);
-    let rt = runtime();
-    let (handle, value) = rt.block_on(async {
-        let setup =
-            ClientSetup::new(Policy::default().lifetime(std::time::Duration::from_secs(3600)));
-        let (handle, _queue) = memory_client(&setup, Fetcher::new(std::time::Duration::ZERO), None);
-        let value = handle.get(KEY).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((handle, value))
-    })?;
-    let status = rt
-        .block_on(handle.get_with_status(KEY))
+/// One subject at one task count: its throughput over the trials and its latency pass.
+struct Measured {
+    /// Reads per second: median, minimum and maximum of the trials.
+    rate: Spread,
+    /// Every read of the latency pass.
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    /// `None` when no trial ran.
+    fn new(rates: &[f64], latency: Histogram<u64>) -> Option<Self> {
+        Some(Measured {
+            rate: Spread::of(rates)?,
+            latency,
+        })
+    }
+
+    /// The median latency, in microseconds.
+    fn p50_us(&self) -> f64 {
+        stats::ns_to_us(self.latency.value_at_quantile(0.5))
+    }
+
+    /// `{"ops_per_sec", "latency"}`: the figures of one subject.
+    fn figures(&self) -> Map<String, Json> {
+        let mut figures = Map::new();
+        figures.insert("ops_per_sec".to_owned(), self.rate.json());
+        figures.insert("latency".to_owned(), stats::latency_figures(&self.latency));
+        figures
+    }
+}
+
+/// A W1 record of cacheback on `store` at `tasks` tasks, with what every W1 record has: the
+/// parameters of a pass and cacheback's own figures.
+fn w1_record(store: &str, tasks: usize, reads: u64, cacheback: &Measured) -> Record {
+    let mut r = Record::new(
+        "W1",
+        format!("{store}, {tasks} task{}", if tasks == 1 { "" } else { "s" }),
+        "cacheback",
+    )
+    .param("reads_per_pass", reads)
+    .param("tasks", tasks as u64)
+    .param("trials", TRIALS as u64);
+    r.figures.extend(cacheback.figures());
+    r
+}
+
+/// What a same-run baseline is, and which figure cacheback's ratio to it is of.
+struct BaselineName {
+    /// What the baseline is.
+    name: &'static str,
+    /// Which figure the ratio is of.
+    ratio_of: &'static str,
+}
+
+/// The baseline of W1 on the memory store.
+const MOKA: BaselineName = BaselineName {
+    name: "moka::future::Cache::get, same Arc",
+    ratio_of: "ops/s, cacheback ÷ moka",
+};
+
+/// The baseline of W1 on the Redis store.
+#[cfg(feature = "redis")]
+const RAW_GET: BaselineName = BaselineName {
+    name: "redis-rs GET of the same key, ConnectionManager",
+    ratio_of: "ops/s, cacheback ÷ raw GET",
+};
+
+/// The same-run baseline of a record: `measured`'s figures and cacheback's `ratio` to it.
+fn baseline(which: &BaselineName, measured: &Measured, ratio: f64) -> Baseline {
+    Baseline {
+        name: which.name.to_owned(),
+        figures: measured.figures(),
+        ratio: stats::round3(ratio),
+        ratio_of: which.ratio_of.to_owned(),
+    }
+}
+
+/// The policy and fetcher of W1's job: a value fresh for an hour, fetched at once.
+fn hit_job() -> (Policy, Arc<Fetcher>) {
+    (
+        Policy::default().lifetime(Duration::from_secs(3600)),
+        Fetcher::new(Duration::ZERO),
+    )
+}
+
+/// Errs unless `KEY` now reads as a fresh hit: W1 measures the hit path only.
+async fn expect_fresh_hit(handle: &JobHandle<BenchJob>) -> Result<(), String> {
+    let status = handle
+        .get_with_status(KEY)
+        .await
         .map_err(|e| e.to_string())?
         .status;
     if status != cacheback::Status::Hit {
         return Err(format!("the key should be a fresh hit, is {status}"));
     }
+    Ok(())
+}
+
+/// The three subjects of W1 on the memory store, each holding the same `Arc` value.
+struct MemorySubjects {
+    /// cacheback's hit path.
+    cacheback: CachebackHit,
+    /// Raw `moka::future::Cache::get`.
+    moka: MokaHit,
+    /// The `RwLock<HashMap>` floor.
+    floor: FloorHit,
+}
+
+/// W1 on the memory store.
+pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let reads: u64 = ctx.scale.pick(2_000_000, 200_000);
+    let rt = runtime();
+    let (subjects, value) = memory_subjects(&rt)?;
+    let overhead = timer_overhead_ns();
+    let mut records = Vec::new();
+    for tasks in [1usize, 64] {
+        let measured = measure_memory(&rt, &subjects, tasks, reads);
+        records.push(memory_record(tasks, reads, overhead, &value, measured));
+    }
+    Ok(records)
+}
+
+/// A memory client whose `KEY` is a fresh hit, and raw moka and the floor holding its value.
+fn memory_subjects(rt: &Runtime) -> Result<(MemorySubjects, Arc<Value>), String> {
+    let (handle, value) = rt.block_on(async {
+        let (policy, fetcher) = hit_job();
+        let (handle, _queue) = memory_client(&ClientSetup::new(policy), fetcher, None);
+        let value = handle.get(KEY).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((handle, value))
+    })?;
+    rt.block_on(expect_fresh_hit(&handle))?;
     let moka: moka::future::Cache<u64, Arc<Value>> = moka::future::Cache::new(100_000);
     rt.block_on(moka.insert(KEY, Arc::clone(&value)));
     let floor = Arc::new(RwLock::new(HashMap::from([(KEY, Arc::clone(&value))])));
-    let subjects = (CachebackHit(handle), MokaHit(moka), FloorHit(floor));
-    let overhead = timer_overhead_ns();
+    let subjects = MemorySubjects {
+        cacheback: CachebackHit(handle),
+        moka: MokaHit(moka),
+        floor: FloorHit(floor),
+    };
+    Ok((subjects, value))
+}
 
-    let mut records = Vec::new();
-    for tasks in [1usize, 64] {
-        let mut rates: [Vec<f64>; 3] = Default::default();
-        rt.block_on(async {
-            // Warm-up, then interleaved trials.
-            throughput(&subjects.0, tasks, reads / 10).await;
-            throughput(&subjects.1, tasks, reads / 10).await;
-            throughput(&subjects.2, tasks, reads / 10).await;
-            for _ in 0..TRIALS {
-                rates[0].push(throughput(&subjects.0, tasks, reads).await);
-                rates[1].push(throughput(&subjects.1, tasks, reads).await);
-                rates[2].push(throughput(&subjects.2, tasks, reads).await);
-            }
-        });
-        let hists = rt.block_on(async {
-            (
-                latencies(&subjects.0, tasks, reads).await,
-                latencies(&subjects.1, tasks, reads).await,
-                latencies(&subjects.2, tasks, reads).await,
-            )
-        });
-        let spread = |v: &[f64]| Spread::of(v).expect("trials ran");
-        let (cb, mk, fl) = (spread(&rates[0]), spread(&rates[1]), spread(&rates[2]));
-        let subject_figures = |s: Spread, h: &Histogram<u64>| json!({ "ops_per_sec": s.json(), "latency": stats::latency_figures(h) });
+/// The throughput trials, then the latency pass, of the three memory subjects at `tasks` tasks:
+/// cacheback, moka and the floor, in that order.
+fn measure_memory(rt: &Runtime, s: &MemorySubjects, tasks: usize, reads: u64) -> [Measured; 3] {
+    let [cb_rates, mk_rates, fl_rates] = rt.block_on(memory_trials(s, tasks, reads));
+    let [cb, mk, fl] = rt.block_on(async {
+        [
+            latencies(&s.cacheback, tasks, reads).await,
+            latencies(&s.moka, tasks, reads).await,
+            latencies(&s.floor, tasks, reads).await,
+        ]
+    });
+    let measured = |rates: &[f64], latency| Measured::new(rates, latency).expect("trials ran");
+    [
+        measured(&cb_rates, cb),
+        measured(&mk_rates, mk),
+        measured(&fl_rates, fl),
+    ]
+}
 
-        let mut r = Record::new(
-            "W1",
-            format!("memory, {tasks} task{}", if tasks == 1 { "" } else { "s" }),
-            "cacheback",
-        )
-        .param("reads_per_pass", reads)
-        .param("tasks", tasks as u64)
-        .param("trials", TRIALS as u64)
+/// A warm-up, then `TRIALS` throughput passes of the three memory subjects, interleaved so they
+/// share the machine's noise; each subject's reads per second.
+async fn memory_trials(s: &MemorySubjects, tasks: usize, reads: u64) -> [Vec<f64>; 3] {
+    throughput(&s.cacheback, tasks, reads / 10).await;
+    throughput(&s.moka, tasks, reads / 10).await;
+    throughput(&s.floor, tasks, reads / 10).await;
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for _ in 0..TRIALS {
+        rates[0].push(throughput(&s.cacheback, tasks, reads).await);
+        rates[1].push(throughput(&s.moka, tasks, reads).await);
+        rates[2].push(throughput(&s.floor, tasks, reads).await);
+    }
+    rates
+}
+
+/// The record of W1 on the memory store at `tasks` tasks: moka is the baseline, the floor and
+/// django-cacheback's rate are reference figures.
+fn memory_record(
+    tasks: usize,
+    reads: u64,
+    timer_overhead_ns: u64,
+    value: &Value,
+    [cb, mk, fl]: [Measured; 3],
+) -> Record {
+    let mut r = w1_record("memory", tasks, reads, &cb)
         .param("runtime", "tokio multi-thread, 2 workers")
         .param(
             "value_json_bytes",
-            serde_json::to_vec(&*value).map_or(0, |v| v.len()) as u64,
+            serde_json::to_vec(value).map_or(0, |v| v.len()) as u64,
         )
-        .param("timer_overhead_ns", overhead);
-        r.figure("ops_per_sec", cb.json());
-        r.figure("latency", stats::latency_figures(&hists.0));
-        r.figure("floor_rwlock_hashmap", subject_figures(fl, &hists.2));
-        r.figure(
-            "django_cacheback_reference_ops_per_sec",
-            DJANGO_HITS_PER_SEC,
-        );
-        let mut base = Map::new();
-        if let serde_json::Value::Object(m) = subject_figures(mk, &hists.1) {
-            base = m;
-        }
-        let ratio = cb.median / mk.median;
-        r.baseline = Some(Baseline {
-            name: "moka::future::Cache::get, same Arc".to_owned(),
-            figures: base,
-            ratio: stats::round3(ratio),
-            ratio_of: "ops/s, cacheback ÷ moka".to_owned(),
-        });
-        let lat = |h: &Histogram<u64>| stats::ns_to_us(h.value_at_quantile(0.5));
-        r.summary = format!(
-            "{} (moka {}, floor {}); p50/p99/p99.9 {}/{}/{} µs (moka p50 {} µs)",
-            report::rate(cb.median),
-            report::rate(mk.median),
-            report::rate(fl.median),
-            lat(&hists.0),
-            stats::ns_to_us(hists.0.value_at_quantile(0.99)),
-            stats::ns_to_us(hists.0.value_at_quantile(0.999)),
-            lat(&hists.1),
-        );
-        if tasks == 1 {
-            r.check(
-                "≥ 100× django-cacheback's in-process hit rate (≥ 6.9 M reads/s)",
-                format!(
-                    "{} = {:.0}×",
-                    report::rate(cb.median),
-                    cb.median / DJANGO_HITS_PER_SEC
-                ),
-                cb.median >= 100.0 * DJANGO_HITS_PER_SEC,
-            );
-        }
+        .param("timer_overhead_ns", timer_overhead_ns);
+    r.figure("floor_rwlock_hashmap", fl.figures());
+    r.figure(
+        "django_cacheback_reference_ops_per_sec",
+        DJANGO_HITS_PER_SEC,
+    );
+    let ratio = cb.rate.median / mk.rate.median;
+    r.baseline = Some(baseline(&MOKA, &mk, ratio));
+    r.summary = memory_summary(&cb, &mk, &fl);
+    memory_checks(&mut r, tasks, cb.rate, fl.rate, ratio);
+    r.latencies = Some(cb.latency);
+    r
+}
+
+/// The table line of W1 on the memory store.
+fn memory_summary(cb: &Measured, mk: &Measured, fl: &Measured) -> String {
+    format!(
+        "{} (moka {}, floor {}); p50/p99/p99.9 {}/{}/{} µs (moka p50 {} µs)",
+        report::rate(cb.rate.median),
+        report::rate(mk.rate.median),
+        report::rate(fl.rate.median),
+        cb.p50_us(),
+        stats::ns_to_us(cb.latency.value_at_quantile(0.99)),
+        stats::ns_to_us(cb.latency.value_at_quantile(0.999)),
+        mk.p50_us(),
+    )
+}
+
+/// The targets of W1 on the memory store; `ratio` is cacheback's throughput ÷ moka's.
+fn memory_checks(r: &mut Record, tasks: usize, cb: Spread, floor: Spread, ratio: f64) {
+    if tasks == 1 {
         r.check(
-            "within 1.5× of raw moka get (same run)",
-            format!("{} moka's throughput", report::times(ratio)),
-            ratio >= 1.0 / 1.5,
+            "≥ 100× django-cacheback's in-process hit rate (≥ 6.9 M reads/s)",
+            format!(
+                "{} = {:.0}×",
+                report::rate(cb.median),
+                cb.median / DJANGO_HITS_PER_SEC
+            ),
+            cb.median >= 100.0 * DJANGO_HITS_PER_SEC,
         );
-        r.check(
-            "goal: ≤ 3× the RwLock<HashMap> floor (same run)",
-            format!("floor is {} faster", report::times(fl.median / cb.median)),
-            cb.median * 3.0 >= fl.median,
-        );
-        r.latencies = Some(hists.0);
-        records.push(r);
     }
-    Ok(records)
+    r.check(
+        "within 1.5× of raw moka get (same run)",
+        format!("{} moka's throughput", report::times(ratio)),
+        ratio >= 1.0 / 1.5,
+    );
+    r.check(
+        "goal: ≤ 3× the RwLock<HashMap> floor (same run)",
+        format!(
+            "floor is {} faster",
+            report::times(floor.median / cb.median)
+        ),
+        cb.median * 3.0 >= floor.median,
+    );
 }
 
 /// Sums the `calls` of every command in `INFO commandstats`.
@@ -250,6 +382,7 @@ fn redis_commands(server: &cacheback_test_support::RedisServer) -> Result<u64, S
     Ok(stats.iter().map(|(_, calls)| calls).sum())
 }
 
+/// Raw redis-rs `GET` of one key (cacheback's entry) on a `ConnectionManager`.
 #[cfg(feature = "redis")]
 #[derive(Clone)]
 struct RedisGet(redis::aio::ConnectionManager, Arc<str>);
@@ -270,6 +403,48 @@ impl HitRead for RedisGet {
     }
 }
 
+#[cfg(feature = "redis")]
+impl RedisGet {
+    /// A `ConnectionManager` to `url` that GETs the very key cacheback stored its entry under.
+    async fn of_entry(url: &str) -> Result<Self, String> {
+        let redis_client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let mut conn = redis::aio::ConnectionManager::new(redis_client)
+            .await
+            .map_err(|e| e.to_string())?;
+        let entry_key = string_key(&mut conn).await?;
+        Ok(RedisGet(conn, Arc::from(entry_key)))
+    }
+
+    /// The size of the entry, in bytes (`STRLEN`).
+    async fn entry_bytes(&self) -> redis::RedisResult<u64> {
+        let mut c = self.0.clone();
+        redis::cmd("STRLEN").arg(&*self.1).query_async(&mut c).await
+    }
+}
+
+/// The last of the server's keys (`KEYS *`) that holds a string: cacheback's entry, the server
+/// having been flushed before cacheback wrote it.
+#[cfg(feature = "redis")]
+async fn string_key(conn: &mut redis::aio::ConnectionManager) -> Result<String, String> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut entry_key = None;
+    for k in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if kind == "string" {
+            entry_key = Some(k);
+        }
+    }
+    entry_key.ok_or_else(|| "no string key holds cacheback's entry".to_owned())
+}
+
 /// W1 on the Redis store (a `redis-server` of the harness on loopback), next to raw redis-rs
 /// `GET` of the same key (the same bytes) on a `ConnectionManager` (the kind of connection
 /// `RedisStore` uses), at equal concurrency; commands per read from `INFO commandstats`.
@@ -282,144 +457,140 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let url = server.url();
     let reads: u64 = ctx.scale.pick(100_000, 10_000);
     let rt = runtime();
-    let (handle, raw) = rt.block_on(async {
-        let store = cacheback::RedisStore::from_url(&url).map_err(|e| e.to_string())?;
-        let client = cacheback::Cacheback::builder()
-            .store(store)
-            .prefix("w1")
-            .build()
-            .map_err(|e| e.to_string())?;
-        let handle = client.job(BenchJob {
-            fetcher: Fetcher::new(std::time::Duration::ZERO),
-            policy: Policy::default().lifetime(std::time::Duration::from_secs(3600)),
-        });
-        handle.get(KEY).await.map_err(|e| e.to_string())?;
-        let status = handle
-            .get_with_status(KEY)
-            .await
-            .map_err(|e| e.to_string())?
-            .status;
-        if status != cacheback::Status::Hit {
-            return Err(format!("the key should be a fresh hit, is {status}"));
-        }
-        // The raw baseline GETs the very key cacheback stored its entry under.
-        let redis_client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-        let mut conn = redis::aio::ConnectionManager::new(redis_client)
-            .await
-            .map_err(|e| e.to_string())?;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut entry_key = None;
-        for k in keys {
-            let kind: String = redis::cmd("TYPE")
-                .arg(&k)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            if kind == "string" {
-                entry_key = Some(k);
-            }
-        }
-        let entry_key = entry_key.ok_or("no string key holds cacheback's entry")?;
-        Ok::<_, String>((handle, RedisGet(conn, Arc::from(entry_key))))
-    })?;
-    let entry_bytes = rt
-        .block_on(async {
-            let mut c = raw.0.clone();
-            redis::cmd("STRLEN")
-                .arg(&*raw.1)
-                .query_async::<u64>(&mut c)
-                .await
-        })
-        .map_err(|e| e.to_string())?;
+    let (handle, raw) = rt.block_on(redis_subjects(&url))?;
+    let entry_bytes = rt.block_on(raw.entry_bytes()).map_err(|e| e.to_string())?;
     let ours = CachebackHit(handle);
-
     let mut records = Vec::new();
     for tasks in [1usize, 64] {
-        let mut rates: [Vec<f64>; 2] = Default::default();
-        let mut commands_per_read = f64::NAN;
-        rt.block_on(async {
-            throughput(&ours, tasks, reads / 10).await;
-            throughput(&raw, tasks, reads / 10).await;
-            for trial in 0..TRIALS {
-                let before = redis_commands(server)?;
-                rates[0].push(throughput(&ours, tasks, reads).await);
-                let after = redis_commands(server)?;
-                if trial == 0 {
-                    // The first INFO is counted in the second one's figures.
-                    let per_task = reads / tasks as u64;
-                    commands_per_read =
-                        (after - before - 1) as f64 / (per_task * tasks as u64) as f64;
-                }
-                rates[1].push(throughput(&raw, tasks, reads).await);
-            }
-            Ok::<_, String>(())
-        })?;
+        let (rates, commands_per_read) =
+            rt.block_on(redis_trials(server, &ours, &raw, tasks, reads))?;
         let hists = rt.block_on(async {
             (
                 latencies(&ours, tasks, reads).await,
                 latencies(&raw, tasks, reads).await,
             )
         });
-        let cb = Spread::of(&rates[0]).ok_or("no trials")?;
-        let raw_rate = Spread::of(&rates[1]).ok_or("no trials")?;
-        let ratio = cb.median / raw_rate.median;
-        let mut r = Record::new(
-            "W1",
-            format!("Redis, {tasks} task{}", if tasks == 1 { "" } else { "s" }),
-            "cacheback",
-        )
-        .param("reads_per_pass", reads)
-        .param("tasks", tasks as u64)
-        .param("trials", TRIALS as u64)
+        let cb = Measured::new(&rates[0], hists.0).ok_or("no trials")?;
+        let raw_get = Measured::new(&rates[1], hists.1).ok_or("no trials")?;
+        let run = RedisPass {
+            tasks,
+            reads,
+            entry_bytes,
+            commands_per_read,
+        };
+        records.push(redis_record(&run, cb, &raw_get));
+    }
+    Ok(records)
+}
+
+/// A Redis client whose `KEY` is a fresh hit, and the raw `GET` of its entry.
+#[cfg(feature = "redis")]
+async fn redis_subjects(url: &str) -> Result<(JobHandle<BenchJob>, RedisGet), String> {
+    let store = cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?;
+    let client = cacheback::Cacheback::builder()
+        .store(store)
+        .prefix("w1")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (policy, fetcher) = hit_job();
+    let handle = client.job(BenchJob { fetcher, policy });
+    handle.get(KEY).await.map_err(|e| e.to_string())?;
+    expect_fresh_hit(&handle).await?;
+    Ok((handle, RedisGet::of_entry(url).await?))
+}
+
+/// A warm-up, then `TRIALS` throughput passes of cacheback and raw `GET`, interleaved; each
+/// one's reads per second, and the Redis commands per cacheback read of the first trial.
+#[cfg(feature = "redis")]
+async fn redis_trials(
+    server: &cacheback_test_support::RedisServer,
+    ours: &CachebackHit,
+    raw: &RedisGet,
+    tasks: usize,
+    reads: u64,
+) -> Result<([Vec<f64>; 2], f64), String> {
+    throughput(ours, tasks, reads / 10).await;
+    throughput(raw, tasks, reads / 10).await;
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    let mut commands_per_read = f64::NAN;
+    for trial in 0..TRIALS {
+        let before = redis_commands(server)?;
+        rates[0].push(throughput(ours, tasks, reads).await);
+        let after = redis_commands(server)?;
+        if trial == 0 {
+            // The first INFO is counted in the second one's figures.
+            let per_task = reads / tasks as u64;
+            commands_per_read = (after - before - 1) as f64 / (per_task * tasks as u64) as f64;
+        }
+        rates[1].push(throughput(raw, tasks, reads).await);
+    }
+    Ok((rates, commands_per_read))
+}
+
+/// What a Redis record says of its pass besides the measurements.
+#[cfg(feature = "redis")]
+struct RedisPass {
+    /// Concurrent reader tasks.
+    tasks: usize,
+    /// Reads per throughput trial and per latency pass.
+    reads: u64,
+    /// The size of cacheback's entry in Redis.
+    entry_bytes: u64,
+    /// Redis commands per cacheback read (first trial).
+    commands_per_read: f64,
+}
+
+/// The record of W1 on the Redis store: raw `GET` is the baseline.
+#[cfg(feature = "redis")]
+fn redis_record(pass: &RedisPass, cb: Measured, raw: &Measured) -> Record {
+    let commands_per_read = pass.commands_per_read;
+    let ratio = cb.rate.median / raw.rate.median;
+    let mut r = w1_record("Redis", pass.tasks, pass.reads, &cb)
         .param(
             "redis",
             "redis-server on loopback, --save '' --appendonly no",
         )
-        .param("entry_bytes", entry_bytes);
-        r.figure("ops_per_sec", cb.json());
-        r.figure("latency", stats::latency_figures(&hists.0));
-        r.figure("redis_commands_per_read", stats::round3(commands_per_read));
-        r.baseline = Some(Baseline {
-            name: "redis-rs GET of the same key, ConnectionManager".to_owned(),
-            figures: json!({ "ops_per_sec": raw_rate.json(), "latency": stats::latency_figures(&hists.1) })
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-            ratio: stats::round3(ratio),
-            ratio_of: "ops/s, cacheback ÷ raw GET".to_owned(),
-        });
-        r.summary = format!(
-            "{} (raw GET {}); p50/p99 {}/{} (raw p50 {}); {} Redis commands per read",
+        .param("entry_bytes", pass.entry_bytes);
+    r.figure("redis_commands_per_read", stats::round3(commands_per_read));
+    r.baseline = Some(baseline(&RAW_GET, raw, ratio));
+    r.summary = redis_summary(&cb, raw, commands_per_read);
+    redis_checks(&mut r, pass, cb.rate, ratio);
+    r.latencies = Some(cb.latency);
+    r
+}
+
+/// The table line of W1 on the Redis store.
+#[cfg(feature = "redis")]
+fn redis_summary(cb: &Measured, raw: &Measured, commands_per_read: f64) -> String {
+    format!(
+        "{} (raw GET {}); p50/p99 {}/{} (raw p50 {}); {} Redis commands per read",
+        report::rate(cb.rate.median),
+        report::rate(raw.rate.median),
+        report::micros(cb.p50_us()),
+        report::micros(stats::ns_to_us(cb.latency.value_at_quantile(0.99))),
+        report::micros(raw.p50_us()),
+        stats::round3(commands_per_read),
+    )
+}
+
+/// The targets of W1 on the Redis store; `ratio` is cacheback's throughput ÷ raw `GET`'s.
+#[cfg(feature = "redis")]
+fn redis_checks(r: &mut Record, pass: &RedisPass, cb: Spread, ratio: f64) {
+    r.check(
+        "exactly 1 Redis command per hit",
+        format!("{:.3}", pass.commands_per_read),
+        (pass.commands_per_read - 1.0).abs() < 0.001,
+    );
+    r.check(
+        "≥ 0.9× raw redis-rs GET throughput at equal concurrency",
+        report::times(ratio),
+        ratio >= 0.9,
+    );
+    if pass.tasks == 64 {
+        r.check(
+            "with 64 concurrent tasks ≥ 100,000 reads/s on 2 cores",
             report::rate(cb.median),
-            report::rate(raw_rate.median),
-            report::micros(stats::ns_to_us(hists.0.value_at_quantile(0.5))),
-            report::micros(stats::ns_to_us(hists.0.value_at_quantile(0.99))),
-            report::micros(stats::ns_to_us(hists.1.value_at_quantile(0.5))),
-            stats::round3(commands_per_read),
+            cb.median >= 100_000.0,
         );
-        r.check(
-            "exactly 1 Redis command per hit",
-            format!("{:.3}", commands_per_read),
-            (commands_per_read - 1.0).abs() < 0.001,
-        );
-        r.check(
-            "≥ 0.9× raw redis-rs GET throughput at equal concurrency",
-            report::times(ratio),
-            ratio >= 0.9,
-        );
-        if tasks == 64 {
-            r.check(
-                "with 64 concurrent tasks ≥ 100,000 reads/s on 2 cores",
-                report::rate(cb.median),
-                cb.median >= 100_000.0,
-            );
-        }
-        r.latencies = Some(hists.0);
-        records.push(r);
     }
-    Ok(records)
 }

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cacheback::Policy;
+use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::peers::{Subject, W4_LIFETIME};
+use crate::peers::{Read, Subject, W4_LIFETIME};
 use crate::report::{self, Record};
 use crate::stats;
 use crate::value::{ClientSetup, Fetcher, memory_client, unix_ms};
@@ -121,6 +122,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
+/// Decides the targets of WORKLOADS.md on a W4 record, from its figures.
 fn with_targets(mut r: Record) -> Record {
     let per_event = r
         .number("fetch_calls_per_refresh_event")
@@ -151,14 +153,66 @@ fn with_targets(mut r: Record) -> Record {
     r
 }
 
+/// The lifetime of W4's values, in milliseconds.
+const LIFETIME_MS: u64 = W4_LIFETIME.as_millis() as u64;
+
+/// What one reader task saw, or (merged) all of them.
 #[derive(Debug, Default)]
 struct ReaderTally {
+    /// Reads made.
     reads: u64,
+    /// Reads that returned no value.
     empty: u64,
+    /// Reads that returned a value past its lifetime.
     past: u64,
+    /// The sum of those values' ages past their lifetime, in ms.
     past_sum_ms: u64,
+    /// The largest of those ages, in ms.
     past_max_ms: u64,
+    /// Reads by the status they returned.
     statuses: HashMap<&'static str, u64>,
+}
+
+impl ReaderTally {
+    /// Counts a read that has just ended.
+    fn note(&mut self, read: Read) {
+        self.reads += 1;
+        *self.statuses.entry(read.status).or_default() += 1;
+        match read.value {
+            None => self.empty += 1,
+            Some(v) => {
+                let past = unix_ms().saturating_sub(v.at_ms + LIFETIME_MS);
+                if past > 0 {
+                    self.past += 1;
+                    self.past_sum_ms += past;
+                    self.past_max_ms = self.past_max_ms.max(past);
+                }
+            }
+        }
+    }
+
+    /// Adds another reader's tally to this one.
+    fn add(&mut self, other: ReaderTally) {
+        self.reads += other.reads;
+        self.empty += other.empty;
+        self.past += other.past;
+        self.past_sum_ms += other.past_sum_ms;
+        self.past_max_ms = self.past_max_ms.max(other.past_max_ms);
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// What the readers of one run saw, merged.
+#[derive(Debug)]
+struct Reads {
+    /// Every read's latency.
+    hist: Histogram<u64>,
+    /// The readers' tallies.
+    tally: ReaderTally,
+    /// From the readers' start until the last one ended, in seconds.
+    elapsed_s: f64,
 }
 
 /// Runs W4 against `subject` for `length`, after prewarming every key if asked.
@@ -169,139 +223,189 @@ pub(crate) async fn mixed(
     prewarm: bool,
     variant: &str,
 ) -> Result<Record, String> {
-    let lifetime_ms = W4_LIFETIME.as_millis() as u64;
     if prewarm {
-        let t = Instant::now();
-        // 500 at a time: the 10,000 fetches take about 0.4 s, well within one lifetime.
-        let warmers: Vec<_> = (0..500u64)
-            .map(|w| {
-                let subject = Arc::clone(&subject);
-                tokio::spawn(async move {
-                    for key in (w..KEYS as u64).step_by(500) {
-                        subject.read(key).await;
-                    }
-                })
-            })
-            .collect();
-        for w in warmers {
-            w.await.map_err(|e| e.to_string())?;
-        }
-        eprintln!(
-            "   prewarmed {KEYS} keys in {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
+        prewarm_keys(&subject).await?;
     }
     fetcher.reset();
-    let zipf = Arc::new(Zipf::new(KEYS, ZIPF_S));
-    let start = Instant::now();
-    let deadline = start + length;
-    let readers: Vec<_> = (0..READERS)
-        .map(|i| {
-            let (subject, zipf) = (Arc::clone(&subject), Arc::clone(&zipf));
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(0xC0FFEE + i as u64);
-                let mut hist = stats::latency_histogram();
-                let mut tally = ReaderTally::default();
-                while Instant::now() < deadline {
-                    let key = zipf.sample(&mut rng) as u64;
-                    let t = Instant::now();
-                    let read = subject.read(key).await;
-                    stats::record(&mut hist, t.elapsed());
-                    tally.reads += 1;
-                    *tally.statuses.entry(read.status).or_default() += 1;
-                    match read.value {
-                        None => tally.empty += 1,
-                        Some(v) => {
-                            let past = unix_ms().saturating_sub(v.at_ms + lifetime_ms);
-                            if past > 0 {
-                                tally.past += 1;
-                                tally.past_sum_ms += past;
-                                tally.past_max_ms = tally.past_max_ms.max(past);
-                            }
-                        }
-                    }
-                    tokio::task::yield_now().await;
-                }
-                (hist, tally)
-            })
-        })
-        .collect();
-    let mut hist = stats::latency_histogram();
-    let mut all = ReaderTally::default();
-    for r in readers {
-        let (h, t) = r.await.map_err(|e| e.to_string())?;
-        stats::merge(&mut hist, &h);
-        all.reads += t.reads;
-        all.empty += t.empty;
-        all.past += t.past;
-        all.past_sum_ms += t.past_sum_ms;
-        all.past_max_ms = all.past_max_ms.max(t.past_max_ms);
-        for (k, v) in t.statuses {
-            *all.statuses.entry(k).or_default() += v;
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+    let reads = read_for(&subject, length).await?;
     let backlog = subject.backlog().await;
     let log = fetcher.log();
-    let events = refresh_events(&log, W4_LIFETIME / 2);
-    let fetches = log.len() as f64;
-    let per_event = if events == 0 {
-        0.0
-    } else {
-        fetches / events as f64
-    };
-    let reads_per_sec = all.reads as f64 / elapsed;
-    let share = |n: u64| stats::round3(n as f64 / all.reads.max(1) as f64);
-    let mean_past = if all.past == 0 {
-        0.0
-    } else {
-        all.past_sum_ms as f64 / all.past as f64
-    };
-
+    let derived = Derived::of(&reads, &log);
     let mut r = Record::new("W4", variant, subject.name())
         .param("keys", KEYS as u64)
         .param("zipf_s", ZIPF_S)
-        .param("lifetime_ms", lifetime_ms)
+        .param("lifetime_ms", LIFETIME_MS)
         .param("fetch_ms", FETCH.as_millis() as u64)
         .param("readers", READERS as u64)
         .param("duration_s", length.as_secs_f64())
         .param("prewarmed", prewarm)
         .param("what_it_does", subject.describe());
-    r.figure("reads", all.reads);
-    r.figure("reads_per_sec", stats::round3(reads_per_sec));
-    r.figure("read_latency", stats::latency_figures(&hist));
-    r.figure("fetch_calls", log.len() as u64);
-    r.figure("refresh_events", events as u64);
-    r.figure("fetch_calls_per_refresh_event", stats::round3(per_event));
-    r.figure("empty_read_share", share(all.empty));
-    r.figure(
-        "served_past_lifetime",
-        json!({
-            "share": share(all.past),
-            "mean_age_past_ms": stats::round3(mean_past),
-            "max_age_past_ms": all.past_max_ms,
-        }),
-    );
-    r.figure("statuses", json!(all.statuses));
-    match backlog {
-        Some(b) => r.figure("queue_backlog_at_end", b),
-        None => r.figure("queue_backlog_at_end", "n/a (no queue)"),
-    }
-    r.summary = format!(
-        "{}; p50 {}, p99 {}; {} fetches, {:.2}/event; empty {:.1}%; past lifetime {:.1}% (mean {:.0} ms, max {} ms); backlog {}",
-        report::rate(reads_per_sec),
-        report::micros(stats::ns_to_us(hist.value_at_quantile(0.5))),
-        report::micros(stats::ns_to_us(hist.value_at_quantile(0.99))),
-        log.len(),
-        per_event,
-        100.0 * share(all.empty),
-        100.0 * share(all.past),
-        mean_past,
-        all.past_max_ms,
-        backlog.map_or("n/a".to_owned(), |b| b.to_string()),
-    );
-    r.latencies = Some(hist);
+    derived.add_figures(&mut r, &reads, backlog);
+    r.summary = derived.summary(&reads, backlog);
+    r.latencies = Some(reads.hist);
     Ok(r)
+}
+
+/// Reads every key once, 500 keys at a time: the 10,000 fetches take about 0.4 s, well within
+/// one lifetime.
+async fn prewarm_keys(subject: &Arc<Subject>) -> Result<(), String> {
+    let t = Instant::now();
+    let warmers: Vec<_> = (0..500u64)
+        .map(|w| {
+            let subject = Arc::clone(subject);
+            tokio::spawn(async move {
+                for key in (w..KEYS as u64).step_by(500) {
+                    subject.read(key).await;
+                }
+            })
+        })
+        .collect();
+    for w in warmers {
+        w.await.map_err(|e| e.to_string())?;
+    }
+    eprintln!(
+        "   prewarmed {KEYS} keys in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `READERS` reader tasks reading Zipf-chosen keys of `subject` for `length`; what they saw.
+async fn read_for(subject: &Arc<Subject>, length: Duration) -> Result<Reads, String> {
+    let zipf = Arc::new(Zipf::new(KEYS, ZIPF_S));
+    let start = Instant::now();
+    let deadline = start + length;
+    let readers: Vec<_> = (0..READERS)
+        .map(|i| {
+            let (subject, zipf) = (Arc::clone(subject), Arc::clone(&zipf));
+            tokio::spawn(reader(subject, zipf, 0xC0FFEE + i as u64, deadline))
+        })
+        .collect();
+    let mut hist = stats::latency_histogram();
+    let mut tally = ReaderTally::default();
+    for r in readers {
+        let (h, t) = r.await.map_err(|e| e.to_string())?;
+        stats::merge(&mut hist, &h);
+        tally.add(t);
+    }
+    Ok(Reads {
+        hist,
+        tally,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One reader task: reads keys drawn from `zipf` (an RNG of `seed`) until `deadline`, yielding
+/// to the runtime after each read as a request handler would.
+async fn reader(
+    subject: Arc<Subject>,
+    zipf: Arc<Zipf>,
+    seed: u64,
+    deadline: Instant,
+) -> (Histogram<u64>, ReaderTally) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut hist = stats::latency_histogram();
+    let mut tally = ReaderTally::default();
+    while Instant::now() < deadline {
+        let key = zipf.sample(&mut rng) as u64;
+        let t = Instant::now();
+        let read = subject.read(key).await;
+        stats::record(&mut hist, t.elapsed());
+        tally.note(read);
+        tokio::task::yield_now().await;
+    }
+    (hist, tally)
+}
+
+/// The figures of one run that are derived from its reads and its fetch log.
+#[derive(Debug)]
+struct Derived {
+    /// Reads per second over the run.
+    reads_per_sec: f64,
+    /// Fetches made during the run.
+    fetches: usize,
+    /// Refresh events (see the module docs).
+    events: usize,
+    /// Fetches per refresh event; 0 with no event.
+    per_event: f64,
+    /// The share of reads that returned no value (rounded to 3 decimals).
+    empty_share: f64,
+    /// The share of reads served past their lifetime (rounded to 3 decimals).
+    past_share: f64,
+    /// The mean age past the lifetime of those, in ms; 0 with none.
+    mean_past_ms: f64,
+}
+
+impl Derived {
+    /// Derives the figures of a run.
+    fn of(reads: &Reads, log: &[(u64, Instant)]) -> Self {
+        let all = &reads.tally;
+        let events = refresh_events(log, W4_LIFETIME / 2);
+        let fetches = log.len() as f64;
+        let share = |n: u64| stats::round3(n as f64 / all.reads.max(1) as f64);
+        Derived {
+            reads_per_sec: all.reads as f64 / reads.elapsed_s,
+            fetches: log.len(),
+            events,
+            per_event: if events == 0 {
+                0.0
+            } else {
+                fetches / events as f64
+            },
+            empty_share: share(all.empty),
+            past_share: share(all.past),
+            mean_past_ms: if all.past == 0 {
+                0.0
+            } else {
+                all.past_sum_ms as f64 / all.past as f64
+            },
+        }
+    }
+
+    /// Adds the run's figures to its record.
+    fn add_figures(&self, r: &mut Record, reads: &Reads, backlog: Option<u64>) {
+        let all = &reads.tally;
+        r.figure("reads", all.reads);
+        r.figure("reads_per_sec", stats::round3(self.reads_per_sec));
+        r.figure("read_latency", stats::latency_figures(&reads.hist));
+        r.figure("fetch_calls", self.fetches as u64);
+        r.figure("refresh_events", self.events as u64);
+        r.figure(
+            "fetch_calls_per_refresh_event",
+            stats::round3(self.per_event),
+        );
+        r.figure("empty_read_share", self.empty_share);
+        r.figure(
+            "served_past_lifetime",
+            json!({
+                "share": self.past_share,
+                "mean_age_past_ms": stats::round3(self.mean_past_ms),
+                "max_age_past_ms": all.past_max_ms,
+            }),
+        );
+        r.figure("statuses", json!(all.statuses));
+        match backlog {
+            Some(b) => r.figure("queue_backlog_at_end", b),
+            None => r.figure("queue_backlog_at_end", "n/a (no queue)"),
+        }
+    }
+
+    /// The run's line in the table.
+    fn summary(&self, reads: &Reads, backlog: Option<u64>) -> String {
+        format!(
+            "{}; p50 {}, p99 {}; {} fetches, {:.2}/event; empty {:.1}%; past lifetime {:.1}% (mean {:.0} ms, max {} ms); backlog {}",
+            report::rate(self.reads_per_sec),
+            report::micros(stats::ns_to_us(reads.hist.value_at_quantile(0.5))),
+            report::micros(stats::ns_to_us(reads.hist.value_at_quantile(0.99))),
+            self.fetches,
+            self.per_event,
+            100.0 * self.empty_share,
+            100.0 * self.past_share,
+            self.mean_past_ms,
+            reads.tally.past_max_ms,
+            backlog.map_or("n/a".to_owned(), |b| b.to_string()),
+        )
+    }
 }
 
 /// Groups each key's fetches into refresh events: a fetch starting more than `gap` after the
