@@ -31,8 +31,11 @@ pub struct Policy {
     /// Claim TTL: within it no second refresh of a key is enqueued; after it a lost refresh is
     /// retried by the next reader. Default: 60 s.
     pub refresh_timeout: Duration,
-    /// A miss fetches synchronously (coalesced) when true; when false it returns empty at once
-    /// and enqueues a refresh. Default: true.
+    /// What [`JobHandle::get_with_status`](crate::JobHandle::get_with_status) (and a
+    /// `#[cacheback]` fn) does on a miss: fetch synchronously (coalesced) when true; when false
+    /// answer with no value at once and enqueue a refresh. Default: true.
+    /// [`JobHandle::get`](crate::JobHandle::get) always fetches a miss and
+    /// [`JobHandle::get_cached`](crate::JobHandle::get_cached) never does, whatever this says.
     pub fetch_on_miss: bool,
     /// If a value is stale by more than this, fetch synchronously instead of serving it.
     /// Default: none.
