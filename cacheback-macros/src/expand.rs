@@ -6,8 +6,8 @@ use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Token, Type,
-    TypeTuple,
+    Attribute, FnArg, GenericArgument, Ident, ItemFn, Meta, Pat, PathArguments, ReturnType,
+    Signature, Token, Type, TypeTuple,
 };
 
 use crate::args::{self, Args};
@@ -27,12 +27,17 @@ enum Output {
 struct Param {
     name: Ident,
     ty: Type,
+    /// For a `#[dep] name: &T` parameter, `T`: the job owns it and lends it to each fetch.
+    dep: Option<Type>,
 }
+
+/// The marker of a dependency parameter, `#[dep] db: &PgPool`.
+const DEP: &str = "dep";
 
 /// Expands `#[cacheback(args)] item`. On error, returns the errors and the unchanged item, so
 /// that callers of the fn do not get a second wave of "cannot find function" errors.
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let function: ItemFn = match syn::parse2(item.clone()) {
+    let mut function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(_) => {
             let error = syn::Error::new(
@@ -42,16 +47,46 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
             return error_and_item(error, item);
         }
     };
+    // Taken off before anything else, so that an item handed back with errors carries no
+    // `#[dep]` for rustc to report as an unknown attribute.
+    let markers = take_dep_markers(&mut function.sig);
     let args = Args::parse(attr);
-    let signature = check_signature(&function);
+    let signature = check_signature(&function, markers);
     match (args, signature) {
         (Ok(args), Ok((params, output))) => generate(function, args, params, output),
         (Err(mut a), Err(b)) => {
             a.combine(b);
-            error_and_item(a, item)
+            error_and_item(a, quote!(#function))
         }
-        (Err(error), _) | (_, Err(error)) => error_and_item(error, item),
+        (Err(error), _) | (_, Err(error)) => error_and_item(error, quote!(#function)),
     }
+}
+
+/// Removes the `#[dep]` markers from the parameters: for each typed parameter, in order, the
+/// marker's span if it had one, or the error of a marker written with arguments.
+fn take_dep_markers(sig: &mut Signature) -> Vec<syn::Result<Option<Span>>> {
+    let mut markers = Vec::new();
+    for input in &mut sig.inputs {
+        let FnArg::Typed(typed) = input else {
+            continue;
+        };
+        let mut marker = Ok(None);
+        typed.attrs.retain(|attr| {
+            if !attr.path().is_ident(DEP) {
+                return true;
+            }
+            marker = match &attr.meta {
+                Meta::Path(_) => Ok(Some(attr.span())),
+                meta => Err(syn::Error::new_spanned(
+                    meta,
+                    "`#[dep]` takes no arguments: write `#[dep] name: &Type`",
+                )),
+            };
+            false
+        });
+        markers.push(marker);
+    }
+    markers
 }
 
 fn error_and_item(error: syn::Error, item: TokenStream) -> TokenStream {
@@ -60,8 +95,12 @@ fn error_and_item(error: syn::Error, item: TokenStream) -> TokenStream {
 }
 
 /// Collects every problem of the signature, each spanned on the offending part.
-fn check_signature(function: &ItemFn) -> syn::Result<(Vec<Param>, Output)> {
+fn check_signature(
+    function: &ItemFn,
+    markers: Vec<syn::Result<Option<Span>>>,
+) -> syn::Result<(Vec<Param>, Output)> {
     let sig = &function.sig;
+    let fn_name = sig.ident.unraw().to_string();
     let mut errors: Vec<syn::Error> = Vec::new();
     if let Some(receiver) = sig.receiver() {
         errors.push(syn::Error::new_spanned(
@@ -102,10 +141,11 @@ fn check_signature(function: &ItemFn) -> syn::Result<(Vec<Param>, Output)> {
     }
 
     let mut params = Vec::new();
-    for input in &sig.inputs {
-        let FnArg::Typed(typed) = input else {
-            continue; // the receiver, reported above
-        };
+    let typed_inputs = sig.inputs.iter().filter_map(|input| match input {
+        FnArg::Typed(typed) => Some(typed),
+        FnArg::Receiver(_) => None, // reported above
+    });
+    for (typed, marker) in typed_inputs.zip(markers) {
         let name = match &*typed.pat {
             Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => {
                 Some(pat.ident.clone())
@@ -114,31 +154,35 @@ fn check_signature(function: &ItemFn) -> syn::Result<(Vec<Param>, Output)> {
                 errors.push(syn::Error::new_spanned(
                     pat,
                     "arguments of a #[cacheback] fn must be plain `name: Type` (they become the \
-                     job's args tuple); destructure inside the body instead",
+                     job's args); destructure inside the body instead",
                 ));
                 None
             }
         };
-        if let Some(reference) = find_reference(&typed.ty) {
-            errors.push(syn::Error::new_spanned(
-                reference,
-                format!(
-                    "arguments of a #[cacheback] fn are hashed into the cache key and sent to \
-                     workers, so they must be owned; {}",
-                    owned_suggestion(reference)
-                ),
-            ));
-        } else if let Some(impl_trait) = find_impl_trait(&typed.ty) {
-            errors.push(syn::Error::new_spanned(
-                impl_trait,
-                "arguments of a #[cacheback] fn cannot be `impl Trait`: they are decoded by \
-                 workers, so their type must be concrete",
-            ));
-        }
+        let dep = match marker {
+            Ok(Some(_)) => match check_dep(&typed.ty, &fn_name) {
+                Ok(owned) => Some(owned),
+                Err(error) => {
+                    errors.push(error);
+                    None
+                }
+            },
+            Ok(None) => {
+                if let Some(error) = check_key_arg(&typed.ty) {
+                    errors.push(error);
+                }
+                None
+            }
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        };
         if let Some(name) = name {
             params.push(Param {
                 name,
                 ty: (*typed.ty).clone(),
+                dep,
             });
         }
     }
@@ -210,6 +254,103 @@ fn check_output(output: &ReturnType) -> syn::Result<Output> {
              cached value from the error",
         )),
     }
+}
+
+/// A key argument is hashed and sent to workers: it must be owned and concrete.
+fn check_key_arg(ty: &Type) -> Option<syn::Error> {
+    if let Some(reference) = find_reference(ty) {
+        // A whole parameter of `&Something` (not `&str`, not `&[T]`) is often a pool or a
+        // client that does not belong in the key at all.
+        let dep_hint = match ty {
+            Type::Reference(whole) if !is_str_or_slice(&whole.elem) => {
+                "; or, if it is a dependency such as a database pool rather than part of the key, \
+                 mark it `#[dep]`"
+            }
+            _ => "",
+        };
+        Some(syn::Error::new_spanned(
+            reference,
+            format!(
+                "arguments of a #[cacheback] fn are hashed into the cache key and sent to \
+                 workers, so they must be owned; {}{dep_hint}",
+                owned_suggestion(reference)
+            ),
+        ))
+    } else {
+        find_impl_trait(ty).map(|impl_trait| {
+            syn::Error::new_spanned(
+                impl_trait,
+                "arguments of a #[cacheback] fn cannot be `impl Trait`: they are decoded by \
+                 workers, so their type must be concrete",
+            )
+        })
+    }
+}
+
+fn is_str_or_slice(ty: &Type) -> bool {
+    match ty {
+        Type::Slice(_) => true,
+        Type::Path(path) => path.path.is_ident("str"),
+        _ => false,
+    }
+}
+
+/// A `#[dep]` parameter is `&T`: the job owns the `T` that `<fn>::init` was given and lends it
+/// to every fetch, so `T` must be a concrete, sized type without borrows. Returns `T`.
+fn check_dep(ty: &Type, fn_name: &str) -> syn::Result<Type> {
+    let Type::Reference(reference) = ty else {
+        let shown = quote!(#ty).to_string().replace(' ', "");
+        return Err(syn::Error::new_spanned(
+            ty,
+            format!(
+                "a #[dep] parameter must be a shared reference: write `&{shown}`; the job owns \
+                 the `{shown}` given to `{fn_name}::init` and lends it to each fetch"
+            ),
+        ));
+    };
+    if let Some(mutability) = &reference.mutability {
+        let and = &reference.and_token;
+        return Err(syn::Error::new_spanned(
+            quote!(#and #mutability),
+            "a #[dep] parameter is shared by every call and refresh, so it is `&T`, not \
+             `&mut T`; keep the mutable state behind a lock or a pool inside `T`",
+        ));
+    }
+    if let Some(lifetime) = &reference.lifetime {
+        return Err(syn::Error::new_spanned(
+            lifetime,
+            "write a #[dep] parameter as `&T`, without a lifetime: the job lends its \
+             dependency for the length of one fetch",
+        ));
+    }
+    let owned = &*reference.elem;
+    if let Type::TraitObject(object) = owned {
+        let shown = quote!(#object).to_string();
+        return Err(syn::Error::new_spanned(
+            owned,
+            format!(
+                "the job owns its dependency, and a trait object can only be owned behind a \
+                 pointer: take `&Arc<{shown}>` and pass an `Arc` to `{fn_name}::init`"
+            ),
+        ));
+    }
+    if let Some(inner) = find_reference(owned) {
+        return Err(syn::Error::new_spanned(
+            inner,
+            format!(
+                "the type behind a #[dep] parameter cannot borrow: the job owns it for as long as \
+                 it is registered; give `{fn_name}::init` an owned value (an `Arc`, a pool handle)"
+            ),
+        ));
+    }
+    if let Some(impl_trait) = find_impl_trait(owned) {
+        return Err(syn::Error::new_spanned(
+            impl_trait,
+            "a #[dep] parameter cannot be `impl Trait`: the job stores it, so its type must be \
+             concrete",
+        ));
+    }
+    Ok(owned.clone())
 }
 
 /// The first reference anywhere inside `ty` (`&str`, `Vec<&str>`, ...).
@@ -292,6 +433,25 @@ fn is_lint_level(attr: &Attribute) -> bool {
         .any(|level| attr.path().is_ident(level))
 }
 
+/// `a` for one key argument, `(a, b)` for several, `()` for none: the job's args, as a value or
+/// as a pattern, matching the `Args` type that `generate` derives.
+fn pack(names: &[&Ident]) -> TokenStream {
+    match names {
+        [one] => quote!(#one),
+        _ => quote!((#(#names),*)),
+    }
+}
+
+/// How `job()`'s methods take the key arguments, for the generated docs.
+fn args_form(names: &[&Ident]) -> String {
+    let names: Vec<String> = names.iter().map(|n| n.unraw().to_string()).collect();
+    match names.as_slice() {
+        [] => "`()`, as the fn has no key arguments".to_owned(),
+        [one] => format!("the fn's argument `{one}` itself"),
+        several => format!("the fn's arguments as a tuple `({})`", several.join(", ")),
+    }
+}
+
 fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) -> TokenStream {
     let ItemFn {
         attrs,
@@ -304,6 +464,7 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
     let job_type = format_ident!("__cacheback_job_{}", fn_name);
     let fetch_fn = format_ident!("__cacheback_fetch_{}", fn_name);
     let handle_fn = format_ident!("__cacheback_handle_{}", fn_name);
+    let init_fn = format_ident!("__cacheback_init_{}", fn_name);
     // Spans from the user's signature, so that type errors in the generated code (args that are
     // not serde types, a body that is not `Send`) point at the fn rather than at the attribute.
     let sig_span = fn_name.span();
@@ -311,30 +472,48 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
     let cfgs: Vec<&Attribute> = attrs.iter().filter(|a| is_cfg(a)).collect();
     let lint_levels: Vec<&Attribute> = attrs.iter().filter(|a| is_lint_level(a)).collect();
 
-    let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
-    let args_type = TypeTuple {
-        paren_token: sig.paren_token,
-        elems: params
-            .iter()
-            .map(|p| p.ty.clone())
-            .collect::<Punctuated<Type, Token![,]>>(),
-    };
-    // A trailing comma makes a one-element tuple, and is harmless otherwise.
-    let args_type = if params.len() == 1 {
-        let ty = &params[0].ty;
-        quote_spanned!(sig.paren_token.span.join()=> (#ty,))
-    } else {
-        quote!(#args_type)
-    };
-
-    let (value, error, fetch_body) = match &output {
-        Output::Fallible { value, error } => {
-            (value.clone(), error.clone(), quote!(#fetch_fn(#(#names),*)))
+    let keys: Vec<&Param> = params.iter().filter(|p| p.dep.is_none()).collect();
+    let key_names: Vec<&Ident> = keys.iter().map(|p| &p.name).collect();
+    let dep_names: Vec<&Ident> = params
+        .iter()
+        .filter(|p| p.dep.is_some())
+        .map(|p| &p.name)
+        .collect();
+    let dep_types: Vec<&Type> = params.iter().filter_map(|p| p.dep.as_ref()).collect();
+    // One key argument is the args itself, so that `job().invalidate(id)` needs no `(id,)`.
+    let args_type = match keys.as_slice() {
+        [one] => {
+            let ty = &one.ty;
+            quote!(#ty)
         }
+        _ => {
+            let tuple = TypeTuple {
+                paren_token: sig.paren_token,
+                elems: keys
+                    .iter()
+                    .map(|p| p.ty.clone())
+                    .collect::<Punctuated<Type, Token![,]>>(),
+            };
+            quote!(#tuple)
+        }
+    };
+    let args_value = pack(&key_names);
+
+    // The body's arguments in the order written; the job lends it the dependencies it owns.
+    let body_args = params.iter().map(|p| {
+        let name = &p.name;
+        match p.dep {
+            Some(_) => quote!(&self.#name),
+            None => quote!(#name),
+        }
+    });
+    let body_call = quote!(#fetch_fn(#(#body_args),*));
+    let (value, error, fetch_body) = match &output {
+        Output::Fallible { value, error } => (value.clone(), error.clone(), body_call),
         Output::Infallible { value } => (
             value.clone(),
             quote!(::core::convert::Infallible),
-            quote!(async move { ::core::result::Result::Ok(#fetch_fn(#(#names),*).await) }),
+            quote!(async move { ::core::result::Result::Ok(#body_call.await) }),
         ),
     };
 
@@ -343,14 +522,19 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
         None => quote!(::core::concat!(::core::module_path!(), "::", #fn_name_text)),
     };
     let policy = &args.policy;
+    let job_value = if dep_names.is_empty() {
+        quote!(#job_type)
+    } else {
+        quote!(#job_type { #(#dep_names),* })
+    };
     // Spanned on the expression, so that a wrong type is reported there.
     let register = match &args.client {
         Some(client) => quote_spanned! {client.span()=>
-            ::cacheback::__private::register(#client, #job_type)
+            ::cacheback::__private::register(#client, #job_value)
         },
         None => {
             let client = args::default_client();
-            quote!(::cacheback::__private::register(#client, #job_type))
+            quote!(::cacheback::__private::register(#client, #job_value))
         }
     };
     let fetch_on_miss = args.fetch_on_miss.unwrap_or(true);
@@ -359,32 +543,15 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
     let mut fetch_sig = sig.clone();
     fetch_sig.ident = fetch_fn.clone();
 
-    // The cached fn takes the same params, minus `mut` (it only forwards them).
-    let cached_params = params.iter().map(|Param { name, ty }| quote!(#name: #ty));
-    let (cached_output, cached_body) = if fetch_on_miss {
-        (
-            quote!(::cacheback::Result<::std::sync::Arc<#value>>),
-            quote!(::cacheback::__private::get_fetched(#handle_fn(), (#(#names,)*)).await),
-        )
-    } else {
-        (
-            quote!(::cacheback::Result<::core::option::Option<::std::sync::Arc<#value>>>),
-            quote!(#handle_fn().get_cached((#(#names,)*)).await),
-        )
-    };
-    // `expect` would be unfulfilled on one of the two fns; it belongs with the body.
-    let cached_attrs = attrs.iter().filter(|a| !a.path().is_ident("expect"));
-    let asyncness = &sig.asyncness;
-
     let job_doc =
         format!(" The cacheback job behind `{fn_name_text}` (generated by `#[cacheback]`).");
     let mod_doc = format!(
         " The cacheback job of the cached fn `{fn_name_text}`: `{fn_name_text}::job()` reads, \
          writes, invalidates and warms its values."
     );
-    let job_fn_doc = format!(
-        " The handle of `{fn_name_text}`'s job, registered with its client on first use: \
-         `set`, `invalidate`, `refresh`, `delete`, `peek`, ... take the fn's arguments as a tuple."
+    let methods_take = format!(
+        "`set`, `invalidate`, `refresh`, `delete`, `peek`, ... take {}.",
+        args_form(&key_names)
     );
 
     let fetch_method = quote_spanned! {sig_span=>
@@ -394,10 +561,159 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
         ) -> impl ::core::future::Future<
             Output = ::core::result::Result<Self::Value, Self::Error>,
         > + ::core::marker::Send {
-            let (#(#names,)*) = args;
+            let #args_value = args;
             #fetch_body
         }
     };
+
+    // Without dependencies, one registration per process on first use, so that the client
+    // expression runs once and the hot path is a single atomic load. With them, `init` makes
+    // the one registration, and every read checks that it happened.
+    let (job_struct, handle_items, handle, mod_items) = if dep_names.is_empty() {
+        let job_fn_doc = format!(
+            " The handle of `{fn_name_text}`'s job, registered with its client on first use: \
+             {methods_take}"
+        );
+        (
+            quote! {
+                #[derive(
+                    ::core::fmt::Debug,
+                    ::core::clone::Clone,
+                    ::core::marker::Copy,
+                    ::core::default::Default,
+                )]
+                #vis struct #job_type;
+            },
+            quote! {
+                #(#cfgs)*
+                #[doc(hidden)]
+                fn #handle_fn() -> &'static ::cacheback::JobHandle<#job_type> {
+                    static HANDLE: ::cacheback::__private::OnceLock<
+                        ::cacheback::JobHandle<#job_type>,
+                    > = ::cacheback::__private::OnceLock::new();
+                    HANDLE.get_or_init(|| #register)
+                }
+            },
+            quote!(#handle_fn()),
+            quote! {
+                #[doc = #job_fn_doc]
+                #[allow(dead_code)]
+                pub fn job() -> ::cacheback::JobHandle<super::#job_type> {
+                    ::core::clone::Clone::clone(super::#handle_fn())
+                }
+            },
+        )
+    } else {
+        let dep_list = dep_names
+            .iter()
+            .map(|n| n.unraw().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let init_call = format!("{fn_name_text}::init({dep_list})");
+        let job_type_text = job_type.to_string();
+        // The module cannot name the user's types (it is one level down), so `init` names them
+        // through aliases declared beside the fn.
+        let aliases: Vec<Ident> = dep_names
+            .iter()
+            .map(|dep| format_ident!("__cacheback_dep_{}_{}", fn_name, dep))
+            .collect();
+        let alias_items = aliases.iter().zip(&dep_types).map(|(alias, ty)| {
+            quote! {
+                #(#cfgs)*
+                #[doc(hidden)]
+                #[allow(non_camel_case_types, unreachable_pub)]
+                #vis type #alias = #ty;
+            }
+        });
+        let job_fn_doc = format!(
+            " The handle of `{fn_name_text}`'s job, once `{init_call}` registered it with its \
+             client (until then a `cacheback::Error::Config`): {methods_take}"
+        );
+        let init_doc = format!(
+            " Gives `{fn_name_text}`'s job its dependencies ({dep_list}) and registers it with \
+             its client. Call it once at start-up in every process that calls `{fn_name_text}` \
+             or runs its refreshes; a second call is a `cacheback::Error::Config`."
+        );
+        (
+            quote! {
+                #vis struct #job_type {
+                    #(#dep_names: #dep_types,)*
+                }
+
+                #(#cfgs)*
+                impl ::core::fmt::Debug for #job_type {
+                    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                        f.debug_struct(#job_type_text).finish_non_exhaustive()
+                    }
+                }
+
+                #(#alias_items)*
+            },
+            quote! {
+                #(#cfgs)*
+                #[doc(hidden)]
+                fn #handle_fn() -> &'static ::cacheback::__private::OnceLock<
+                    ::cacheback::JobHandle<#job_type>,
+                > {
+                    static HANDLE: ::cacheback::__private::OnceLock<
+                        ::cacheback::JobHandle<#job_type>,
+                    > = ::cacheback::__private::OnceLock::new();
+                    &HANDLE
+                }
+
+                #(#cfgs)*
+                #[doc(hidden)]
+                fn #init_fn(
+                    #(#dep_names: #dep_types),*
+                ) -> ::cacheback::Result<::cacheback::JobHandle<#job_type>> {
+                    ::cacheback::__private::provide(
+                        #handle_fn(),
+                        #fn_name_text,
+                        #init_call,
+                        || #register,
+                    )
+                }
+            },
+            quote!(::cacheback::__private::provided(#handle_fn(), #fn_name_text, #init_call)?),
+            quote! {
+                #[doc = #init_doc]
+                #[allow(dead_code)]
+                pub fn init(
+                    #(#dep_names: super::#aliases),*
+                ) -> ::cacheback::Result<::cacheback::JobHandle<super::#job_type>> {
+                    super::#init_fn(#(#dep_names),*)
+                }
+
+                #[doc = #job_fn_doc]
+                #[allow(dead_code)]
+                pub fn job() -> ::cacheback::Result<::cacheback::JobHandle<super::#job_type>> {
+                    ::cacheback::__private::provided(
+                        super::#handle_fn(),
+                        #fn_name_text,
+                        #init_call,
+                    )
+                    .cloned()
+                }
+            },
+        )
+    };
+
+    // The cached fn takes the key params, minus `mut` (it only forwards them).
+    let cached_params = keys.iter().map(|Param { name, ty, .. }| quote!(#name: #ty));
+    let (cached_output, cached_body) = if fetch_on_miss {
+        (
+            quote!(::cacheback::Result<::std::sync::Arc<#value>>),
+            quote!(::cacheback::__private::get_fetched(#handle, #args_value).await),
+        )
+    } else {
+        (
+            quote!(::cacheback::Result<::core::option::Option<::std::sync::Arc<#value>>>),
+            quote!(#handle.get_cached(#args_value).await),
+        )
+    };
+    // `expect` would be unfulfilled on one of the two fns; it belongs with the body.
+    let cached_attrs = attrs.iter().filter(|a| !a.path().is_ident("expect"));
+    let asyncness = &sig.asyncness;
 
     quote! {
         // The original body, renamed: the job's `fetch` runs it on a miss or a refresh.
@@ -410,13 +726,7 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
         #[doc = #job_doc]
         #[doc(hidden)]
         #[allow(non_camel_case_types, unreachable_pub)]
-        #[derive(
-            ::core::fmt::Debug,
-            ::core::clone::Clone,
-            ::core::marker::Copy,
-            ::core::default::Default,
-        )]
-        #vis struct #job_type;
+        #job_struct
 
         #(#cfgs)*
         impl ::cacheback::Job for #job_type {
@@ -435,26 +745,14 @@ fn generate(function: ItemFn, args: Args, params: Vec<Param>, output: Output) ->
             #fetch_method
         }
 
-        // One registration per process, on first use, so that the client expression runs once
-        // and the hot path is a single atomic load.
-        #(#cfgs)*
-        #[doc(hidden)]
-        fn #handle_fn() -> &'static ::cacheback::JobHandle<#job_type> {
-            static HANDLE: ::cacheback::__private::OnceLock<::cacheback::JobHandle<#job_type>> =
-                ::cacheback::__private::OnceLock::new();
-            HANDLE.get_or_init(|| #register)
-        }
+        #handle_items
 
         // Same name as the fn: modules and functions live in different namespaces.
         #(#cfgs)*
         #[doc = #mod_doc]
         #[allow(unreachable_pub)]
         #vis mod #fn_name {
-            #[doc = #job_fn_doc]
-            #[allow(dead_code)]
-            pub fn job() -> ::cacheback::JobHandle<super::#job_type> {
-                ::core::clone::Clone::clone(super::#handle_fn())
-            }
+            #mod_items
         }
 
         #(#cached_attrs)*

@@ -22,17 +22,17 @@ use proc_macro::TokenStream;
 ///
 /// let tweets: Arc<Vec<Tweet>> = user_tweets("bob".into()).await?;
 ///
-/// // The job behind the fn, for everything else; its methods take the args as a tuple.
-/// user_tweets::job().invalidate(("bob".to_owned(),)).await?;
-/// user_tweets::job().set(("bob".to_owned(),), vec![]).await?;
+/// // The job behind the fn, for everything else; its methods take the fn's argument.
+/// user_tweets::job().invalidate("bob".to_owned()).await?;
+/// user_tweets::job().set("bob".to_owned(), vec![]).await?;
 /// ```
 ///
 /// The `cacheback` crate's `tests/macros.rs` is a compiled, running version of these examples.
 ///
 /// # What the fn becomes
 ///
-/// The fn keeps its name, visibility, parameters and attributes, but now reads through the
-/// cache and returns:
+/// The fn keeps its name, visibility, parameters (except [`#[dep]`](#dependencies) ones) and
+/// attributes, but now reads through the cache and returns:
 ///
 /// | `fetch_on_miss` | the cached fn returns |
 /// |---|---|
@@ -54,7 +54,13 @@ use proc_macro::TokenStream;
 /// Next to the fn, a module of the same name holds `job()`, the
 /// `cacheback::JobHandle` of the fn's job, for `set`, `invalidate`, `refresh`,
 /// `refresh_async`, `delete`, `peek`, `get_with_status` and `refresh_many`. Its methods take
-/// the fn's arguments as a tuple: `(a, b)` for two parameters, `(a,)` for one, `()` for none.
+/// the fn's arguments, which make the key, in the form of the job's `Args`:
+///
+/// | the fn's parameters | `Args` | for example |
+/// |---|---|---|
+/// | none | `()` | `job().refresh(())` |
+/// | one, `id: u64` | `u64`, the argument itself | `job().invalidate(42)` |
+/// | several, `year: u16, region: String` | a tuple, `(u16, String)` | `job().peek((2024, "emea".to_owned()))` |
 ///
 /// ```text
 /// #[cacheback]
@@ -63,6 +69,46 @@ use proc_macro::TokenStream;
 /// report::job().refresh((2024, "emea".to_owned())).await?;     // warm one key now
 /// let peek = report::job().peek((2024, "emea".to_owned())).await?;
 /// ```
+///
+/// The args are hashed into the stored key, so changing a fn's parameters changes its keys.
+///
+/// # Dependencies
+///
+/// A fetch often needs something that is not what it is about: a database pool, an HTTP
+/// client. Mark such a parameter `#[dep]` and take it by shared reference:
+///
+/// ```text
+/// #[cacheback(lifetime = "5m")]
+/// pub async fn user(#[dep] db: &PgPool, id: u64) -> Result<User, sqlx::Error> {
+///     sqlx::query_as("select * from users where id = $1").bind(id as i64).fetch_one(db).await
+/// }
+///
+/// // At start-up, in every process that calls `user` or runs its refreshes (web and worker):
+/// user::init(pool.clone())?;
+///
+/// let bob = user(42).await?;            // the cached fn takes the key arguments only
+/// user::job()?.invalidate(42).await?;   // and so do the job's methods
+/// ```
+///
+/// - A dependency is not part of the key: the cached fn and the job's methods leave it out
+///   (`user(42)`, not `user(&pool, 42)`), and its type needs no serde, `Clone` or `Debug`, only
+///   `Send + Sync + 'static`.
+/// - `user::init(pool)` gives the `PgPool`, by value, to the fn's job and registers the job with
+///   its client (the one of `client = ...`, evaluated then). The job owns it and lends `&PgPool`
+///   to every fetch, a miss in this process as well as a refresh in a worker; a worker runs the
+///   fetch with what its own process gave to `init`, so a worker process calls `init` too.
+///   Several `#[dep]` parameters, anywhere in the signature, are given to `init` in order.
+/// - `init` returns the job's handle, once per process: a second call is an
+///   `Err(cacheback::Error::Config)`, since what it was given would never be used.
+/// - Until `init` ran, the cached fn and `job()` (which returns a `cacheback::Result` for such a
+///   fn) answer `Err(cacheback::Error::Config)` with a message naming the fn and the call to
+///   make; neither panics.
+///
+/// The marker sits on the parameter, rather than in a list in the attribute, so that the
+/// signature says where it is read which parameters make the key and which are lent, and the
+/// body keeps an ordinary `&PgPool`. The dependency lives in the job registered with the client,
+/// not in a static of yours, because that registration is the one step every process (web or
+/// worker) must take anyway for the job to run there.
 ///
 /// # Arguments
 ///
@@ -87,9 +133,11 @@ use proc_macro::TokenStream;
 /// | `client` | `client = crate::cache()` | the global client | the `Cacheback` client to register with: any expression of type `Cacheback`, `&Cacheback`, `&'static Cacheback` or `Arc<Cacheback>`, evaluated once, on the first call |
 ///
 /// These map one to one onto `cacheback::Policy`, whose docs describe them in full. The global
-/// client is an in-memory one with an in-process worker, built on the first call, on that
-/// call's Tokio runtime; pass `client = ...` to use a configured one (a Redis store, a test
-/// clock, ...):
+/// client is the one installed with `cacheback::set_global(client)` at start-up; if none was,
+/// `cacheback::global()` builds a private in-memory one with an in-process worker, on the first
+/// call's Tokio runtime, and logs a warning that says so: such a client shares nothing with the
+/// other processes of a fleet. Install a configured client with `set_global`, or pass
+/// `client = ...` (a Redis store, a test clock, ...):
 ///
 /// ```text
 /// static CACHE: OnceLock<Cacheback> = OnceLock::new();
@@ -103,7 +151,8 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Workers find the job by name: a worker process must register the same job with its client,
-/// which calling `exchange_rate::job()` once at start-up does.
+/// which calling `exchange_rate::job()` once at start-up does (`init` for a fn with
+/// dependencies).
 ///
 /// # Requirements
 ///
@@ -115,6 +164,9 @@ use proc_macro::TokenStream;
 /// - each parameter is a plain `name: Type`, and every type is owned (`String`, not `&str`):
 ///   arguments are hashed into the key and sent to workers, so they are `Serialize +
 ///   DeserializeOwned + Clone + Send + Sync + 'static`; so is the value (without `Clone`);
+/// - a `#[dep]` parameter is `&T`, without a lifetime, not `&mut T`, where `T` is a sized,
+///   concrete type without borrows (for a trait object, `&Arc<dyn Trait>`) that is `Send +
+///   Sync + 'static`;
 /// - the body is `Send` (workers run it on any thread).
 ///
 /// `#[cfg(...)]` attributes apply to everything generated; `allow`, `warn`, `deny` and `forbid`

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::client::{Cacheback, JobHandle};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::Job;
 
 pub use std::sync::OnceLock;
@@ -58,4 +58,50 @@ pub fn register<J: Job>(client: impl ClientRef, job: J) -> JobHandle<J> {
 /// successful read has a value.
 pub async fn get_fetched<J: Job>(handle: &JobHandle<J>, args: J::Args) -> Result<Arc<J::Value>> {
     handle.get(args).await
+}
+
+/// The handle of a `#[cacheback]` fn with `#[dep]` parameters, once its `init` stored it; until
+/// then an error that says what to call, since a read cannot fetch without the dependencies.
+pub fn provided<J: Job>(
+    cell: &'static OnceLock<JobHandle<J>>,
+    fn_name: &str,
+    init_call: &str,
+) -> Result<&'static JobHandle<J>> {
+    cell.get().ok_or_else(|| {
+        Error::config(format!(
+            "#[cacheback] fn `{fn_name}` has no dependencies yet: call `{init_call}` at \
+             start-up, in every process that calls `{fn_name}` or runs its refreshes"
+        ))
+    })
+}
+
+/// The `init` of a `#[cacheback]` fn with `#[dep]` parameters: registers the job built with
+/// its dependencies, once. A second call is an error rather than a silent no-op, because the
+/// dependencies it was given would never be used.
+///
+/// # Panics
+///
+/// Like [`register`].
+#[track_caller]
+pub fn provide<J: Job>(
+    cell: &'static OnceLock<JobHandle<J>>,
+    fn_name: &str,
+    init_call: &str,
+    register: impl FnOnce() -> JobHandle<J>,
+) -> Result<JobHandle<J>> {
+    // Registering inside `get_or_init` keeps the registry and the stored handle in step when
+    // two threads race to call `init`.
+    let mut registered = false;
+    let handle = cell.get_or_init(|| {
+        registered = true;
+        register()
+    });
+    if registered {
+        Ok(handle.clone())
+    } else {
+        Err(Error::config(format!(
+            "`{init_call}` was called again: the dependencies of #[cacheback] fn `{fn_name}` \
+             are given once per process, and the first call's are in use"
+        )))
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use cacheback::clock::TestClock;
@@ -86,8 +86,10 @@ pub async fn user_tweets(user: String) -> Result<Vec<Tweet>, TwitterError> {
     }])
 }
 
-fn bob() -> (String,) {
-    ("bob".to_owned(),)
+/// The args of `user_tweets::job()`'s methods: a one-parameter fn's job takes the parameter
+/// itself.
+fn bob() -> String {
+    "bob".to_owned()
 }
 
 #[tokio::test(start_paused = true)]
@@ -149,14 +151,14 @@ async fn a_miss_fetches_once_then_hits() {
     assert_eq!(*value, 9);
     assert_eq!(*square(3).await.unwrap(), 9);
     assert_eq!(SQUARES.load(Ordering::SeqCst), 1);
-    let lookup = square::job().get_with_status((3,)).await.unwrap();
+    let lookup = square::job().get_with_status(3).await.unwrap();
     assert_eq!(lookup.status, Status::Hit);
 
     // Other args are another key, fetched on their own.
     assert_eq!(*square(4).await.unwrap(), 16);
     assert_eq!(SQUARES.load(Ordering::SeqCst), 2);
     let job = square::job();
-    assert_ne!(job.key(&(3,)).unwrap(), job.key(&(4,)).unwrap());
+    assert_ne!(job.key(&3).unwrap(), job.key(&4).unwrap());
 }
 
 // --- Functions that cannot fail, and functions that do. ---
@@ -282,8 +284,32 @@ async fn on_the_global_client() -> String {
     "global".to_owned()
 }
 
+/// Log lines captured by a test's own subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn without_client_the_global_client_is_used() {
+async fn without_client_the_global_client_is_used_and_its_default_is_loud() {
+    // The only test here on the global client, so its first use happens below, on this thread.
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
     assert_eq!(*on_the_global_client().await.unwrap(), "global");
     let name = on_the_global_client::job().name().to_owned();
     assert!(
@@ -292,6 +318,22 @@ async fn without_client_the_global_client_is_used() {
             .iter()
             .any(|n| **n == *name)
     );
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, however often it is used: {logs}"
+    );
+    for says in [
+        "cacheback::global",
+        "private in-memory client",
+        "cacheback::set_global(client)",
+        "client = ...",
+    ] {
+        assert!(warnings[0].contains(says), "{says:?} missing from {logs}");
+    }
 }
 
 #[cacheback(client = client_without_worker())]
@@ -323,4 +365,116 @@ async fn a_read_without_a_value_is_an_error_not_a_panic() {
         error.to_string().contains("tests.no_fetch_on_miss"),
         "{error}"
     );
+}
+
+// --- Dependencies: lent to the body by the job, never part of the key. ---
+
+/// A stand-in for a database pool: not serializable, not part of any key, counts its queries.
+#[derive(Debug)]
+pub struct FakePool {
+    name: &'static str,
+    queries: AtomicUsize,
+}
+
+impl FakePool {
+    fn new(name: &'static str) -> Arc<FakePool> {
+        Arc::new(FakePool {
+            name,
+            queries: AtomicUsize::new(0),
+        })
+    }
+
+    fn query(&self, id: u64) -> String {
+        let n = self.queries.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("user {id} from {} (query {n})", self.name)
+    }
+
+    fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+static USER_CLOCK: LazyLock<TestClock> = LazyLock::new(TestClock::new);
+
+#[cacheback(client = client_with_worker(&USER_CLOCK))]
+async fn user(#[dep] db: &Arc<FakePool>, id: u64) -> Result<String, std::io::Error> {
+    Ok(db.query(id))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_is_given_once_and_lent_to_every_fetch() {
+    // Before `init`, reads and `job()` say what to call instead of panicking.
+    for error in [user(1).await.unwrap_err(), user::job().unwrap_err()] {
+        let Error::Config { message } = &error else {
+            panic!("expected a config error, got {error:?}");
+        };
+        assert!(message.contains("fn `user`"), "{message}");
+        assert!(message.contains("call `user::init(db)`"), "{message}");
+    }
+
+    let pool = FakePool::new("primary");
+    let handle = user::init(Arc::clone(&pool)).unwrap();
+    assert_eq!(*user(1).await.unwrap(), "user 1 from primary (query 1)");
+    assert_eq!(*user(1).await.unwrap(), "user 1 from primary (query 1)");
+    assert_eq!(pool.queries(), 1);
+
+    // The key holds the one key argument only, and `job()` takes it without a tuple.
+    let job = user::job().unwrap();
+    assert_eq!(job.key(&1).unwrap(), handle.key(&1).unwrap());
+    assert_eq!(job.get_with_status(1).await.unwrap().status, Status::Hit);
+
+    // The worker's refresh borrows the same pool: the dependency lives in the registered job.
+    assert!(job.invalidate(1).await.unwrap());
+    let refreshed = until_some(|| async {
+        let value = user(1).await.unwrap();
+        value.contains("query 2").then_some(value)
+    })
+    .await;
+    assert_eq!(*refreshed, "user 1 from primary (query 2)");
+    assert_eq!(pool.queries(), 2);
+
+    // A second `init` is refused: its pool would never be used.
+    let error = user::init(FakePool::new("replica")).unwrap_err();
+    assert!(matches!(&error, Error::Config { message } if message.contains("called again")));
+    assert_eq!(*user(2).await.unwrap(), "user 2 from primary (query 3)");
+}
+
+/// Several dependencies, between key arguments, on a fn that cannot fail.
+#[cacheback(client = client_without_worker())]
+async fn signed(
+    #[dep] db: &Arc<FakePool>,
+    id: u64,
+    #[dep] signature: &String,
+    loud: bool,
+) -> String {
+    let text = format!("{} {signature}", db.query(id));
+    if loud { text.to_uppercase() } else { text }
+}
+
+/// Dependencies only: the job's args are `()`.
+#[cacheback(client = client_without_worker(), fetch_on_miss = false)]
+async fn pool_name(#[dep] db: &Arc<FakePool>) -> String {
+    db.name.to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependencies_anywhere_leave_the_other_arguments_as_the_key() {
+    let pool = FakePool::new("db");
+    signed::init(Arc::clone(&pool), "-- ann".to_owned()).unwrap();
+    assert_eq!(
+        *signed(7, false).await.unwrap(),
+        "user 7 from db (query 1) -- ann"
+    );
+    assert_eq!(
+        *signed(7, true).await.unwrap(),
+        "USER 7 FROM DB (QUERY 2) -- ANN"
+    );
+    let refreshed = signed::job().unwrap().refresh((7, false)).await.unwrap();
+    assert_eq!(*refreshed, "user 7 from db (query 3) -- ann");
+    assert_eq!(pool.queries(), 3);
+
+    let handle = pool_name::init(pool).unwrap();
+    assert_eq!(pool_name().await.unwrap(), None);
+    assert_eq!(*handle.refresh(()).await.unwrap(), "db");
+    assert_eq!(*pool_name().await.unwrap().unwrap(), "db");
 }

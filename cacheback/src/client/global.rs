@@ -13,11 +13,26 @@ static GLOBAL: OnceLock<Cacheback> = OnceLock::new();
 /// client's worker runs on the Tokio runtime of that first use, so a program with several
 /// runtimes (e.g. `#[tokio::test]`s) should install its own client, or pass `client = ...`.
 ///
+/// The default client is private to the process: in a fleet, nothing it caches is shared with
+/// the other processes and no other worker refreshes it. Since that is rarely what a deployed
+/// program wants, building it logs a `WARN` event (once, target `cacheback::global`) that says
+/// so and how to configure a client: [`set_global`] at start-up, or `client = ...` on the
+/// attribute. A program that means to use the default can silence it by installing the same
+/// client itself: `set_global(Cacheback::builder().build()?)`.
+///
 /// # Panics
 ///
 /// When building the default client fails: outside a Tokio runtime.
 pub fn global() -> &'static Cacheback {
     GLOBAL.get_or_init(|| {
+        tracing::warn!(
+            target: "cacheback::global",
+            "no client was installed with `cacheback::set_global`, so a private in-memory \
+             client with an in-process worker was built: #[cacheback] fns without \
+             `client = ...` share nothing with other processes; call \
+             `cacheback::set_global(client)` at start-up, or pass `client = ...` to the \
+             attribute"
+        );
         Cacheback::builder()
             .build()
             .unwrap_or_else(|e| panic!("cacheback: cannot build the default client: {e}"))

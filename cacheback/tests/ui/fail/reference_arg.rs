@@ -15,4 +15,12 @@ async fn nested(names: Vec<&'static str>) -> usize {
     names.len()
 }
 
+pub struct Pool;
+
+#[cacheback]
+async fn lookup(db: &Pool, id: u64) -> u64 {
+    let _ = db;
+    id
+}
+
 fn main() {}

@@ -66,6 +66,9 @@ async fn call_them() -> cacheback::Result<()> {
     let _: Arc<String> = r#type("k".into()).await?;
     let _: Arc<u32> = with_lint_attributes(1).await?;
     no_params::job().invalidate(()).await?;
+    // One parameter: the job takes it as it is, not as a one-element tuple.
+    one_param::job().invalidate(1).await?;
+    mutable_param::job().delete(vec![1, 2, 3]).await?;
     three_params::job()
         .set(("a".into(), None, vec![]), ("a".into(), 0))
         .await?;

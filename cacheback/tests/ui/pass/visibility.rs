@@ -48,7 +48,7 @@ mod inner {
     }
 
     pub(super) async fn use_deepest() -> cacheback::Result<u32> {
-        deeper::deepest::job().delete((6,)).await?;
+        deeper::deepest::job().delete(6).await?;
         Ok(*deeper::deepest(6).await?)
     }
 }
@@ -60,10 +60,10 @@ async fn use_them() -> cacheback::Result<u32> {
         + *inner::parent_visible(4).await?
         + *inner::deep(5).await?
         + inner::use_deepest().await?;
-    public::job().invalidate((1,)).await?;
-    crate_visible::job().delete((2,)).await?;
-    inner::parent_visible::job().set((4,), 40).await?;
-    inner::deep::job().refresh((5,)).await?;
+    public::job().invalidate(1).await?;
+    crate_visible::job().delete(2).await?;
+    inner::parent_visible::job().set(4, 40).await?;
+    inner::deep::job().refresh(5).await?;
     Ok(total)
 }
 
