@@ -271,7 +271,12 @@ async fn miss_without_fetch_enqueues_one_refresh_for_the_worker() {
     })
     .await;
     assert_eq!(
-        squares.get_cached(2).await.unwrap().as_deref().map(String::as_str),
+        squares
+            .get_cached(2)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
         Some("value 2 #1")
     );
     assert_eq!(fx.upstream.calls(), 1);
@@ -711,11 +716,7 @@ async fn corrupt_entries_are_misses_and_oversized_values_are_refused() {
         err.to_string(),
         "value of job `squares` is 101 bytes, over the limit of 64 bytes"
     );
-    assert_eq!(
-        squares.get(15).await.unwrap(),
-        before,
-        "old entry kept"
-    );
+    assert_eq!(squares.get(15).await.unwrap(), before, "old entry kept");
 }
 
 // 16. A worker killed mid-refresh: the message is redelivered after the visibility timeout and

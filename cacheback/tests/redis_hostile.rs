@@ -309,7 +309,11 @@ async fn oversized_messages_and_entries_are_refused_without_decoding() {
     assert_eq!(read.status, Status::Miss, "over the limit: a miss");
     assert_eq!(read.value, None);
     assert_eq!(
-        profile.get_cached("big".into()).await.unwrap().map(|v| v.len()),
+        profile
+            .get_cached("big".into())
+            .await
+            .unwrap()
+            .map(|v| v.len()),
         Some(4096),
         "the entry itself is left alone for readers that accept it"
     );

@@ -444,10 +444,7 @@ fn a_worker_killed_mid_fetch_is_replaced_after_the_visibility_timeout() {
         Some(2),
         "the killed fetch and its redelivery"
     );
-    assert_eq!(
-        *runtime.block_on(reader.get(1)).unwrap(),
-        "fresh 1 #2"
-    );
+    assert_eq!(*runtime.block_on(reader.get(1)).unwrap(), "fresh 1 #2");
     let _: () = server.cmd(&["SET", &format!("{prefix}:stop"), "1"]);
     let lines = finish(survivor, "WORKER", Duration::from_secs(30));
     assert_eq!(lines, ["WORKER processed=1"]);

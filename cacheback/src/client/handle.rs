@@ -215,9 +215,10 @@ impl<J: Job> JobHandle<J> {
                     Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>
                 ),
             },
-            Some(Err(error)) => Either::Right(
-                Box::pin(self.read_without_store(args, digest, error, mode)) as BoxFuture<'_, _>,
-            ),
+            Some(Err(error)) => {
+                Either::Right(Box::pin(self.read_without_store(args, digest, error, mode))
+                    as BoxFuture<'_, _>)
+            }
             None => {
                 Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>)
             }

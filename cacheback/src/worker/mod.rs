@@ -298,7 +298,10 @@ impl Worker {
                 Step::Stop => break,
                 Step::Retry => continue,
                 Step::Batch(first, deliveries) => {
-                    if !self.spawn_all(&permits, first, deliveries, &mut running).await {
+                    if !self
+                        .spawn_all(&permits, first, deliveries, &mut running)
+                        .await
+                    {
                         break;
                     }
                 }

@@ -95,22 +95,14 @@ fn parse_user(text: &str) -> Result<String, String> {
     }
 }
 
-/// `5s`, `1.5s`, `500ms`, or a bare number of seconds.
+/// A duration as humantime reads it (`5s`, `500ms`, `1m 30s`), or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 1e-3)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 5s or 500ms)"))?;
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("`{text}` is not a valid duration"))
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration (try 5s or 500ms): {e}"))
 }
 
 fn init_logging() {
