@@ -101,6 +101,8 @@ impl Args {
         }
     }
 
+    /// Records one checked `key = value`: a field of its own for the knobs that shape the
+    /// generated code, a `Policy` setter call for the others.
     fn apply(&mut self, key: &Ident, key_text: &str, value: Expr) -> syn::Result<()> {
         let setter = Ident::new(key_text, key.span());
         match key_text {
@@ -109,84 +111,96 @@ impl Args {
                 check_job_name(&name)?;
                 self.name = Some(name);
             }
-            "lifetime" | "refresh_timeout" | "fetch_timeout" => {
-                let millis = duration(key_text, &value)?;
-                if millis == 0 {
-                    return Err(syn::Error::new_spanned(
-                        &value,
-                        format!("`{key_text}` must be greater than zero"),
-                    ));
-                }
-                self.policy
-                    .push(duration_setter(&setter, millis, value.span()));
-            }
-            "stale_ttl" | "stale_threshold" | "stale_if_error" => {
-                let millis = duration(key_text, &value)?;
-                self.policy
-                    .push(duration_setter(&setter, millis, value.span()));
-            }
             "fetch_on_miss" => {
                 let flag = boolean(key_text, &value)?;
                 self.fetch_on_miss = Some(flag);
                 self.policy
                     .push(quote_spanned!(value.span()=> .#setter(#flag)));
             }
-            "early_refresh" => {
-                let beta = float(key_text, &value)?;
-                if !(beta.is_finite() && beta > 0.0) {
-                    return Err(syn::Error::new_spanned(
-                        &value,
-                        "`early_refresh` is the XFetch beta and must be positive (1.0 is the usual choice)",
-                    ));
-                }
-                self.policy
-                    .push(quote_spanned!(value.span()=> .#setter(#beta)));
-            }
-            "jitter" => {
-                let fraction = float(key_text, &value)?;
-                if !(0.0..=1.0).contains(&fraction) {
-                    return Err(syn::Error::new_spanned(
-                        &value,
-                        "`jitter` is a fraction of `lifetime` and must be within 0.0..=1.0",
-                    ));
-                }
-                self.policy
-                    .push(quote_spanned!(value.span()=> .#setter(#fraction)));
-            }
-            "queue" => {
-                let queue = string(key_text, &value)?;
-                if queue.value().is_empty() {
-                    return Err(syn::Error::new(queue.span(), "`queue` must not be empty"));
-                }
-                self.policy
-                    .push(quote_spanned!(value.span()=> .#setter(#queue)));
-            }
-            "schema_version" => {
-                let version = match &value {
-                    Expr::Lit(ExprLit {
-                        lit: Lit::Int(int), ..
-                    }) => int.base10_parse::<u32>()?,
-                    _ => return Err(expected(key_text, "an integer such as `1`", &value)),
-                };
-                self.policy
-                    .push(quote_spanned!(value.span()=> .#setter(#version)));
-            }
             "client" => self.client = Some(value),
             _ => {
-                return Err(syn::Error::new(
-                    key.span(),
-                    format!(
-                        "unknown #[cacheback] argument `{key_text}`; valid arguments are: {}",
-                        KEYS.iter()
-                            .map(|k| format!("`{k}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ));
+                let call = policy_setter(key, key_text, &setter, &value)?;
+                self.policy.push(call);
             }
         }
         Ok(())
     }
+}
+
+/// The `Policy` setter call of a knob that only configures the policy, such as
+/// `.jitter(0.5)`, spanned on the value; or the error of an unknown key.
+fn policy_setter(
+    key: &Ident,
+    key_text: &str,
+    setter: &Ident,
+    value: &Expr,
+) -> syn::Result<TokenStream> {
+    let span = value.span();
+    match key_text {
+        "lifetime" | "refresh_timeout" | "fetch_timeout" => {
+            let millis = duration(key_text, value)?;
+            if millis == 0 {
+                return Err(syn::Error::new_spanned(
+                    value,
+                    format!("`{key_text}` must be greater than zero"),
+                ));
+            }
+            Ok(duration_setter(setter, millis, span))
+        }
+        "stale_ttl" | "stale_threshold" | "stale_if_error" => {
+            let millis = duration(key_text, value)?;
+            Ok(duration_setter(setter, millis, span))
+        }
+        "early_refresh" => {
+            let beta = checked_float(
+                key_text,
+                value,
+                |beta| beta.is_finite() && beta > 0.0,
+                "`early_refresh` is the XFetch beta and must be positive (1.0 is the usual choice)",
+            )?;
+            Ok(quote_spanned!(span=> .#setter(#beta)))
+        }
+        "jitter" => {
+            let fraction = checked_float(
+                key_text,
+                value,
+                |fraction| (0.0..=1.0).contains(&fraction),
+                "`jitter` is a fraction of `lifetime` and must be within 0.0..=1.0",
+            )?;
+            Ok(quote_spanned!(span=> .#setter(#fraction)))
+        }
+        "queue" => {
+            let queue = string(key_text, value)?;
+            if queue.value().is_empty() {
+                return Err(syn::Error::new(queue.span(), "`queue` must not be empty"));
+            }
+            Ok(quote_spanned!(span=> .#setter(#queue)))
+        }
+        "schema_version" => {
+            let version = match value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(int), ..
+                }) => int.base10_parse::<u32>()?,
+                _ => return Err(expected(key_text, "an integer such as `1`", value)),
+            };
+            Ok(quote_spanned!(span=> .#setter(#version)))
+        }
+        _ => Err(unknown_key(key, key_text)),
+    }
+}
+
+/// The error of a key the attribute does not know, listing the valid ones.
+fn unknown_key(key: &Ident, key_text: &str) -> syn::Error {
+    syn::Error::new(
+        key.span(),
+        format!(
+            "unknown #[cacheback] argument `{key_text}`; valid arguments are: {}",
+            KEYS.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
 }
 
 fn duration_setter(setter: &Ident, millis: u64, span: Span) -> TokenStream {
@@ -254,6 +268,21 @@ fn float(key: &str, value: &Expr) -> syn::Result<f64> {
             lit: Lit::Int(i), ..
         }) => i.base10_parse(),
         _ => Err(expected(key, "a number such as `0.5`", value)),
+    }
+}
+
+/// A number for `key` that `valid` accepts; otherwise `message`, on the value.
+fn checked_float(
+    key: &str,
+    value: &Expr,
+    valid: fn(f64) -> bool,
+    message: &str,
+) -> syn::Result<f64> {
+    let number = float(key, value)?;
+    if valid(number) {
+        Ok(number)
+    } else {
+        Err(syn::Error::new_spanned(value, message))
     }
 }
 
