@@ -146,11 +146,12 @@ impl<J: Job> JobHandle<J> {
     /// never fails a read.
     pub fn get(&self, args: Args<J>) -> impl Future<Output = Result<Arc<Value<J>>>> + Send + '_ {
         let name = &self.job.name;
-        let value = move |lookup: Result<Lookup<Value<J>>>| {
-            lookup?.value.ok_or_else(|| {
-                // Every path of a fetching read yields a value; never panic over it anyway.
-                Error::config(format!("job `{name}`: a fetching read found no value"))
-            })
+        let value = move |lookup: Result<Lookup<Value<J>>>| match lookup {
+            Ok(Lookup {
+                value: Some(value), ..
+            }) => Ok(value),
+            Ok(_) => Err(no_value(name)),
+            Err(error) => Err(error),
         };
         match self.lookup(args, Mode::Fetch) {
             Either::Left(now) => Either::Left(future::ready(value(now))),
@@ -379,4 +380,12 @@ impl<J: Job> JobHandle<J> {
             }
         }
     }
+}
+
+/// Every path of a fetching read yields a value; never panic over it anyway. Out of line, so
+/// that the hit path stays small.
+#[cold]
+#[inline(never)]
+fn no_value(name: &str) -> Error {
+    Error::config(format!("job `{name}`: a fetching read found no value"))
 }
