@@ -63,17 +63,17 @@ pub(crate) async fn before_fetch<J>(
         return Ok(Before::default());
     }
     let local = core.recent_failures.map.get(&key.digest());
-    let (failures, retry_after) = match use_store {
-        true => match core.store.claim_state(key, now).await {
-            Ok(state) => (state.failures, state.retry_after),
-            // The store could not say: this process's memory is all there is.
-            Err(_) => local
-                .as_ref()
-                .map_or((0, None), |f| (f.failures, Some(f.retry_after))),
-        },
-        false => local
-            .as_ref()
-            .map_or((0, None), |f| (f.failures, Some(f.retry_after))),
+    let remembered = local
+        .as_ref()
+        .map_or((0, None), |f| (f.failures, Some(f.retry_after)));
+    let (failures, retry_after) = if use_store {
+        // When the store cannot say, this process's memory is all there is.
+        core.store
+            .claim_state(key, now)
+            .await
+            .map_or(remembered, |state| (state.failures, state.retry_after))
+    } else {
+        remembered
     };
     match retry_after {
         Some(retry_after) if retry_after > now => {
