@@ -52,34 +52,68 @@ impl EntryMeta {
     }
 }
 
-/// The value part of an [`Entry`].
+/// The value part of an [`Entry`]: the value's encoded bytes, or a tombstone.
+///
+/// Stores that keep bytes see only these two. The in-process
+/// [`MemoryStore`](crate::MemoryStore) also keeps the values a client writes to it as live
+/// objects, skipping encoding altogether; such a payload has no bytes
+/// ([`as_encoded`](Payload::as_encoded) returns `None`) and is neither of the two.
 #[derive(Clone)]
-#[non_exhaustive]
-pub enum Payload {
-    /// A live value, held by stores that keep objects in memory (no encoding at all).
-    Object(Arc<dyn Any + Send + Sync>),
-    /// An encoded value, held by stores that keep bytes.
-    Encoded {
-        /// The [`Codec`](crate::Codec) id the bytes were written with.
-        codec: u8,
-        /// The encoded value.
-        bytes: Bytes,
-    },
-    /// The key was deleted. A tombstone keeps the generation alive so that a refresh enqueued
-    /// before the delete cannot resurrect the value; it reads as a miss.
+pub struct Payload(pub(crate) Repr);
+
+/// What a [`Payload`] holds.
+#[derive(Clone)]
+pub(crate) enum Repr {
+    /// A live value, kept by the memory store for the client that wrote it.
+    Live(Arc<dyn Any + Send + Sync>),
+    /// An encoded value.
+    Encoded { codec: u8, bytes: Bytes },
+    /// The key was deleted.
     Tombstone,
+}
+
+impl Payload {
+    /// An encoded value: `bytes` written with the [`Codec`](crate::Codec) whose id is `codec`.
+    pub fn encoded(codec: u8, bytes: Bytes) -> Self {
+        Payload(Repr::Encoded { codec, bytes })
+    }
+
+    /// A tombstone: the key was deleted. It keeps the generation alive so that a refresh
+    /// enqueued before the delete cannot resurrect the value; it reads as a miss.
+    pub fn tombstone() -> Self {
+        Payload(Repr::Tombstone)
+    }
+
+    /// The codec id and bytes of an encoded value; `None` for a tombstone (and for a live
+    /// in-process value).
+    pub fn as_encoded(&self) -> Option<(u8, &Bytes)> {
+        match &self.0 {
+            Repr::Encoded { codec, bytes } => Some((*codec, bytes)),
+            Repr::Live(_) | Repr::Tombstone => None,
+        }
+    }
+
+    /// Whether this is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.0, Repr::Tombstone)
+    }
+
+    /// A live value, for the in-process store.
+    pub(crate) fn live(value: Arc<dyn Any + Send + Sync>) -> Self {
+        Payload(Repr::Live(value))
+    }
 }
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Payload::Object(_) => f.write_str("Object(..)"),
-            Payload::Encoded { codec, bytes } => f
+        match &self.0 {
+            Repr::Live(_) => f.write_str("Live(..)"),
+            Repr::Encoded { codec, bytes } => f
                 .debug_struct("Encoded")
                 .field("codec", codec)
                 .field("len", &bytes.len())
                 .finish(),
-            Payload::Tombstone => f.write_str("Tombstone"),
+            Repr::Tombstone => f.write_str("Tombstone"),
         }
     }
 }
@@ -102,7 +136,7 @@ impl Entry {
 
     /// Whether this entry is a tombstone.
     pub fn is_tombstone(&self) -> bool {
-        matches!(self.payload, Payload::Tombstone)
+        self.payload.is_tombstone()
     }
 }
 
@@ -165,12 +199,12 @@ pub enum EnvelopeError {
 /// | 44 | 4 | schema version |
 /// | 48 | .. | value bytes |
 ///
-/// Returns `None` for [`Payload::Object`], which has no bytes to store.
+/// Returns `None` for a live in-process value, which has no bytes to store.
 pub fn encode_envelope(entry: &Entry) -> Option<Vec<u8>> {
-    let (codec, flags, value): (u8, u8, &[u8]) = match &entry.payload {
-        Payload::Object(_) => return None,
-        Payload::Encoded { codec, bytes } => (*codec, 0, bytes),
-        Payload::Tombstone => (0, FLAG_TOMBSTONE, &[]),
+    let (codec, flags, value): (u8, u8, &[u8]) = match &entry.payload.0 {
+        Repr::Live(_) => return None,
+        Repr::Encoded { codec, bytes } => (*codec, 0, bytes),
+        Repr::Tombstone => (0, FLAG_TOMBSTONE, &[]),
     };
     let m = &entry.meta;
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + value.len());
@@ -244,12 +278,9 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
         if value_len != 0 || codec != 0 {
             return Err(EnvelopeError::Malformed("tombstone with a value"));
         }
-        Payload::Tombstone
+        Payload::tombstone()
     } else {
-        Payload::Encoded {
-            codec,
-            bytes: bytes.slice(ENVELOPE_HEADER_LEN..),
-        }
+        Payload::encoded(codec, bytes.slice(ENVELOPE_HEADER_LEN..))
     };
     Ok(Entry { meta, payload })
 }
@@ -275,22 +306,19 @@ mod tests {
     fn layout_is_pinned() {
         let entry = Entry::new(
             meta(0x0102030405060708, 1, 2, 3),
-            Payload::Encoded {
-                codec: 1,
-                bytes: Bytes::from_static(b"hi"),
-            },
+            Payload::encoded(1, Bytes::from_static(b"hi")),
         );
         let bytes = encode_envelope(&entry).unwrap();
         assert_eq!(&bytes[..8], b"CB\x01\x01\x00\x00\x00\x00");
         assert_eq!(&bytes[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&bytes[40..48], &[0, 0, 4, 210, 0, 0, 0, 7]);
         assert_eq!(&bytes[48..], b"hi");
-        assert!(encode_envelope(&Entry::new(entry.meta, Payload::Object(Arc::new(1u8)))).is_none());
+        assert!(encode_envelope(&Entry::new(entry.meta, Payload::live(Arc::new(1u8)))).is_none());
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let good = encode_envelope(&Entry::new(meta(1, 1, 2, 3), Payload::Tombstone)).unwrap();
+        let good = encode_envelope(&Entry::new(meta(1, 1, 2, 3), Payload::tombstone())).unwrap();
         let decode = |b: &[u8]| decode_envelope(Bytes::copy_from_slice(b), 1 << 20);
         assert!(decode(&good).unwrap().is_tombstone());
         assert_eq!(
@@ -325,12 +353,12 @@ mod tests {
         #[test]
         fn round_trips(generation: u64, a: u64, b in 0u64..u64::MAX / 2, extra in 0u64..u64::MAX / 2, codec in 1u8.., value in proptest::collection::vec(any::<u8>(), 0..300)) {
             let m = meta(generation, a, b, b + extra);
-            let entry = Entry::new(m, Payload::Encoded { codec, bytes: Bytes::from(value.clone()) });
+            let entry = Entry::new(m, Payload::encoded(codec, Bytes::from(value.clone())));
             let decoded = decode_envelope(Bytes::from(encode_envelope(&entry).unwrap()), usize::MAX).unwrap();
             prop_assert_eq!(decoded.meta, EntryMeta { size: value.len() as u32, ..m });
-            match decoded.payload {
-                Payload::Encoded { codec: c, bytes } => { prop_assert_eq!(c, codec); prop_assert_eq!(&bytes[..], &value[..]); }
-                other => prop_assert!(false, "unexpected payload {:?}", other),
+            match decoded.payload.as_encoded() {
+                Some((c, bytes)) => { prop_assert_eq!(c, codec); prop_assert_eq!(&bytes[..], &value[..]); }
+                None => prop_assert!(false, "unexpected payload {:?}", decoded.payload),
             }
         }
 

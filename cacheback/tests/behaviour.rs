@@ -1062,9 +1062,6 @@ impl cacheback::store::Store for RefreshLandsBeforeClaim {
     fn backend(&self) -> &'static str {
         "memory-with-race"
     }
-    fn holds_objects(&self) -> bool {
-        true
-    }
     fn get<'a>(
         &'a self,
         key: cacheback::store::Key<'a>,
@@ -1130,9 +1127,13 @@ async fn a_stale_read_overtaken_by_its_refresh_enqueues_nothing() {
         now.saturating_add(LIFETIME),
         now.saturating_add(STALE_TTL),
     );
-    let value: Arc<dyn std::any::Any + Send + Sync> = Arc::new("refreshed".to_owned());
+    let codec = cacheback::Codec::default();
+    let value = codec.encode("refreshed").unwrap();
     *store.armed.lock().unwrap() = Some(cacheback::store::Put::new(
-        cacheback::store::Entry::new(fresh, cacheback::store::Payload::Object(value)),
+        cacheback::store::Entry::new(
+            fresh,
+            cacheback::store::Payload::encoded(codec.id(), value.into()),
+        ),
         cacheback::store::PutCondition::Always,
         STALE_TTL,
     ));

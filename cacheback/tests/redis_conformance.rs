@@ -127,13 +127,7 @@ async fn a_read_is_exactly_one_get() {
         now.saturating_add(Duration::from_secs(60)),
         now.saturating_add(Duration::from_secs(120)),
     );
-    let entry = Entry::new(
-        meta,
-        Payload::Encoded {
-            codec: 1,
-            bytes: vec![7; 100].into(),
-        },
-    );
+    let entry = Entry::new(meta, Payload::encoded(1, vec![7; 100].into()));
     store
         .put(
             key,
@@ -170,7 +164,7 @@ async fn entries_expire_in_redis_after_their_ttl_plus_grace() {
     let key = Key::new("ttl", "job", 1);
     let now = Timestamp::now();
     let meta = EntryMeta::new(now, now, now.saturating_add(Duration::from_secs(30)));
-    let entry = Entry::new(meta, Payload::Tombstone);
+    let entry = Entry::new(meta, Payload::tombstone());
     store
         .put(
             key,

@@ -17,7 +17,7 @@ use crate::client::{
 use crate::clock::{Clock, SystemClock};
 use crate::codec::Codec;
 use crate::engine::registry::Registry;
-use crate::engine::{Core, RecentFailures, Running};
+use crate::engine::{self, Core, RecentFailures, Running};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::observe::{Event, EventHook};
@@ -238,8 +238,9 @@ impl CachebackBuilder {
             .queue
             .unwrap_or_else(|| Arc::new(LocalQueue::default()) as SharedQueue);
         queue.bind_prefix(&self.prefix)?;
-        let start_worker = self.worker.unwrap_or_else(|| queue.is_in_process());
-        let claim_hints = (!store.is_in_process()).then(hints::ClaimHints::default);
+        let start_worker = self.worker.unwrap_or_else(|| is_local(&queue));
+        let memory = engine::in_process_store(&store);
+        let claim_hints = memory.is_none().then(hints::ClaimHints::default);
         let runtime = if start_worker {
             Some(tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::config(
@@ -252,6 +253,7 @@ impl CachebackBuilder {
         };
         let core = Arc::new(Core {
             store,
+            memory,
             queue: Arc::clone(&queue),
             clock: self.clock,
             prefix: Arc::from(self.prefix),
@@ -286,6 +288,12 @@ impl CachebackBuilder {
             }),
         })
     }
+}
+
+/// Whether only this process can drain `queue` (nobody else can run its refreshes).
+fn is_local(queue: &SharedQueue) -> bool {
+    let any: &dyn std::any::Any = &**queue;
+    any.is::<LocalQueue>()
 }
 
 fn bad_var(name: &str, value: &str, expected: &str) -> Error {

@@ -22,6 +22,7 @@ use crate::job::Job;
 use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::policy::Freshness;
+use crate::store::memory::MemoryStore;
 use crate::store::{ClaimOutcome, ClaimToken};
 
 use super::trigger::Trigger;
@@ -206,22 +207,16 @@ impl<J: Job> JobHandle<J> {
             Err(error) => return Either::Left(Err(error)),
         };
         let key = Key::new(&core.prefix, &self.job.name, digest);
-        match core.store.get_now(key) {
-            Some(Ok(entry)) => match self.classify(key, entry, core.clock.now()) {
-                Classified::Hit(lookup) => Either::Left(Ok(lookup)),
-                Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
-                    self.stale_now(key, args, value, meta, now, mode)
-                }
-                slow => Either::Right(
-                    Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>
-                ),
-            },
-            Some(Err(error)) => {
-                Either::Right(Box::pin(self.read_without_store(args, digest, error, mode))
-                    as BoxFuture<'_, _>)
+        let Some(memory) = &core.memory else {
+            return Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>);
+        };
+        match self.classify(key, memory.get_sync(key), core.clock.now()) {
+            Classified::Hit(lookup) => Either::Left(Ok(lookup)),
+            Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
+                self.stale_now(memory, key, args, value, meta, now)
             }
-            None => {
-                Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>)
+            slow => {
+                Either::Right(Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>)
             }
         }
     }
@@ -247,21 +242,15 @@ impl<J: Job> JobHandle<J> {
     /// that wins the claim goes on to enqueue the refresh in a boxed future.
     pub(super) fn stale_now(
         &self,
+        memory: &MemoryStore,
         key: Key<'_>,
         args: Args<J>,
         value: Arc<Value<J>>,
         meta: EntryMeta,
         now: Timestamp,
-        mode: Mode,
     ) -> NowOrLater<'_, Lookup<Value<J>>> {
-        let core = self.core();
         let job = &*self.job;
-        let Some(outcome) = core.store.claim_now(key, now, job.policy.refresh_timeout) else {
-            let read = Classified::Stale { value, meta, now };
-            return Either::Right(
-                Box::pin(self.finish(args, key.digest(), read, mode)) as BoxFuture<'_, _>
-            );
-        };
+        let outcome = Ok(memory.claim_sync(key, now, job.policy.refresh_timeout));
         let age = now.since(meta.fetched_at);
         let stale = move |refresh_triggered| {
             job.metrics.stale.increment(1);

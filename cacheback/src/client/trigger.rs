@@ -91,9 +91,9 @@ impl<J: Job> JobHandle<J> {
     ) -> Trigger {
         let core = self.core();
         let job = &*self.job;
-        let current = match core.store.get_now(key) {
+        let current = match &core.memory {
             _ if !recheck => Ok(None),
-            Some(now) => now,
+            Some(memory) => Ok(memory.get_sync(key)),
             None => core.store.get(key).await,
         };
         if let Ok(Some(current)) = current

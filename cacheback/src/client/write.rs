@@ -88,7 +88,7 @@ impl<J: Job> JobHandle<J> {
         let until = now.saturating_add(self.core().tombstone_ttl);
         Entry::new(
             EntryMeta::new(now, until, until),
-            crate::entry::Payload::Tombstone,
+            crate::entry::Payload::tombstone(),
         )
     }
 

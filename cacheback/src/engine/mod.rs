@@ -14,6 +14,7 @@ use crate::codec::Codec;
 use crate::observe::{Event, EventHook};
 use crate::queue::Queue;
 use crate::store::Store;
+use crate::store::memory::MemoryStore;
 
 pub(crate) mod backoff;
 pub(crate) mod fetch;
@@ -30,6 +31,9 @@ use registry::Registry;
 /// Shared state of a client and of the workers built from it.
 pub(crate) struct Core {
     pub(crate) store: Arc<dyn Store>,
+    /// The same store when it is the in-process [`MemoryStore`]: read and claimed without
+    /// awaiting, and given live values instead of bytes.
+    pub(crate) memory: Option<MemoryStore>,
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) prefix: Arc<str>,
@@ -44,6 +48,12 @@ pub(crate) struct Core {
     pub(crate) recent_failures: RecentFailures,
     /// Every background task of the client (coalesced fetches, local fallback refreshes).
     pub(crate) tasks: TaskTracker,
+}
+
+/// The in-process store behind `store`, if that is what it is.
+pub(crate) fn in_process_store(store: &Arc<dyn Store>) -> Option<MemoryStore> {
+    let any: &dyn std::any::Any = &**store;
+    any.downcast_ref::<MemoryStore>().cloned()
 }
 
 impl Core {

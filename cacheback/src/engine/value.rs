@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::codec::Codec;
 use crate::engine::Core;
 use crate::engine::registry::JobEntry;
-use crate::entry::{Entry, EntryMeta, Payload};
+use crate::entry::{Entry, EntryMeta, Payload, Repr};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::key::Key;
@@ -35,21 +35,15 @@ pub(crate) fn prepare_put<J: Job>(
     fetch_duration: Duration,
     condition: PutCondition,
 ) -> Result<Put> {
-    let (payload, size) = if core.store.holds_objects() {
+    let (payload, size) = if core.memory.is_some() {
         let size = core.codec.encoded_len(&*value)?;
         check_size(core, job, size)?;
-        (Payload::Object(value as Arc<dyn Any + Send + Sync>), size)
+        (Payload::live(value as Arc<dyn Any + Send + Sync>), size)
     } else {
         let bytes = core.codec.encode(&*value)?;
         check_size(core, job, bytes.len())?;
         let size = bytes.len();
-        (
-            Payload::Encoded {
-                codec: core.codec.id(),
-                bytes: bytes.into(),
-            },
-            size,
-        )
+        (Payload::encoded(core.codec.id(), bytes.into()), size)
     };
     let now = core.clock.now();
     let windows = job.policy.windows(now, fastrand::f64());
@@ -91,19 +85,19 @@ pub(crate) fn decode_payload<J: Job>(
     meta: &EntryMeta,
     payload: Payload,
 ) -> std::result::Result<Option<Arc<J::Value>>, String> {
-    if meta.schema_version != job.policy.schema_version && !matches!(payload, Payload::Tombstone) {
+    if meta.schema_version != job.policy.schema_version && !payload.is_tombstone() {
         return Err(format!(
             "entry has schema version {}, job expects {}",
             meta.schema_version, job.policy.schema_version
         ));
     }
-    match payload {
-        Payload::Tombstone => Ok(None),
-        Payload::Object(any) => any
+    match payload.0 {
+        Repr::Tombstone => Ok(None),
+        Repr::Live(any) => any
             .downcast::<J::Value>()
             .map(Some)
             .map_err(|_| "entry holds a value of another type".to_owned()),
-        Payload::Encoded { codec, bytes } => {
+        Repr::Encoded { codec, bytes } => {
             if codec != core.codec.id() {
                 return Err(format!(
                     "entry was written with {}, this client uses {}: every process of a fleet \

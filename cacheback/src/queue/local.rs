@@ -129,10 +129,6 @@ impl Queue for LocalQueue {
         "local"
     }
 
-    fn is_in_process(&self) -> bool {
-        true
-    }
-
     fn enqueue(
         &self,
         request: RefreshRequest,

@@ -10,6 +10,7 @@
 //! | [`LocalQueue`](crate::LocalQueue) | — | one process: a bounded in-memory channel drained by an in-process worker |
 //! | `RedisQueue` | `redis` | a fleet: Redis Streams with consumer groups, drained by worker processes |
 
+use std::any::Any;
 use std::fmt;
 
 use futures_util::future::BoxFuture;
@@ -177,15 +178,9 @@ pub enum EnqueueError {
 ///   another worker after its visibility timeout, counting `attempt` up.
 /// - `dead_letter` moves the message, with the reason, where operators can inspect or replay
 ///   it, and acknowledges it.
-pub trait Queue: Send + Sync + fmt::Debug + 'static {
+pub trait Queue: Any + Send + Sync + fmt::Debug {
     /// A short name for errors and metrics (`"local"`, `"redis"`).
     fn backend(&self) -> &'static str;
-
-    /// Whether only this process can drain the queue. Clients start an in-process worker for
-    /// such queues by default, since nobody else can run their refreshes.
-    fn is_in_process(&self) -> bool {
-        false
-    }
 
     /// Adopts the key prefix of the client (or worker) the queue serves, called once by every
     /// [`CachebackBuilder::build`](crate::CachebackBuilder::build) and

@@ -13,7 +13,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 use crate::clock::Timestamp;
-use crate::entry::{Entry, EntryMeta, Payload};
+use crate::entry::{Entry, EntryMeta, Payload, Repr};
 use crate::error::Result;
 use crate::key::Key;
 use crate::store::{
@@ -75,8 +75,8 @@ struct MemEntry {
     size: u32,
     /// Milliseconds after the store's epoch when the entry may be dropped.
     expires_ms: u64,
-    /// `None` is a tombstone. Encoded payloads (which clients never send here, but the trait
-    /// allows) are boxed as an [`EncodedBlob`] object.
+    /// `None` is a tombstone. Encoded payloads (written through the [`Store`] trait; a client
+    /// writes live values) are boxed as an [`EncodedBlob`] object.
     value: Option<Arc<dyn Any + Send + Sync>>,
 }
 
@@ -88,12 +88,12 @@ struct EncodedBlob {
 impl MemEntry {
     fn from_entry(entry: Entry, generation: u64, expires_ms: u64) -> Self {
         let m = entry.meta;
-        let value = match entry.payload {
-            Payload::Object(v) => Some(v),
-            Payload::Encoded { codec, bytes } => {
+        let value = match entry.payload.0 {
+            Repr::Live(v) => Some(v),
+            Repr::Encoded { codec, bytes } => {
                 Some(Arc::new(EncodedBlob { codec, bytes }) as Arc<dyn Any + Send + Sync>)
             }
-            Payload::Tombstone => None,
+            Repr::Tombstone => None,
         };
         MemEntry {
             generation,
@@ -110,13 +110,10 @@ impl MemEntry {
 
     fn into_entry(self) -> Entry {
         let payload = match self.value {
-            None => Payload::Tombstone,
+            None => Payload::tombstone(),
             Some(v) => match v.downcast_ref::<EncodedBlob>() {
-                Some(blob) => Payload::Encoded {
-                    codec: blob.codec,
-                    bytes: blob.bytes.clone(),
-                },
-                None => Payload::Object(v),
+                Some(blob) => Payload::encoded(blob.codec, blob.bytes.clone()),
+                None => Payload::live(v),
             },
         };
         Entry::new(
@@ -311,8 +308,9 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Reads an entry without awaiting: what [`Store::get`] does, for the client's hit path.
     #[inline]
-    fn get_sync(&self, key: Key<'_>) -> Option<Entry> {
+    pub(crate) fn get_sync(&self, key: Key<'_>) -> Option<Entry> {
         self.inner
             .entries
             .get(&key.digest())
@@ -375,7 +373,8 @@ impl MemoryStore {
         outcome
     }
 
-    fn claim_sync(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> ClaimOutcome {
+    /// Takes a claim without awaiting: what [`Store::claim`] does, for the client's stale path.
+    pub(crate) fn claim_sync(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> ClaimOutcome {
         let mut claims = self.claims();
         claims.sweep(now);
         let record = claims.records.entry(key.digest()).or_default();
@@ -457,19 +456,6 @@ impl Store for MemoryStore {
         "memory"
     }
 
-    fn holds_objects(&self) -> bool {
-        true
-    }
-
-    fn is_in_process(&self) -> bool {
-        true
-    }
-
-    #[inline]
-    fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
-        Some(Ok(self.get_sync(key)))
-    }
-
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {
         Box::pin(future::ready(Ok(self.get_sync(key))))
     }
@@ -485,15 +471,6 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>> {
         Box::pin(future::ready(Ok(self.claim_sync(key, now, ttl))))
-    }
-
-    fn claim_now(
-        &self,
-        key: Key<'_>,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Option<Result<ClaimOutcome>> {
-        Some(Ok(self.claim_sync(key, now, ttl)))
     }
 
     fn release<'a>(
@@ -538,7 +515,7 @@ mod tests {
         let t = Timestamp::from_millis(1_000);
         Entry::new(
             EntryMeta::new(t, t, t),
-            Payload::Object(Arc::new(value) as Arc<dyn Any + Send + Sync>),
+            Payload::live(Arc::new(value) as Arc<dyn Any + Send + Sync>),
         )
     }
 

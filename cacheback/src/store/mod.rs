@@ -10,6 +10,7 @@
 //! | [`MemoryStore`](crate::MemoryStore) | — | live `Arc` values, claims in a process-local map |
 //! | `RedisStore` | `redis` | envelopes, claims and failure state in Redis, shared by a fleet |
 
+use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
@@ -181,41 +182,15 @@ pub struct ClaimState {
 ///
 /// All times are passed in by the caller, so a store needs no clock of its own and tests can
 /// use [`TestClock`](crate::clock::TestClock).
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+///
+/// Every implementation is treated alike, with one exception a client finds out by itself
+/// (hence the [`Any`] bound, which every `'static` type meets): the in-process
+/// [`MemoryStore`](crate::MemoryStore) is read and claimed without awaiting, and holds live
+/// values rather than encoded bytes. A store that wraps a `MemoryStore` is a store like any
+/// other: it gets encoded values and every call is awaited.
+pub trait Store: Any + Send + Sync + fmt::Debug {
     /// A short name for errors and metrics (`"memory"`, `"redis"`).
     fn backend(&self) -> &'static str;
-
-    /// Whether the store keeps live objects ([`Payload::Object`])
-    /// rather than bytes. Clients write objects to such stores and skip encoding entirely.
-    fn holds_objects(&self) -> bool {
-        false
-    }
-
-    /// Whether the store lives in this process (its claims cost no round trip). Clients ask a
-    /// remote store for a key's refresh claim at most once per short window per process when
-    /// many readers find the key stale at once; an in-process store is asked every time.
-    fn is_in_process(&self) -> bool {
-        false
-    }
-
-    /// Takes a claim without awaiting, when the store can (in-process stores); `None` means
-    /// "use [`Store::claim`]". Must agree with `claim`.
-    fn claim_now(
-        &self,
-        key: Key<'_>,
-        now: Timestamp,
-        ttl: Duration,
-    ) -> Option<Result<ClaimOutcome>> {
-        let _ = (key, now, ttl);
-        None
-    }
-
-    /// Reads an entry without awaiting, when the store can (in-process stores); `None` means
-    /// "use [`Store::get`]". Must agree with `get`.
-    fn get_now(&self, key: Key<'_>) -> Option<Result<Option<Entry>>> {
-        let _ = key;
-        None
-    }
 
     /// Checks that the store answers (one round trip for a remote store), for readiness
     /// probes and start-up checks; the error says why not (unreachable, credentials refused,

@@ -1,5 +1,3 @@
-use std::any::Any;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,15 +33,8 @@ fn meta(offset_ms: u64) -> EntryMeta {
     m
 }
 
-fn value_entry(store: &dyn Store, value: &str, offset_ms: u64) -> Entry {
-    let payload = if store.holds_objects() {
-        Payload::Object(Arc::new(value.to_owned()) as Arc<dyn Any + Send + Sync>)
-    } else {
-        Payload::Encoded {
-            codec: 1,
-            bytes: Bytes::copy_from_slice(value.as_bytes()),
-        }
-    };
+fn value_entry(value: &str, offset_ms: u64) -> Entry {
+    let payload = Payload::encoded(1, Bytes::copy_from_slice(value.as_bytes()));
     let mut m = meta(offset_ms);
     m.size = u32::try_from(value.len()).unwrap_or(u32::MAX);
     Entry::new(m, payload)
@@ -51,20 +42,20 @@ fn value_entry(store: &dyn Store, value: &str, offset_ms: u64) -> Entry {
 
 fn tombstone() -> Entry {
     let until = NOW.saturating_add(TTL);
-    Entry::new(EntryMeta::new(NOW, until, until), Payload::Tombstone)
+    Entry::new(EntryMeta::new(NOW, until, until), Payload::tombstone())
 }
 
 fn value_of(entry: &Entry) -> String {
-    match &entry.payload {
-        Payload::Object(any) => any
-            .downcast_ref::<String>()
-            .cloned()
-            .expect("store returned an object of another type than it was given"),
-        Payload::Encoded { bytes, .. } => {
-            String::from_utf8(bytes.to_vec()).expect("store returned other bytes than it was given")
-        }
-        Payload::Tombstone => panic!("expected a value, the store returned a tombstone"),
-    }
+    assert!(
+        !entry.is_tombstone(),
+        "expected a value, the store returned a tombstone"
+    );
+    let (codec, bytes) = entry
+        .payload
+        .as_encoded()
+        .expect("expected the encoded value the store was given");
+    assert_eq!(codec, 1, "store returned another codec id than it was given");
+    String::from_utf8(bytes.to_vec()).expect("store returned other bytes than it was given")
 }
 
 async fn put(store: &dyn Store, k: Key<'_>, entry: Entry, condition: PutCondition) -> PutOutcome {
@@ -75,19 +66,10 @@ async fn put(store: &dyn Store, k: Key<'_>, entry: Entry, condition: PutConditio
 }
 
 async fn get(store: &dyn Store, k: Key<'_>) -> Option<Entry> {
-    let entry = store
+    store
         .get(k)
         .await
-        .unwrap_or_else(|e| panic!("get failed: {e}"));
-    if let Some(now) = store.get_now(k) {
-        let now = now.unwrap_or_else(|e| panic!("get_now failed: {e}"));
-        assert_eq!(
-            now.as_ref().map(|e| e.meta.generation),
-            entry.as_ref().map(|e| e.meta.generation),
-            "get_now must agree with get"
-        );
-    }
-    entry
+        .unwrap_or_else(|e| panic!("get failed: {e}"))
 }
 
 async fn claim(store: &dyn Store, k: Key<'_>, now: Timestamp) -> ClaimOutcome {
@@ -114,7 +96,6 @@ pub async fn store_suite(store: &dyn Store) {
     conditional_writes(store).await;
     tombstones_keep_the_generation(store).await;
     claims_are_exclusive_and_expire(store).await;
-    claim_now_agrees_with_claim(store).await;
     release_checks_the_token(store).await;
     failures_back_off_and_clear(store).await;
     put_and_release_frees_the_owners_claim(store).await;
@@ -137,7 +118,7 @@ async fn missing_keys_are_none(store: &dyn Store) {
 
 async fn writes_assign_generations(store: &dyn Store) {
     let k = fresh_key();
-    let first = value_entry(store, "one", 0);
+    let first = value_entry("one", 0);
     assert_eq!(
         put(store, k, first.clone(), PutCondition::Always).await,
         PutOutcome::Written { generation: 1 },
@@ -159,7 +140,7 @@ async fn writes_assign_generations(store: &dyn Store) {
         "the value must round-trip unchanged"
     );
     assert_eq!(
-        put(store, k, value_entry(store, "two", 1), PutCondition::Always).await,
+        put(store, k, value_entry("two", 1), PutCondition::Always).await,
         PutOutcome::Written { generation: 2 },
         "every write bumps the generation"
     );
@@ -172,7 +153,7 @@ async fn conditional_writes(store: &dyn Store) {
         put(
             store,
             k,
-            value_entry(store, "a", 0),
+            value_entry("a", 0),
             PutCondition::IfGeneration(5)
         )
         .await,
@@ -187,19 +168,19 @@ async fn conditional_writes(store: &dyn Store) {
         put(
             store,
             k,
-            value_entry(store, "a", 0),
+            value_entry("a", 0),
             PutCondition::IfGeneration(0)
         )
         .await,
         PutOutcome::Written { generation: 1 },
         "IfGeneration(0) on a missing key must write"
     );
-    put(store, k, value_entry(store, "b", 1), PutCondition::Always).await;
+    put(store, k, value_entry("b", 1), PutCondition::Always).await;
     assert_eq!(
         put(
             store,
             k,
-            value_entry(store, "late", 2),
+            value_entry("late", 2),
             PutCondition::IfGeneration(1)
         )
         .await,
@@ -215,7 +196,7 @@ async fn conditional_writes(store: &dyn Store) {
         put(
             store,
             k,
-            value_entry(store, "c", 3),
+            value_entry("c", 3),
             PutCondition::IfGeneration(2)
         )
         .await,
@@ -226,7 +207,7 @@ async fn conditional_writes(store: &dyn Store) {
 
 async fn tombstones_keep_the_generation(store: &dyn Store) {
     let k = fresh_key();
-    put(store, k, value_entry(store, "v", 0), PutCondition::Always).await;
+    put(store, k, value_entry("v", 0), PutCondition::Always).await;
     assert_eq!(
         put(store, k, tombstone(), PutCondition::Always).await,
         PutOutcome::Written { generation: 2 },
@@ -242,39 +223,12 @@ async fn tombstones_keep_the_generation(store: &dyn Store) {
         put(
             store,
             k,
-            value_entry(store, "late", 1),
+            value_entry("late", 1),
             PutCondition::IfGeneration(1)
         )
         .await,
         PutOutcome::Discarded { current: 2 },
         "a refresh from before the delete must not resurrect the key"
-    );
-}
-
-async fn claim_now_agrees_with_claim(store: &dyn Store) {
-    let k = fresh_key();
-    let Some(first) = store.claim_now(k, NOW, TTL) else {
-        return; // the store does not offer it
-    };
-    assert!(
-        matches!(first, Ok(ClaimOutcome::Won { failures: 0, .. })),
-        "claim_now of an unclaimed key must win, got {first:?}"
-    );
-    assert!(
-        matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
-        "a claim taken with claim_now must hold against claim"
-    );
-    let other = fresh_key();
-    assert!(matches!(
-        claim(store, other, NOW).await,
-        ClaimOutcome::Won { .. }
-    ));
-    assert!(
-        matches!(
-            store.claim_now(other, NOW, TTL),
-            Some(Ok(ClaimOutcome::Held { .. }))
-        ),
-        "a claim taken with claim must hold against claim_now"
     );
 }
 
@@ -390,7 +344,7 @@ async fn put_and_release_frees_the_owners_claim(store: &dyn Store) {
         .put_and_release(
             k,
             Put::new(
-                value_entry(store, "v", 0),
+                value_entry("v", 0),
                 PutCondition::IfGeneration(0),
                 TTL,
             ),
@@ -418,7 +372,7 @@ async fn put_and_release_frees_the_owners_claim(store: &dyn Store) {
         .put_and_release(
             k,
             Put::new(
-                value_entry(store, "late", 1),
+                value_entry("late", 1),
                 PutCondition::IfGeneration(0),
                 TTL,
             ),

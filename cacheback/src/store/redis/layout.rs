@@ -104,13 +104,7 @@ pub(super) fn undecodable(head: &[u8], len: usize) -> Entry {
     };
     let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
     meta.generation = generation;
-    Entry::new(
-        meta,
-        Payload::Encoded {
-            codec: 0,
-            bytes: Bytes::new(),
-        },
-    )
+    Entry::new(meta, Payload::encoded(0, Bytes::new()))
 }
 
 #[cfg(test)]
@@ -146,7 +140,7 @@ mod tests {
     fn the_layout_constants_are_the_envelopes() {
         let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
         meta.generation = 0x0102_0304_0506_0708;
-        let entry = Entry::new(meta, Payload::Tombstone);
+        let entry = Entry::new(meta, Payload::tombstone());
         let bytes = encode_envelope(&entry).unwrap();
         assert!(bytes.starts_with(&ENVELOPE_PREFIX));
         assert_eq!(
