@@ -182,6 +182,7 @@ pub use client::{
     StoreFallback, WarmProgress, WarmReport,
 };
 pub use codec::Codec;
+pub use engine::near::NearCache;
 pub use error::{BoxError, Error, Result};
 pub use job::{FnJob, Job, job_fn};
 pub use observe::Event;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,13 +17,14 @@ use crate::client::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::codec::Codec;
+use crate::engine::near::{NearCache, NearTier};
 use crate::engine::registry::Registry;
 use crate::engine::{self, Core, RecentFailures, Running};
 use crate::error::{Error, Result};
 use crate::key;
 use crate::observe::{Event, EventHook};
 use crate::queue::Queue;
-use crate::store::Store;
+use crate::store::{Change, Store};
 use crate::worker::{Worker, WorkerOptions};
 
 type SharedStore = Arc<dyn Store>;
@@ -43,6 +45,7 @@ pub struct CachebackBuilder {
     tombstone_ttl: Duration,
     worker: Option<bool>,
     worker_options: WorkerOptions,
+    near: Option<NearCache>,
 }
 
 impl Default for CachebackBuilder {
@@ -60,6 +63,7 @@ impl Default for CachebackBuilder {
             tombstone_ttl: Duration::from_secs(600),
             worker: None,
             worker_options: WorkerOptions::default(),
+            near: None,
         }
     }
 }
@@ -81,6 +85,7 @@ const ENV_REDIS_URL: &str = "CACHEBACK_REDIS_URL";
 const ENV_IN_PROCESS_WORKER: &str = "CACHEBACK_IN_PROCESS_WORKER";
 const ENV_WORKER_CONCURRENCY: &str = "CACHEBACK_WORKER_CONCURRENCY";
 const ENV_MAX_VALUE_BYTES: &str = "CACHEBACK_MAX_VALUE_BYTES";
+const ENV_NEAR_CACHE_ENTRIES: &str = "CACHEBACK_NEAR_CACHE_ENTRIES";
 
 impl CachebackBuilder {
     /// A builder with the settings services take from their environment; unset variables keep
@@ -93,6 +98,7 @@ impl CachebackBuilder {
     /// | `CACHEBACK_IN_PROCESS_WORKER` | [`in_process_worker`](Self::in_process_worker): `true`/`false`/`1`/`0` | `false` on web processes |
     /// | `CACHEBACK_WORKER_CONCURRENCY` | the in-process worker's [`WorkerOptions::concurrency`] | `64` |
     /// | `CACHEBACK_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `1048576` |
+    /// | `CACHEBACK_NEAR_CACHE_ENTRIES` | a [`near_cache`](Self::near_cache) of that many copies | `50000` |
     ///
     /// A value that does not parse, or `CACHEBACK_REDIS_URL` in a build without the `redis`
     /// feature, is an [`Error::Config`] naming the variable (a URL's password is never shown).
@@ -131,6 +137,10 @@ impl CachebackBuilder {
         }
         if let Some(text) = var(ENV_MAX_VALUE_BYTES) {
             builder = builder.max_value_bytes(parse_count(ENV_MAX_VALUE_BYTES, &text)?);
+        }
+        if let Some(text) = var(ENV_NEAR_CACHE_ENTRIES) {
+            let n = parse_count(ENV_NEAR_CACHE_ENTRIES, &text)?;
+            builder = builder.near_cache(NearCache::new().max_entries(n as u64));
         }
         Ok(builder)
     }
@@ -223,6 +233,48 @@ impl CachebackBuilder {
         self
     }
 
+    /// Puts a near cache in front of the store: this process keeps copies of the entries it
+    /// reads (bounded by entries or bytes), so that a hit on a hot key costs what a
+    /// [`MemoryStore`] hit costs instead of a round trip. Needs a store that announces its
+    /// writes ([`Store::watch`]; `RedisStore` does): when any process writes, invalidates or
+    /// deletes a key, every other process drops its copy as soon as the announcement arrives
+    /// (milliseconds), and this process drops its own at once.
+    ///
+    /// The contract, exactly:
+    /// - a copy keeps its entry's windows: it is served Fresh, then Stale, as the entry would
+    ///   be, and a stale copy triggers the same fleet-wide claim, so refreshes stay exactly-once;
+    /// - a copy is served only while the subscription to the announcements is live and has
+    ///   been since the copy was taken; when it is lost, no copy is served (reads go to the
+    ///   store) until it is back, and copies taken before are never served again;
+    /// - a copy is served for at most the near cache's [`ttl`](NearCache::ttl) after it was
+    ///   taken, which bounds how long an announcement lost without notice could keep an
+    ///   overwritten value in use;
+    /// - while the store cannot be read at all, a copy this process still holds is served
+    ///   instead of following [`StoreFallback`] (Fresh or Stale as its windows say; past
+    ///   them the fallback applies).
+    ///
+    /// [`build`](Self::build) fails with [`Error::Config`] for an in-process store (which needs
+    /// no near cache) and for a store that does not announce its writes.
+    ///
+    /// ```no_run
+    /// use cacheback::{Cacheback, NearCache, RedisQueue, RedisStore};
+    ///
+    /// # #[tokio::main] async fn main() -> cacheback::Result<()> {
+    /// let cache = Cacheback::builder()
+    ///     .prefix("myapp")
+    ///     .store(RedisStore::from_url("redis://127.0.0.1:6379")?)
+    ///     .queue(RedisQueue::from_url("redis://127.0.0.1:6379")?)
+    ///     .near_cache(NearCache::new().max_entries(50_000))
+    ///     .build()?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(near);
+        self
+    }
+
     /// Builds the client. Starting the in-process worker needs a Tokio runtime: call this
     /// from within one.
     pub fn build(self) -> Result<Cacheback> {
@@ -241,6 +293,17 @@ impl CachebackBuilder {
         let start_worker = self.worker.unwrap_or_else(|| is_local(&queue));
         let memory = engine::in_process_store(&store);
         let claim_hints = memory.is_none().then(hints::ClaimHints::default);
+        let stop = CancellationToken::new();
+        let near = match &self.near {
+            Some(config) => Some(start_near(
+                config,
+                &store,
+                memory.is_some(),
+                &self.prefix,
+                &stop,
+            )?),
+            None => None,
+        };
         let runtime = if start_worker {
             Some(tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::config(
@@ -254,6 +317,7 @@ impl CachebackBuilder {
         let core = Arc::new(Core {
             store,
             memory,
+            near,
             queue: Arc::clone(&queue),
             clock: self.clock,
             prefix: Arc::from(self.prefix),
@@ -272,7 +336,6 @@ impl CachebackBuilder {
             coalescer: Arc::new(Coalescer::default()),
             claim_hints,
         };
-        let stop = CancellationToken::new();
         let worker = runtime.map(|runtime| {
             let worker = Worker::from_core(Arc::clone(&core), queue, self.worker_options);
             let stop = stop.clone();
@@ -288,6 +351,49 @@ impl CachebackBuilder {
             }),
         })
     }
+}
+
+/// The near tier, and the task that applies the store's announced changes to it until `stop`.
+fn start_near(
+    config: &NearCache,
+    store: &SharedStore,
+    in_process: bool,
+    prefix: &str,
+    stop: &CancellationToken,
+) -> Result<Arc<NearTier>> {
+    config.validate()?;
+    if in_process {
+        return Err(Error::config(
+            "a near cache goes in front of a remote store; the memory store is in-process already",
+        ));
+    }
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::config("a near cache needs a Tokio runtime: build the client inside one")
+    })?;
+    let Some(mut changes) = store.watch(prefix) else {
+        return Err(Error::config(format!(
+            "the {} store does not announce its writes, so a near cache in front of it could \
+             serve overwritten values: use a store that does (RedisStore)",
+            store.backend()
+        )));
+    };
+    let near = Arc::new(NearTier::new(config));
+    let (tier, stop) = (Arc::clone(&near), stop.clone());
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.next() => match change {
+                    Some(change) => tier.apply(change),
+                    None => {
+                        tier.apply(Change::Lost);
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    Ok(near)
 }
 
 /// Whether only this process can drain `queue` (nobody else can run its refreshes).

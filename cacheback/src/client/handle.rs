@@ -3,6 +3,7 @@
 //! live beside it: `miss.rs` (misses, synchronous fetches, store outages), `trigger.rs`
 //! (claims and refresh requests), `write.rs` (refresh, set, delete, invalidate, peek, warm).
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::client::lookup::{Lookup, Status};
 use crate::client::{Cacheback, ReadState};
 use crate::clock::Timestamp;
 use crate::engine::Core;
+use crate::engine::near::{NearTier, Ticket};
 use crate::engine::registry::JobEntry;
 use crate::engine::value::decode_payload;
 use crate::entry::{Entry, EntryMeta};
@@ -208,15 +210,45 @@ impl<J: Job> JobHandle<J> {
         };
         let key = Key::new(&core.prefix, &self.job.name, digest);
         let Some(memory) = &core.memory else {
+            if let Some(near) = &core.near {
+                return self.lookup_near(near, key, args, mode);
+            }
             return Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>);
         };
-        match self.classify(key, memory.get_sync(key), core.clock.now()) {
+        match self.classify(key, memory.get_sync(key), core.clock.now(), None) {
             Classified::Hit(lookup) => Either::Left(Ok(lookup)),
             Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
                 self.stale_now(memory, key, args, value, meta, now)
             }
             slow => {
                 Either::Right(Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>)
+            }
+        }
+    }
+
+    /// A read through the near cache: a copy answers as the memory store would (a Fresh hit
+    /// now; a stale copy triggers the key's fleet-wide claim), anything else reads the store.
+    #[inline]
+    fn lookup_near(
+        &self,
+        near: &NearTier,
+        key: Key<'_>,
+        args: Args<J>,
+        mode: Mode,
+    ) -> NowOrLater<'_, Lookup<Value<J>>> {
+        let now = self.core().clock.now();
+        let digest = key.digest();
+        let read = match near.get(digest, now) {
+            Some(copy) => self.classify(key, Some(copy), now, None),
+            None => Classified::Missing { generation: 0, now },
+        };
+        match read {
+            Classified::Hit(lookup) => Either::Left(Ok(lookup)),
+            read @ (Classified::Stale { .. } | Classified::FreshMaybeEarly { .. }) => {
+                Either::Right(Box::pin(self.finish(args, digest, read, mode)) as BoxFuture<'_, _>)
+            }
+            Classified::Missing { .. } => {
+                Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>)
             }
         }
     }
@@ -311,45 +343,67 @@ impl<J: Job> JobHandle<J> {
     ) -> Result<Lookup<Value<J>>> {
         let core = self.core();
         let key = Key::new(&core.prefix, &self.job.name, digest);
+        let near = core.near.as_deref();
+        let ticket = near.and_then(|near| Some((near, near.ticket(digest)?)));
         match core.store.get(key).await {
-            Ok(entry) => match self.classify(key, entry, core.clock.now()) {
+            Ok(entry) => match self.classify(key, entry, core.clock.now(), ticket) {
                 Classified::Hit(lookup) => Ok(lookup),
                 slow => self.finish(args, digest, slow, mode).await,
             },
-            Err(error) => self.read_without_store(args, digest, error, mode).await,
+            Err(error) => match near.and_then(|near| near.get_any(digest)) {
+                Some(copy) => self.serve_near_copy(key, args, copy, error, mode).await,
+                None => self.read_without_store(args, digest, error, mode).await,
+            },
+        }
+    }
+
+    /// The store could not be read, and the near cache holds a copy: serve it as its windows
+    /// say (without a synchronous fetch), or follow the fallback once they have passed.
+    async fn serve_near_copy(
+        &self,
+        key: Key<'_>,
+        args: Args<J>,
+        copy: Entry,
+        error: Error,
+        mode: Mode,
+    ) -> Result<Lookup<Value<J>>> {
+        let digest = key.digest();
+        self.job.metrics.store_error("get");
+        warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; serving this process's near copy");
+        match self.classify(key, Some(copy), self.core().clock.now(), None) {
+            Classified::Hit(lookup) => Ok(lookup),
+            read @ (Classified::Stale { .. } | Classified::FreshMaybeEarly { .. }) => {
+                // No synchronous refetch past the stale threshold: the upstream is what the
+                // copy stands in for.
+                self.finish(args, digest, read, Mode::Cached).await
+            }
+            Classified::Missing { .. } => self.read_without_store(args, digest, error, mode).await,
         }
     }
 
     /// Sorts a read entry into a plain hit (answered now) and the paths that need more work.
     #[inline]
+    ///
+    /// With `keep`, a value read from the store is also kept in the near cache.
     pub(super) fn classify(
         &self,
         key: Key<'_>,
         entry: Option<Entry>,
         now: Timestamp,
+        keep: Option<(&NearTier, Ticket)>,
     ) -> Classified<Value<J>> {
         let job = &*self.job;
         let Some(Entry { meta, payload, .. }) = entry else {
             return Classified::Missing { generation: 0, now };
         };
         match decode_payload(self.core(), job, &meta, payload) {
-            Ok(Some(value)) => match meta.freshness(now) {
-                Freshness::Fresh if job.policy.early_refresh.is_none() => {
-                    job.metrics.hit.increment(1);
-                    Classified::Hit(Lookup {
-                        value: Some(value),
-                        status: Status::Hit,
-                        age: Some(now.since(meta.fetched_at)),
-                        refresh_triggered: false,
-                    })
+            Ok(Some(value)) => {
+                if let Some((near, ticket)) = keep {
+                    let copy = Arc::clone(&value) as Arc<dyn Any + Send + Sync>;
+                    near.keep(ticket, key.digest(), meta, copy, now);
                 }
-                Freshness::Fresh => Classified::FreshMaybeEarly { value, meta, now },
-                Freshness::Stale => Classified::Stale { value, meta, now },
-                Freshness::Expired => Classified::Missing {
-                    generation: meta.generation,
-                    now,
-                },
-            },
+                self.sort(value, meta, now)
+            }
             Ok(None) => Classified::Missing {
                 generation: meta.generation,
                 now,
@@ -367,6 +421,29 @@ impl<J: Job> JobHandle<J> {
                     now,
                 }
             }
+        }
+    }
+
+    /// Sorts a decoded value by its freshness at `now`.
+    #[inline]
+    fn sort(&self, value: Arc<Value<J>>, meta: EntryMeta, now: Timestamp) -> Classified<Value<J>> {
+        let job = &*self.job;
+        match meta.freshness(now) {
+            Freshness::Fresh if job.policy.early_refresh.is_none() => {
+                job.metrics.hit.increment(1);
+                Classified::Hit(Lookup {
+                    value: Some(value),
+                    status: Status::Hit,
+                    age: Some(now.since(meta.fetched_at)),
+                    refresh_triggered: false,
+                })
+            }
+            Freshness::Fresh => Classified::FreshMaybeEarly { value, meta, now },
+            Freshness::Stale => Classified::Stale { value, meta, now },
+            Freshness::Expired => Classified::Missing {
+                generation: meta.generation,
+                now,
+            },
         }
     }
 }

@@ -74,12 +74,11 @@ impl<J: Job> JobHandle<J> {
         let digest = self.digest(&args)?;
         let key = Key::new(&core.prefix, &self.job.name, digest);
         let tombstone = self.tombstone(core.clock.now());
-        core.store
-            .put(
-                key,
-                Put::new(tombstone, PutCondition::Always, core.tombstone_ttl),
-            )
-            .await?;
+        core.put(
+            key,
+            Put::new(tombstone, PutCondition::Always, core.tombstone_ttl),
+        )
+        .await?;
         Ok(())
     }
 
@@ -129,7 +128,7 @@ impl<J: Job> JobHandle<J> {
                     PutCondition::IfGeneration(seen),
                     core.tombstone_ttl,
                 );
-                let PutOutcome::Written { generation } = core.store.put(key, fence).await? else {
+                let PutOutcome::Written { generation } = core.put(key, fence).await? else {
                     continue;
                 };
                 return Ok(even_if_missing
@@ -143,7 +142,7 @@ impl<J: Job> JobHandle<J> {
                 PutCondition::IfGeneration(meta.generation),
                 ttl,
             );
-            if let PutOutcome::Written { generation } = core.store.put(key, put).await? {
+            if let PutOutcome::Written { generation } = core.put(key, put).await? {
                 return Ok(
                     self.trigger(key, &args, generation, now, false).await == Trigger::Started
                 );

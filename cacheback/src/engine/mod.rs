@@ -11,13 +11,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::codec::Codec;
+use crate::error::Result;
+use crate::key::Key;
 use crate::observe::{Event, EventHook};
 use crate::queue::Queue;
-use crate::store::Store;
 use crate::store::memory::MemoryStore;
+use crate::store::{ClaimToken, Put, PutOutcome, Store};
 
 pub(crate) mod backoff;
 pub(crate) mod fetch;
+pub(crate) mod near;
 pub(crate) mod refresh;
 pub(crate) mod registry;
 mod running;
@@ -34,6 +37,8 @@ pub(crate) struct Core {
     /// The same store when it is the in-process [`MemoryStore`]: read and claimed without
     /// awaiting, and given live values instead of bytes.
     pub(crate) memory: Option<MemoryStore>,
+    /// Copies of entries of a remote store, when the client has a near cache.
+    pub(crate) near: Option<Arc<near::NearTier>>,
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) prefix: Arc<str>,
@@ -57,6 +62,33 @@ pub(crate) fn in_process_store(store: &Arc<dyn Store>) -> Option<MemoryStore> {
 }
 
 impl Core {
+    /// Writes through the store and drops this process's near copy of the key, so that this
+    /// process reads its own writes (other processes drop theirs when the store announces the
+    /// write).
+    pub(crate) async fn put(&self, key: Key<'_>, put: Put) -> Result<PutOutcome> {
+        let outcome = self.store.put(key, put).await;
+        self.forget_near(key.digest());
+        outcome
+    }
+
+    /// [`Store::put_and_release`], dropping the near copy as [`put`](Self::put) does.
+    pub(crate) async fn put_and_release(
+        &self,
+        key: Key<'_>,
+        put: Put,
+        token: ClaimToken,
+    ) -> Result<PutOutcome> {
+        let outcome = self.store.put_and_release(key, put, token).await;
+        self.forget_near(key.digest());
+        outcome
+    }
+
+    fn forget_near(&self, digest: u128) {
+        if let Some(near) = &self.near {
+            near.forget(digest);
+        }
+    }
+
     /// Calls the events hook, building the event only when there is one.
     pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(hook) = &self.events {

@@ -128,7 +128,6 @@ pub(crate) async fn refresh_claimed<J: Job>(
             ))
         }) {
             Ok((put, took)) => core
-                .store
                 .put_and_release(key, put, claimed.token)
                 .await
                 .map(|outcome| (outcome, took)),
@@ -233,7 +232,7 @@ async fn extend_for_error<J: Job>(
         PutCondition::IfGeneration(generation),
         until.since(now),
     );
-    if let Err(e) = core.store.put(key, put).await {
+    if let Err(e) = core.put(key, put).await {
         job.metrics.store_error("put");
         warn!(error = %Chain(&e), "could not extend the entry for stale_if_error");
     }

@@ -24,7 +24,7 @@ pub(crate) async fn store_value<J: Job>(
     condition: PutCondition,
 ) -> Result<PutOutcome> {
     let put = prepare_put(core, job, value, fetch_duration, condition)?;
-    core.store.put(key, put).await
+    core.put(key, put).await
 }
 
 /// The write of a fetched value: encoded (for byte stores), size-checked, with its windows.

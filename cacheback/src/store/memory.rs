@@ -22,7 +22,7 @@ use crate::store::{
 
 /// Bytes charged per entry on top of its value's encoded size, when bounded by bytes: roughly
 /// what the map slot and the entry header take.
-const ENTRY_OVERHEAD_BYTES: u64 = 200;
+pub(crate) const ENTRY_OVERHEAD_BYTES: u64 = 200;
 
 /// An in-process store: the embedded default.
 ///
@@ -134,7 +134,7 @@ impl MemEntry {
 /// Keys are already xxh3-128 digests of the args: hashing them again would only cost time, so
 /// the map's hash is the digest folded to 64 bits.
 #[derive(Clone, Copy, Default)]
-struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl std::hash::BuildHasher for DigestHasher {
     type Hasher = DigestHasher;

@@ -173,6 +173,30 @@ pub struct ClaimState {
     pub retry_after: Option<Timestamp>,
 }
 
+/// A change to the entries under a prefix, announced by stores that can (see
+/// [`Store::watch`]); what keeps a client's near cache coherent with the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The subscription is live: every change from now on is announced. Changes made before
+    /// it (while it was being set up, or while it was lost) were not.
+    Watching,
+    /// The entry of the key with this digest ([`Key::digest`]) was written (a value, an
+    /// invalidation or a delete): copies of an older generation are out of date.
+    Written {
+        /// The key's digest.
+        digest: u128,
+        /// The generation the write gave the entry.
+        generation: u64,
+    },
+    /// The subscription was lost: changes may go unannounced until the next
+    /// [`Watching`](Change::Watching).
+    Lost,
+}
+
+/// The changes a store announces, as [`Store::watch`] returns them.
+pub type Changes = futures_util::stream::BoxStream<'static, Change>;
+
 /// Where entries and claims live.
 ///
 /// Implementations are shared by every reader and worker of a process (and, for remote stores,
@@ -197,6 +221,17 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
     /// ...). The default, for in-process stores, always answers.
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(futures_util::future::ready(Ok(())))
+    }
+
+    /// Subscribes to the changes of entries whose keys have `prefix`, when the store announces
+    /// them (every writer of the store publishes each write with its new generation), for a
+    /// client's near cache. The stream starts with [`Change::Watching`] once the subscription
+    /// is live, says [`Change::Lost`] when it is lost and `Watching` again when it is back,
+    /// and ends only when dropped. `None` (the default): this store announces nothing, and a
+    /// client refuses to put a near cache in front of it. Called inside a Tokio runtime.
+    fn watch(&self, prefix: &str) -> Option<Changes> {
+        let _ = prefix;
+        None
     }
 
     /// Reads the entry of `key` (tombstones included), or `None`.

@@ -2,8 +2,10 @@
 //! `redis`).
 //!
 //! The files: this one holds the store and its builder, `scripts.rs` the Lua scripts with their
-//! arguments and decoded replies, `layout.rs` key names, records and times as text.
+//! arguments and decoded replies, `layout.rs` key names, records and times as text,
+//! `changes.rs` the announcement of writes and the subscription that watches them.
 
+mod changes;
 mod layout;
 mod scripts;
 
@@ -29,7 +31,7 @@ use crate::error::{Chain, Error, Result};
 use crate::key::Key;
 use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure, px};
 use crate::store::{
-    ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
+    Changes, ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
 };
 
 /// Default limit on an entry read back from Redis (value plus the 48-byte header).
@@ -100,6 +102,11 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// What a subscription to the announced changes connects with (`None` for a store on an
+    /// application's connection manager, which cannot open a second connection).
+    watcher: Option<(Client, ConnOptions)>,
+    /// Whether writes are announced on the prefix's changes channel.
+    announce: bool,
     /// Whether Redis's eviction settings were looked at (once, at the first claim).
     eviction_checked: Arc<AtomicBool>,
     max_entry_bytes: usize,
@@ -128,6 +135,7 @@ enum Source {
 pub struct RedisStoreBuilder {
     source: Source,
     options: ConnOptions,
+    announce: bool,
     max_entry_bytes: usize,
     expiry_grace: Duration,
 }
@@ -147,6 +155,7 @@ impl RedisStoreBuilder {
         RedisStoreBuilder {
             source,
             options: ConnOptions::default(),
+            announce: true,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             expiry_grace: DEFAULT_EXPIRY_GRACE,
         }
@@ -179,6 +188,16 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether every write is announced (one `PUBLISH` inside the write's script, on the
+    /// channel `cacheback:changes:<prefix>`), so that clients with a
+    /// [near cache](crate::NearCache) drop their out-of-date copies (default: on). Turn it off
+    /// only when no process of the fleet uses a near cache: theirs would then serve
+    /// overwritten values until their near TTL.
+    pub fn announce_changes(mut self, announce: bool) -> Self {
+        self.announce = announce;
+        self
+    }
+
     /// Builds the store. Does not connect: the first call does.
     pub fn build(self) -> Result<RedisStore> {
         self.options.validate()?;
@@ -187,17 +206,26 @@ impl RedisStoreBuilder {
                 "max_entry_bytes must be at least {ENVELOPE_HEADER_LEN}"
             )));
         }
-        let conn = match self.source {
-            Source::Url(url) => Conn::lazy(
-                redis_support::open_client(&url)?,
-                self.options,
-                Duration::ZERO,
-            )?,
-            Source::Client(client) => Conn::lazy(*client, self.options, Duration::ZERO)?,
-            Source::Manager(manager) => Conn::from_manager(*manager, self.options),
+        let (conn, watcher) = match self.source {
+            Source::Url(url) => {
+                let client = redis_support::open_client(&url)?;
+                let watcher = (client.clone(), self.options);
+                let conn = Conn::lazy(client, self.options, Duration::ZERO)?;
+                (conn, Some(watcher))
+            }
+            Source::Client(client) => {
+                let watcher = ((*client).clone(), self.options);
+                (
+                    Conn::lazy(*client, self.options, Duration::ZERO)?,
+                    Some(watcher),
+                )
+            }
+            Source::Manager(manager) => (Conn::from_manager(*manager, self.options), None),
         };
         Ok(RedisStore {
             conn,
+            watcher,
+            announce: self.announce,
             eviction_checked: Arc::new(AtomicBool::new(false)),
             max_entry_bytes: self.max_entry_bytes,
             expiry_grace: self.expiry_grace,
@@ -357,7 +385,10 @@ impl RedisStore {
             PutCondition::IfGeneration(g) => Some(g),
         };
         let px = px(ttl.saturating_add(self.expiry_grace));
-        let invocation = self.scripts.put(key, expected, envelope, px, release);
+        let channel = self.announce.then(|| changes::channel(key.prefix()));
+        let invocation = self
+            .scripts
+            .put(key, expected, envelope, px, channel.as_deref(), release);
         Ok(
             match self.run(invocation, "put script", PutReply::decode).await? {
                 PutReply::Written(generation) => PutOutcome::Written { generation },
@@ -459,6 +490,11 @@ impl Store for RedisStore {
 
     fn ping(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(RedisStore::ping(self))
+    }
+
+    fn watch(&self, prefix: &str) -> Option<Changes> {
+        let (client, options) = self.watcher.clone()?;
+        Some(changes::watch(client, options, prefix))
     }
 
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {

@@ -8,7 +8,10 @@
 -- ARGV[4] = the envelope's first bytes (magic and format version)
 -- ARGV[5] = the envelope header's length
 -- ARGV[6] = the generation's byte offset in the header (0-based; the generation is 8 bytes)
--- ARGV[7] = put-and-release only: the claim token
+-- ARGV[7] = the channel that announces changes ('' = announce nothing)
+-- ARGV[8] = the key's digest, 16 big-endian bytes (the announcement is the digest, then the new
+--           generation)
+-- ARGV[9] = put-and-release only: the claim token
 --
 -- The layout comes from the Rust side, so this script never disagrees with the envelope codec.
 -- Bytes that do not start with the prefix, or are shorter than a header, have generation 0.
@@ -24,7 +27,7 @@ local prefix, header_len, gen_at = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 
 local function release()
   if #KEYS == 3 then
-    local token = ARGV[7]
+    local token = ARGV[9]
     local c = redis.call('GET', KEYS[2])
     if c and string.sub(c, 1, #token) == token then
       redis.call('DEL', KEYS[2])
@@ -57,5 +60,8 @@ end
 local new = string.char(unpack(b))
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('SETRANGE', KEYS[1], gen_at, new)
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], ARGV[8] .. new)
+end
 release()
 return {WRITTEN, new}

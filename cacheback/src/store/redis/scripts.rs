@@ -35,13 +35,14 @@ impl Scripts {
     }
 
     /// `put`, or with `release` put-and-release: writes `envelope` if the stored generation is
-    /// `expected` (any generation when `None`).
+    /// `expected` (any generation when `None`), and announces the write on `channel` if given.
     pub(super) fn put(
         &self,
         key: Key<'_>,
         expected: Option<u64>,
         envelope: Vec<u8>,
         px: u64,
+        channel: Option<&str>,
         release: Option<ClaimToken>,
     ) -> ScriptInvocation<'_> {
         let mut invocation = self.put.key(entry_key(key));
@@ -55,7 +56,9 @@ impl Scripts {
             .arg(px)
             .arg(&ENVELOPE_PREFIX[..])
             .arg(ENVELOPE_HEADER_LEN)
-            .arg(GENERATION_OFFSET);
+            .arg(GENERATION_OFFSET)
+            .arg(channel.unwrap_or(""))
+            .arg(&key.digest().to_be_bytes()[..]);
         if let Some(token) = release {
             invocation.arg(token.to_string());
         }
