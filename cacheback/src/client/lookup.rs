@@ -67,7 +67,10 @@ pub struct Lookup<V> {
     pub status: Status,
     /// How long ago the served value was fetched.
     pub age: Option<Duration>,
-    /// Whether this read enqueued (or ran) a refresh.
+    /// Whether this read enqueued (or ran) a refresh. With a
+    /// [near cache](crate::CachebackBuilder::near_cache), a stale read asks for the key's
+    /// claim in the background instead of waiting for it: there this says the read asked, and
+    /// the claim decides whether a refresh is enqueued.
     pub refresh_triggered: bool,
 }
 

@@ -87,7 +87,11 @@ impl<J: Job> JobHandle<J> {
                 }
             }
         } else {
-            let triggered = self.trigger_on_read(key, &args, meta.generation, now).await;
+            let triggered = if self.core().near.is_some() {
+                self.trigger_in_background(key, &args, meta.generation, now)
+            } else {
+                self.trigger_on_read(key, &args, meta.generation, now).await
+            };
             job.metrics.stale.increment(1);
             job.metrics.served_age.record(age.as_secs_f64());
             return Ok(Lookup {

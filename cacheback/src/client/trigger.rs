@@ -46,6 +46,35 @@ impl<J: Job> JobHandle<J> {
         }
     }
 
+    /// [`trigger_on_read`](Self::trigger_on_read) without waiting for it, for a stale copy of
+    /// the near cache: its reader must not pay for the claim's round trips. Returns whether
+    /// this read asked for the refresh (the claim itself is decided in the background). When
+    /// nothing started (the store or queue is down, the queue is full), the hint stays: the
+    /// next attempt comes one hint window later, not from every read, so an outage does not
+    /// pile up background attempts.
+    pub(super) fn trigger_in_background(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> bool {
+        let digest = key.digest();
+        if let Some(hints) = &self.reads().claim_hints {
+            let window = ClaimHints::window(self.job.policy.lifetime);
+            if !hints.should_claim(digest, now, window) {
+                self.job.metrics.claim_held.increment(1);
+                return false;
+            }
+        }
+        let (this, args) = (self.clone(), args.clone());
+        self.core().tasks.spawn(async move {
+            let key = Key::new(&this.core().prefix, &this.job.name, digest);
+            this.trigger(key, &args, generation, now, true).await;
+        });
+        true
+    }
+
     /// Takes the key's claim and, if won, enqueues one refresh. Never fails the
     /// read.
     ///
