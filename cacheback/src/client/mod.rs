@@ -220,6 +220,13 @@ impl Cacheback {
         core.queue.ping().await
     }
 
+    /// Whether the [near cache](CachebackBuilder::near_cache) is serving copies: `None`
+    /// without one, `Some(false)` while its subscription to the store's announcements is not
+    /// live (at start, and after a loss until it is back; reads then go to the store).
+    pub fn near_cache_live(&self) -> Option<bool> {
+        self.inner.core.near.as_ref().map(|near| near.is_live())
+    }
+
     pub(crate) fn core(&self) -> &Arc<Core> {
         &self.inner.core
     }

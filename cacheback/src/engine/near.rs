@@ -258,6 +258,11 @@ impl NearTier {
         }
     }
 
+    /// Whether the subscription is live.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
     /// How many copies are held (served or not).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -22,10 +22,10 @@ use crate::stats::{self, Spread};
 use crate::value::{BenchJob, ClientSetup, Fetcher, Value, memory_client};
 use crate::workloads::{Ctx, runtime};
 
-const KEY: u64 = 42;
+pub(super) const KEY: u64 = 42;
 /// django-cacheback's in-process hit rate on this class of machine (WORKLOADS.md).
 const DJANGO_HITS_PER_SEC: f64 = 69_000.0;
-const TRIALS: usize = 3;
+pub(super) const TRIALS: usize = 3;
 
 /// Something read in a loop.
 pub(crate) trait HitRead: Clone + Send + Sync + 'static {
@@ -35,7 +35,7 @@ pub(crate) trait HitRead: Clone + Send + Sync + 'static {
 
 /// cacheback's hit path: `JobHandle::get` of the fresh key.
 #[derive(Clone)]
-struct CachebackHit(JobHandle<BenchJob>);
+pub(super) struct CachebackHit(JobHandle<BenchJob>);
 
 impl HitRead for CachebackHit {
     fn read(&self) -> impl Future<Output = ()> + Send + '_ {
@@ -129,16 +129,16 @@ fn timer_overhead_ns() -> u64 {
 }
 
 /// One subject at one task count: its throughput over the trials and its latency pass.
-struct Measured {
+pub(super) struct Measured {
     /// Reads per second: median, minimum and maximum of the trials.
-    rate: Spread,
+    pub(super) rate: Spread,
     /// Every read of the latency pass.
-    latency: Histogram<u64>,
+    pub(super) latency: Histogram<u64>,
 }
 
 impl Measured {
     /// `None` when no trial ran.
-    fn new(rates: &[f64], latency: Histogram<u64>) -> Option<Self> {
+    pub(super) fn new(rates: &[f64], latency: Histogram<u64>) -> Option<Self> {
         Some(Measured {
             rate: Spread::of(rates)?,
             latency,
@@ -146,7 +146,7 @@ impl Measured {
     }
 
     /// The median latency, in microseconds.
-    fn p50_us(&self) -> f64 {
+    pub(super) fn p50_us(&self) -> f64 {
         stats::ns_to_us(self.latency.value_at_quantile(0.5))
     }
 
@@ -161,7 +161,7 @@ impl Measured {
 
 /// A W1 record of cacheback on `store` at `tasks` tasks, with what every W1 record has: the
 /// parameters of a pass and cacheback's own figures.
-fn w1_record(store: &str, tasks: usize, reads: u64, cacheback: &Measured) -> Record {
+pub(super) fn w1_record(store: &str, tasks: usize, reads: u64, cacheback: &Measured) -> Record {
     let mut r = Record::new(
         "W1",
         format!("{store}, {tasks} task{}", if tasks == 1 { "" } else { "s" }),
@@ -175,11 +175,11 @@ fn w1_record(store: &str, tasks: usize, reads: u64, cacheback: &Measured) -> Rec
 }
 
 /// What a same-run baseline is, and which figure cacheback's ratio to it is of.
-struct BaselineName {
+pub(super) struct BaselineName {
     /// What the baseline is.
-    name: &'static str,
+    pub(super) name: &'static str,
     /// Which figure the ratio is of.
-    ratio_of: &'static str,
+    pub(super) ratio_of: &'static str,
 }
 
 /// The baseline of W1 on the memory store.
@@ -188,15 +188,8 @@ const MOKA: BaselineName = BaselineName {
     ratio_of: "ops/s, cacheback ÷ moka",
 };
 
-/// The baseline of W1 on the Redis store.
-#[cfg(feature = "redis")]
-const RAW_GET: BaselineName = BaselineName {
-    name: "redis-rs GET of the same key, ConnectionManager",
-    ratio_of: "ops/s, cacheback ÷ raw GET",
-};
-
 /// The same-run baseline of a record: `measured`'s figures and cacheback's `ratio` to it.
-fn baseline(which: &BaselineName, measured: &Measured, ratio: f64) -> Baseline {
+pub(super) fn baseline(which: &BaselineName, measured: &Measured, ratio: f64) -> Baseline {
     Baseline {
         name: which.name.to_owned(),
         figures: measured.figures(),
@@ -206,7 +199,7 @@ fn baseline(which: &BaselineName, measured: &Measured, ratio: f64) -> Baseline {
 }
 
 /// The policy and fetcher of W1's job: a value fresh for an hour, fetched at once.
-fn hit_job() -> (Policy, Arc<Fetcher>) {
+pub(super) fn hit_job() -> (Policy, Arc<Fetcher>) {
     (
         Policy::default().lifetime(Duration::from_secs(3600)),
         Fetcher::new(Duration::ZERO),
@@ -214,7 +207,7 @@ fn hit_job() -> (Policy, Arc<Fetcher>) {
 }
 
 /// Errs unless `KEY` now reads as a fresh hit: W1 measures the hit path only.
-async fn expect_fresh_hit(handle: &JobHandle<BenchJob>) -> Result<(), String> {
+pub(super) async fn expect_fresh_hit(handle: &JobHandle<BenchJob>) -> Result<(), String> {
     let status = handle
         .get_with_status(KEY)
         .await
@@ -375,222 +368,7 @@ fn memory_checks(r: &mut Record, tasks: usize, cb: Spread, floor: Spread, ratio:
     );
 }
 
-/// Sums the `calls` of every command in `INFO commandstats`.
 #[cfg(feature = "redis")]
-fn redis_commands(server: &cacheback_test_support::RedisServer) -> Result<u64, String> {
-    let stats = server.command_stats().map_err(|e| e.to_string())?;
-    Ok(stats.iter().map(|(_, calls)| calls).sum())
-}
-
-/// Raw redis-rs `GET` of one key (cacheback's entry) on a `ConnectionManager`.
+mod redis;
 #[cfg(feature = "redis")]
-#[derive(Clone)]
-struct RedisGet(redis::aio::ConnectionManager, Arc<str>);
-
-#[cfg(feature = "redis")]
-impl HitRead for RedisGet {
-    fn read(&self) -> impl Future<Output = ()> + Send + '_ {
-        let mut conn = self.0.clone();
-        async move {
-            let reply: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&*self.1)
-                .query_async(&mut conn)
-                .await
-                .ok()
-                .flatten();
-            black_box(reply);
-        }
-    }
-}
-
-#[cfg(feature = "redis")]
-impl RedisGet {
-    /// A `ConnectionManager` to `url` that GETs the very key cacheback stored its entry under.
-    async fn of_entry(url: &str) -> Result<Self, String> {
-        let redis_client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let mut conn = redis::aio::ConnectionManager::new(redis_client)
-            .await
-            .map_err(|e| e.to_string())?;
-        let entry_key = string_key(&mut conn).await?;
-        Ok(RedisGet(conn, Arc::from(entry_key)))
-    }
-
-    /// The size of the entry, in bytes (`STRLEN`).
-    async fn entry_bytes(&self) -> redis::RedisResult<u64> {
-        let mut c = self.0.clone();
-        redis::cmd("STRLEN").arg(&*self.1).query_async(&mut c).await
-    }
-}
-
-/// The last of the server's keys (`KEYS *`) that holds a string: cacheback's entry, the server
-/// having been flushed before cacheback wrote it.
-#[cfg(feature = "redis")]
-async fn string_key(conn: &mut redis::aio::ConnectionManager) -> Result<String, String> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut entry_key = None;
-    for k in keys {
-        let kind: String = redis::cmd("TYPE")
-            .arg(&k)
-            .query_async(conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if kind == "string" {
-            entry_key = Some(k);
-        }
-    }
-    entry_key.ok_or_else(|| "no string key holds cacheback's entry".to_owned())
-}
-
-/// W1 on the Redis store (a `redis-server` of the harness on loopback), next to raw redis-rs
-/// `GET` of the same key (the same bytes) on a `ConnectionManager` (the kind of connection
-/// `RedisStore` uses), at equal concurrency; commands per read from `INFO commandstats`.
-#[cfg(feature = "redis")]
-pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
-    let server = ctx.redis()?;
-    server
-        .query::<()>(&["FLUSHALL"])
-        .map_err(|e| e.to_string())?;
-    let url = server.url();
-    let reads: u64 = ctx.scale.pick(100_000, 10_000);
-    let rt = runtime();
-    let (handle, raw) = rt.block_on(redis_subjects(&url))?;
-    let entry_bytes = rt.block_on(raw.entry_bytes()).map_err(|e| e.to_string())?;
-    let ours = CachebackHit(handle);
-    let mut records = Vec::new();
-    for tasks in [1usize, 64] {
-        let (rates, commands_per_read) =
-            rt.block_on(redis_trials(server, &ours, &raw, tasks, reads))?;
-        let hists = rt.block_on(async {
-            (
-                latencies(&ours, tasks, reads).await,
-                latencies(&raw, tasks, reads).await,
-            )
-        });
-        let cb = Measured::new(&rates[0], hists.0).ok_or("no trials")?;
-        let raw_get = Measured::new(&rates[1], hists.1).ok_or("no trials")?;
-        let run = RedisPass {
-            tasks,
-            reads,
-            entry_bytes,
-            commands_per_read,
-        };
-        records.push(redis_record(&run, cb, &raw_get));
-    }
-    Ok(records)
-}
-
-/// A Redis client whose `KEY` is a fresh hit, and the raw `GET` of its entry.
-#[cfg(feature = "redis")]
-async fn redis_subjects(url: &str) -> Result<(JobHandle<BenchJob>, RedisGet), String> {
-    let store = cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?;
-    let client = cacheback::Cacheback::builder()
-        .store(store)
-        .prefix("w1")
-        .build()
-        .map_err(|e| e.to_string())?;
-    let (policy, fetcher) = hit_job();
-    let handle = client.job(BenchJob { fetcher, policy });
-    handle.get(KEY).await.map_err(|e| e.to_string())?;
-    expect_fresh_hit(&handle).await?;
-    Ok((handle, RedisGet::of_entry(url).await?))
-}
-
-/// A warm-up, then `TRIALS` throughput passes of cacheback and raw `GET`, interleaved; each
-/// one's reads per second, and the Redis commands per cacheback read of the first trial.
-#[cfg(feature = "redis")]
-async fn redis_trials(
-    server: &cacheback_test_support::RedisServer,
-    ours: &CachebackHit,
-    raw: &RedisGet,
-    tasks: usize,
-    reads: u64,
-) -> Result<([Vec<f64>; 2], f64), String> {
-    throughput(ours, tasks, reads / 10).await;
-    throughput(raw, tasks, reads / 10).await;
-    let mut rates: [Vec<f64>; 2] = Default::default();
-    let mut commands_per_read = f64::NAN;
-    for trial in 0..TRIALS {
-        let before = redis_commands(server)?;
-        rates[0].push(throughput(ours, tasks, reads).await);
-        let after = redis_commands(server)?;
-        if trial == 0 {
-            // The first INFO is counted in the second one's figures.
-            let per_task = reads / tasks as u64;
-            commands_per_read = (after - before - 1) as f64 / (per_task * tasks as u64) as f64;
-        }
-        rates[1].push(throughput(raw, tasks, reads).await);
-    }
-    Ok((rates, commands_per_read))
-}
-
-/// What a Redis record says of its pass besides the measurements.
-#[cfg(feature = "redis")]
-struct RedisPass {
-    /// Concurrent reader tasks.
-    tasks: usize,
-    /// Reads per throughput trial and per latency pass.
-    reads: u64,
-    /// The size of cacheback's entry in Redis.
-    entry_bytes: u64,
-    /// Redis commands per cacheback read (first trial).
-    commands_per_read: f64,
-}
-
-/// The record of W1 on the Redis store: raw `GET` is the baseline.
-#[cfg(feature = "redis")]
-fn redis_record(pass: &RedisPass, cb: Measured, raw: &Measured) -> Record {
-    let commands_per_read = pass.commands_per_read;
-    let ratio = cb.rate.median / raw.rate.median;
-    let mut r = w1_record("Redis", pass.tasks, pass.reads, &cb)
-        .param(
-            "redis",
-            "redis-server on loopback, --save '' --appendonly no",
-        )
-        .param("entry_bytes", pass.entry_bytes);
-    r.figure("redis_commands_per_read", stats::round3(commands_per_read));
-    r.baseline = Some(baseline(&RAW_GET, raw, ratio));
-    r.summary = redis_summary(&cb, raw, commands_per_read);
-    redis_checks(&mut r, pass, cb.rate, ratio);
-    r.latencies = Some(cb.latency);
-    r
-}
-
-/// The table line of W1 on the Redis store.
-#[cfg(feature = "redis")]
-fn redis_summary(cb: &Measured, raw: &Measured, commands_per_read: f64) -> String {
-    format!(
-        "{} (raw GET {}); p50/p99 {}/{} (raw p50 {}); {} Redis commands per read",
-        report::rate(cb.rate.median),
-        report::rate(raw.rate.median),
-        report::micros(cb.p50_us()),
-        report::micros(stats::ns_to_us(cb.latency.value_at_quantile(0.99))),
-        report::micros(raw.p50_us()),
-        stats::round3(commands_per_read),
-    )
-}
-
-/// The targets of W1 on the Redis store; `ratio` is cacheback's throughput ÷ raw `GET`'s.
-#[cfg(feature = "redis")]
-fn redis_checks(r: &mut Record, pass: &RedisPass, cb: Spread, ratio: f64) {
-    r.check(
-        "exactly 1 Redis command per hit",
-        format!("{:.3}", pass.commands_per_read),
-        (pass.commands_per_read - 1.0).abs() < 0.001,
-    );
-    r.check(
-        "≥ 0.9× raw redis-rs GET throughput at equal concurrency",
-        report::times(ratio),
-        ratio >= 0.9,
-    );
-    if pass.tasks == 64 {
-        r.check(
-            "with 64 concurrent tasks ≥ 100,000 reads/s on 2 cores",
-            report::rate(cb.median),
-            cb.median >= 100_000.0,
-        );
-    }
-}
+pub(crate) use redis::redis;
