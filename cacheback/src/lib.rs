@@ -60,6 +60,7 @@
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
+//! | `memcached` | no | `MemcachedStore` (async-memcached, meta protocol) |
 //!
 //! ## How it behaves
 //!
@@ -189,6 +190,8 @@ pub use policy::{Backoff, Freshness, Policy};
 pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]
 pub use queue::redis::RedisQueue;
+#[cfg(feature = "memcached")]
+pub use store::memcached::MemcachedStore;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
