@@ -254,12 +254,37 @@ impl MemcachedServer {
         let io = |e: std::io::Error| Error::Memcached(format!("`{line}`: {e}"));
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(io)?;
         stream.set_read_timeout(Some(ANSWER_WITHIN)).map_err(io)?;
-        stream.write_all(format!("{line}\r\n").as_bytes()).map_err(io)?;
-        let mut reply = String::new();
-        BufReader::new(stream)
-            .read_line(&mut reply)
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
             .map_err(io)?;
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).map_err(io)?;
         Ok(reply.trim_end().to_owned())
+    }
+
+    /// One counter of `stats` (`cmd_get`, `cmd_set`, `curr_items`, ...).
+    ///
+    /// # Errors
+    ///
+    /// When the server does not answer, or has no such counter.
+    pub fn stat(&self, name: &str) -> Result<u64, Error> {
+        let io = |e: std::io::Error| Error::Memcached(format!("`stats`: {e}"));
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(io)?;
+        stream.set_read_timeout(Some(ANSWER_WITHIN)).map_err(io)?;
+        stream.write_all(b"stats\r\n").map_err(io)?;
+        let prefix = format!("STAT {name} ");
+        for line in BufReader::new(stream).lines() {
+            let line = line.map_err(io)?;
+            if let Some(value) = line.strip_prefix(&prefix) {
+                return value
+                    .parse()
+                    .map_err(|_| Error::Memcached(format!("`stats`: {line}")));
+            }
+            if line == "END" {
+                break;
+            }
+        }
+        Err(Error::Memcached(format!("`stats` has no `{name}`")))
     }
 
     /// Kills the server (SIGKILL) and waits for it to exit. Its data is lost.
@@ -325,6 +350,8 @@ mod tests {
         assert!(server.url().starts_with("memcache://127.0.0.1:"));
         assert_eq!(server.cmd("mn").unwrap(), "MN");
         assert_eq!(server.cmd("mg missing v").unwrap(), "EN");
+        assert_eq!(server.stat("cmd_get").unwrap(), 1);
+        assert!(server.stat("no_such_counter").is_err());
         let port = server.port();
         server.stop();
         assert!(!server.is_running());

@@ -98,7 +98,9 @@ impl MemcachedStoreBuilder {
     pub fn build(self) -> Result<MemcachedStore> {
         let dsn = dsn(&self.url)?;
         if self.command_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::config("memcached timeouts must be greater than zero"));
+            return Err(Error::config(
+                "memcached timeouts must be greater than zero",
+            ));
         }
         if self.max_connections == 0 {
             return Err(Error::config("max_connections must be at least 1"));
@@ -110,12 +112,12 @@ impl MemcachedStoreBuilder {
         }
         let pool = Pool::new(ConnOptions {
             dsn,
-            command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
             max_connections: self.max_connections,
         });
         Ok(MemcachedStore {
             pool: Arc::new(pool),
+            command_timeout: self.command_timeout,
             max_item_bytes: self.max_item_bytes,
             expiry_grace: self.expiry_grace,
         })

@@ -25,8 +25,15 @@ impl MemcachedStore {
         let name = control_key(key);
         let token = ClaimToken::random();
         for _ in 0..MAX_ATTEMPTS {
-            let item = self.pool.get(WHAT, &name).await.map_err(Failure::into_store)?;
-            let record = item.as_ref().map(|i| Record::parse(&i.data)).unwrap_or_default();
+            let item = self
+                .pool
+                .get(WHAT, &name)
+                .await
+                .map_err(Failure::into_store)?;
+            let record = item
+                .as_ref()
+                .map(|i| Record::parse(&i.data))
+                .unwrap_or_default();
             let failures = record.remembered_failures(now);
             if let Some(f) = failures
                 && f.retry_after > now
@@ -69,8 +76,15 @@ impl MemcachedStore {
         const WHAT: &str = "release";
         let name = control_key(key);
         for _ in 0..MAX_ATTEMPTS {
-            let item = self.pool.get(WHAT, &name).await.map_err(Failure::into_store)?;
-            let record = item.as_ref().map(|i| Record::parse(&i.data)).unwrap_or_default();
+            let item = self
+                .pool
+                .get(WHAT, &name)
+                .await
+                .map_err(Failure::into_store)?;
+            let record = item
+                .as_ref()
+                .map(|i| Record::parse(&i.data))
+                .unwrap_or_default();
             let (released, keep) = released(record, token, release);
             let done = match item {
                 // Nothing to change: another owner's claim, no failure state to touch.
@@ -93,7 +107,9 @@ impl MemcachedStore {
                     let keep = keep.unwrap_or(Duration::ZERO);
                     let exptime = exptime(keep.saturating_add(self.expiry_grace));
                     let encoded = released.encode();
-                    self.pool.set(WHAT, &name, &encoded, Write::Add, exptime).await
+                    self.pool
+                        .set(WHAT, &name, &encoded, Write::Add, exptime)
+                        .await
                 }
             };
             if done.map_err(Failure::into_store)? {

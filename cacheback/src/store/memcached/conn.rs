@@ -1,5 +1,6 @@
-//! The connections: a small pool of meta-protocol connections (async-memcached clients), the
-//! four commands the store needs, and a timeout around every call.
+//! The connections: a small pool of meta-protocol connections (async-memcached clients) and
+//! the four commands the store needs. The store bounds each of its operations, connecting and
+//! waiting for a connection included, with its command timeout.
 //!
 //! A call takes an idle connection or opens one (at most `max_connections` at once), runs its
 //! command and gives the connection back. A connection whose command failed or was cancelled
@@ -11,7 +12,6 @@
 //! the item changed, which the store's compare-and-swap loops handle.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use super::failure::Failure;
 pub(super) struct ConnOptions {
     /// The address as the client library takes it: `tcp://host:port`.
     pub(super) dsn: String,
-    pub(super) command_timeout: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) max_connections: usize,
 }
@@ -82,7 +81,9 @@ impl Pool {
     }
 
     fn lock_idle(&self) -> MutexGuard<'_, Vec<Client>> {
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn lease(&self) -> Result<Lease<'_>, Failure> {
@@ -119,33 +120,30 @@ impl Pool {
         }
     }
 
-    /// Runs `command` on a connection, bounded by the command timeout; see the module docs
-    /// for what happens to connections and when the command is tried again.
+    /// Runs `command` on a connection; see the module docs for what happens to connections
+    /// and when the command is tried again.
     async fn call(&self, what: &'static str, command: Command<'_>) -> Result<Reply, Failure> {
-        let attempts = async {
-            let mut retried = false;
-            loop {
-                let mut lease = self.lease().await?;
-                match command.run(&mut lease.client).await {
-                    Ok(reply) => {
-                        self.give_back(lease);
-                        return Ok(reply);
+        let mut retried = false;
+        loop {
+            let mut lease = self.lease().await?;
+            match command.run(&mut lease.client).await {
+                Ok(reply) => {
+                    self.give_back(lease);
+                    return Ok(reply);
+                }
+                Err(error) => {
+                    let failure = Failure::from_client(what, error);
+                    if !failure.is_connection_lost() {
+                        return Err(failure);
                     }
-                    Err(error) => {
-                        let failure = Failure::from_client(what, error);
-                        if !failure.is_connection_lost() {
-                            return Err(failure);
-                        }
-                        self.lock_idle().clear();
-                        if !lease.reused || retried {
-                            return Err(failure);
-                        }
-                        retried = true;
+                    self.lock_idle().clear();
+                    if !lease.reused || retried {
+                        return Err(failure);
                     }
+                    retried = true;
                 }
             }
-        };
-        bounded(what, self.options.command_timeout, attempts).await
+        }
     }
 
     /// `mg <key> v c t`: the item, or `None` when the key is missing.
@@ -183,16 +181,40 @@ impl Pool {
             Write::Cas(cas) => format!("C{cas}"),
         };
         let flags = [format!("T{exptime}"), condition];
-        match self.call(what, Command::Set { key, value, flags: &flags }).await? {
+        match self
+            .call(
+                what,
+                Command::Set {
+                    key,
+                    value,
+                    flags: &flags,
+                },
+            )
+            .await?
+        {
             Reply::Done(done) => Ok(done),
             _ => Err(unexpected(what)),
         }
     }
 
     /// `md <key> C<cas>`: whether the item was deleted (`false`: it changed or vanished).
-    pub(super) async fn delete(&self, what: &'static str, key: &str, cas: u64) -> Result<bool, Failure> {
+    pub(super) async fn delete(
+        &self,
+        what: &'static str,
+        key: &str,
+        cas: u64,
+    ) -> Result<bool, Failure> {
         let condition = format!("C{cas}");
-        match self.call(what, Command::Delete { key, condition: &condition }).await? {
+        match self
+            .call(
+                what,
+                Command::Delete {
+                    key,
+                    condition: &condition,
+                },
+            )
+            .await?
+        {
             Reply::Done(done) => Ok(done),
             _ => Err(unexpected(what)),
         }
@@ -210,9 +232,18 @@ impl Pool {
 /// One command, with what it needs; run again as it is when it is retried.
 #[derive(Clone, Copy)]
 enum Command<'a> {
-    Get { key: &'a str },
-    Set { key: &'a str, value: &'a [u8], flags: &'a [String; 2] },
-    Delete { key: &'a str, condition: &'a str },
+    Get {
+        key: &'a str,
+    },
+    Set {
+        key: &'a str,
+        value: &'a [u8],
+        flags: &'a [String; 2],
+    },
+    Delete {
+        key: &'a str,
+        condition: &'a str,
+    },
     Version,
 }
 
@@ -247,7 +278,10 @@ impl Command<'_> {
                 }
             }
             Command::Delete { key, condition } => {
-                match client.meta_delete(key, false, None, Some(&[condition])).await {
+                match client
+                    .meta_delete(key, false, None, Some(&[condition]))
+                    .await
+                {
                     Ok(_) => Ok(Reply::Done(true)),
                     Err(e) if not_done(&e) => Ok(Reply::Done(false)),
                     Err(e) => Err(e),
@@ -262,16 +296,5 @@ fn unexpected(what: &'static str) -> Failure {
     Failure::Protocol {
         what,
         message: "a reply of another command".to_owned(),
-    }
-}
-
-async fn bounded<T>(
-    what: &'static str,
-    after: Duration,
-    fut: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout(after, fut).await {
-        Ok(result) => result,
-        Err(_) => Err(Failure::Timeout { what, after }),
     }
 }

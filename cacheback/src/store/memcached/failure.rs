@@ -22,7 +22,10 @@ pub(super) enum Failure {
     /// Opening a connection took longer than its bound.
     ConnectTimeout { after: Duration },
     /// The connection failed while a command was on it.
-    Io { what: &'static str, source: io::Error },
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
     /// memcached answered with an error (`SERVER_ERROR ...`, `CLIENT_ERROR ...`).
     Refused { what: &'static str, message: String },
     /// memcached answered something this store does not expect.
@@ -140,7 +143,9 @@ mod tests {
         };
         let text = Chain(&refused.into_store()).to_string();
         assert!(
-            text.starts_with("memcached store error: cannot connect to memcached: connection refused"),
+            text.starts_with(
+                "memcached store error: cannot connect to memcached: connection refused"
+            ),
             "{text}"
         );
         let lost = Failure::from_client("get", McError::Io(io::ErrorKind::UnexpectedEof.into()));

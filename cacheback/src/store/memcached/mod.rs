@@ -14,6 +14,7 @@ mod keys;
 mod record;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +34,13 @@ use crate::entry::{
 };
 use crate::error::{Chain, Error, Result};
 use crate::key::Key;
-use crate::store::{ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store};
+use crate::store::{
+    ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
+};
 
-/// How many times a compare-and-swap loop reads and writes again after losing a race.
-const MAX_ATTEMPTS: u32 = 16;
+/// How many times a compare-and-swap loop reads and writes again after losing a race (each
+/// loss means another writer's write landed; the command timeout bounds the loop as well).
+const MAX_ATTEMPTS: u32 = 64;
 
 /// What memcached adds to a value and its key in an item: a 48-byte item header, the 8-byte
 /// CAS value, the key's terminating byte and the value's `\r\n` (59 bytes on 64-bit memcached
@@ -124,6 +128,7 @@ const ITEM_OVERHEAD: usize = 64;
 #[derive(Clone)]
 pub struct MemcachedStore {
     pool: Arc<Pool>,
+    command_timeout: Duration,
     max_item_bytes: usize,
     expiry_grace: Duration,
 }
@@ -132,6 +137,7 @@ impl fmt::Debug for MemcachedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemcachedStore")
             .field("pool", &self.pool)
+            .field("command_timeout", &self.command_timeout)
             .field("max_item_bytes", &self.max_item_bytes)
             .field("expiry_grace", &self.expiry_grace)
             .finish()
@@ -152,16 +158,35 @@ impl MemcachedStore {
 
     /// Checks that memcached answers (`version`), for readiness probes.
     pub async fn ping(&self) -> Result<()> {
-        self.pool
-            .version()
+        self.bounded("ping", async {
+            self.pool
+                .version()
+                .await
+                .map(drop)
+                .map_err(Failure::into_store)
+        })
+        .await
+    }
+
+    /// Runs one store operation (every round trip of it) within the command timeout.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        operation: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.command_timeout;
+        tokio::time::timeout(after, operation)
             .await
-            .map(drop)
-            .map_err(Failure::into_store)
+            .unwrap_or_else(|_| Err(Failure::Timeout { what, after }.into_store()))
     }
 
     async fn do_get(&self, key: Key<'_>) -> Result<Option<Entry>> {
         let name = entry_key(key);
-        let item = self.pool.get("get", &name).await.map_err(Failure::into_store)?;
+        let item = self
+            .pool
+            .get("get", &name)
+            .await
+            .map_err(Failure::into_store)?;
         Ok(item.map(|item| self.decode(key, item.data)))
     }
 
@@ -188,7 +213,11 @@ impl MemcachedStore {
         self.check_size(key, &name, envelope.len())?;
         let exptime = exptime(put.ttl.saturating_add(self.expiry_grace));
         for _ in 0..MAX_ATTEMPTS {
-            let item = self.pool.get(WHAT, &name).await.map_err(Failure::into_store)?;
+            let item = self
+                .pool
+                .get(WHAT, &name)
+                .await
+                .map_err(Failure::into_store)?;
             let current = item.as_ref().map_or(0, |i| generation_of(&i.data));
             if let PutCondition::IfGeneration(expected) = put.condition
                 && expected != current
@@ -213,7 +242,9 @@ impl MemcachedStore {
 
     /// Refuses an envelope whose item would be over memcached's item size limit.
     fn check_size(&self, key: Key<'_>, name: &str, envelope: usize) -> Result<()> {
-        let room = self.max_item_bytes.saturating_sub(ITEM_OVERHEAD + name.len());
+        let room = self
+            .max_item_bytes
+            .saturating_sub(ITEM_OVERHEAD + name.len());
         if envelope <= room {
             return Ok(());
         }
@@ -268,11 +299,11 @@ impl Store for MemcachedStore {
     }
 
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {
-        Box::pin(self.do_get(key))
+        Box::pin(self.bounded("get", self.do_get(key)))
     }
 
     fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>> {
-        Box::pin(self.do_put(key, put))
+        Box::pin(self.bounded("put", self.do_put(key, put)))
     }
 
     fn claim<'a>(
@@ -281,7 +312,7 @@ impl Store for MemcachedStore {
         now: Timestamp,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>> {
-        Box::pin(self.do_claim(key, now, ttl))
+        Box::pin(self.bounded("claim", self.do_claim(key, now, ttl)))
     }
 
     fn release<'a>(
@@ -290,7 +321,7 @@ impl Store for MemcachedStore {
         token: ClaimToken,
         release: Release,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.do_release(key, token, release))
+        Box::pin(self.bounded("release", self.do_release(key, token, release)))
     }
 
     fn claim_state<'a>(
@@ -298,7 +329,7 @@ impl Store for MemcachedStore {
         key: Key<'a>,
         now: Timestamp,
     ) -> BoxFuture<'a, Result<ClaimState>> {
-        Box::pin(self.do_claim_state(key, now))
+        Box::pin(self.bounded("claim_state", self.do_claim_state(key, now)))
     }
 }
 
@@ -333,13 +364,24 @@ mod tests {
     #[test]
     fn bytes_that_are_no_envelope_have_generation_zero_or_their_headers() {
         assert_eq!(generation_of(b""), 0);
-        assert_eq!(generation_of(b"garbage that is long enough to hold a whole header"), 0);
+        assert_eq!(
+            generation_of(b"garbage that is long enough to hold a whole header"),
+            0
+        );
         let bytes = envelope(7);
-        assert_eq!(generation_of(&bytes[..ENVELOPE_HEADER_LEN - 1]), 0, "too short");
+        assert_eq!(
+            generation_of(&bytes[..ENVELOPE_HEADER_LEN - 1]),
+            0,
+            "too short"
+        );
         let mut unknown_flags = bytes.clone();
         unknown_flags[4] = 0xff;
         assert!(decode_envelope(Bytes::from(unknown_flags.clone()), usize::MAX).is_err());
-        assert_eq!(generation_of(&unknown_flags), 7, "the header is still readable");
+        assert_eq!(
+            generation_of(&unknown_flags),
+            7,
+            "the header is still readable"
+        );
         let entry = undecodable(7);
         assert_eq!(entry.meta.generation, 7);
         assert!(!entry.is_tombstone());
@@ -361,7 +403,11 @@ mod tests {
         };
         assert_eq!(
             (&**job, *size, *limit),
-            ("job", room + 1 - ENVELOPE_HEADER_LEN, room - ENVELOPE_HEADER_LEN)
+            (
+                "job",
+                room + 1 - ENVELOPE_HEADER_LEN,
+                room - ENVELOPE_HEADER_LEN
+            )
         );
     }
 }

@@ -113,7 +113,9 @@ fn millis(text: &str) -> Option<Timestamp> {
 /// written as 0: no expiry, the item goes when memory is needed.
 pub(super) fn exptime(ttl: Duration) -> u64 {
     const THIRTY_DAYS: u64 = 30 * 24 * 3600;
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
     match secs.max(1) {
         secs if secs > THIRTY_DAYS => 0,
         secs => secs,
@@ -143,10 +145,7 @@ mod tests {
             }),
         };
         let text = String::from_utf8(record.encode()).unwrap();
-        assert_eq!(
-            text,
-            format!("1 {}:1234 2:50:900", "0".repeat(29) + "abc")
-        );
+        assert_eq!(text, format!("1 {}:1234 2:50:900", "0".repeat(29) + "abc"));
         assert_eq!(Record::parse(text.as_bytes()), record);
         assert_eq!(Record::default().encode(), b"1 - -");
         assert!(Record::parse(b"1 - -").is_empty());
