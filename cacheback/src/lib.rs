@@ -52,6 +52,9 @@
 //! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis (Cluster-ready hash tags) |
 //! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
 //!
+//! With feature `memcached`, `MemcachedStore` is a fleet store in memcached: the same entries,
+//! claims by `add` and compare-and-swap, nothing kept through eviction or a restart.
+//!
 //! ## Feature flags
 //!
 //! | feature | default | enables |

@@ -108,19 +108,15 @@ const ITEM_OVERHEAD: usize = 64;
 /// calls, opens new ones after a failure, and bounds every call with a timeout.
 ///
 /// ```no_run
-/// use cacheback::{Cacheback, MemcachedStore, RedisQueue};
+/// use cacheback::{Cacheback, MemcachedStore};
 /// use std::time::Duration;
 ///
 /// # fn main() -> cacheback::Result<()> {
 /// let store = MemcachedStore::builder("memcache://127.0.0.1:11211")
 ///     .command_timeout(Duration::from_millis(250))
 ///     .build()?;
-/// let queue = RedisQueue::from_url("redis://127.0.0.1:6379")?;
-/// let cache = Cacheback::builder()
-///     .prefix("myapp")
-///     .store(store)
-///     .queue(queue)
-///     .build()?;
+/// // Refreshes run in this process; a `RedisQueue` would hand them to worker processes.
+/// let cache = Cacheback::builder().prefix("myapp").store(store).build()?;
 /// # let _ = cache;
 /// # Ok(())
 /// # }
