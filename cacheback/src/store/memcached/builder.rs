@@ -143,16 +143,18 @@ fn dsn(url: &str) -> Result<String> {
     if address.contains(['/', '@', '?', '#']) || address.contains(char::is_whitespace) {
         return Err(invalid("only a host and a port are accepted"));
     }
-    // A port is the digits after the last ':' outside an IPv6 literal's brackets.
-    let (host, port) = match address.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => {
-            let port: u16 = port.parse().map_err(|_| invalid("bad port"))?;
-            (host, port)
-        }
-        _ => (address, DEFAULT_PORT),
+    if address.starts_with('[') {
+        // async-memcached opens IPv4 sockets only.
+        return Err(invalid(
+            "IPv6 addresses are not supported; use an IPv4 address or a host name",
+        ));
+    }
+    let (host, port) = match address.split_once(':') {
+        Some((host, port)) => (host, port.parse::<u16>().map_err(|_| invalid("bad port"))?),
+        None => (address, DEFAULT_PORT),
     };
-    if host.is_empty() || (host.contains(':') && !host.starts_with('[')) {
-        return Err(invalid("bad host"));
+    if host.is_empty() {
+        return Err(invalid("no host"));
     }
     Ok(format!("tcp://{host}:{port}"))
 }
@@ -167,8 +169,6 @@ mod tests {
             ("memcache://127.0.0.1:11311", "tcp://127.0.0.1:11311"),
             ("memcached://cache.internal", "tcp://cache.internal:11211"),
             ("memcache://localhost:1/", "tcp://localhost:1"),
-            ("memcache://[::1]:5000", "tcp://[::1]:5000"),
-            ("memcache://[::1]", "tcp://[::1]:11211"),
         ] {
             assert_eq!(dsn(url).unwrap(), dsn_, "{url}");
         }
@@ -181,6 +181,8 @@ mod tests {
             "memcache://user:pw@host",
             "memcache://host/path",
             "memcache://::1",
+            "memcache://[::1]:11211",
+            "memcache://:11211",
         ] {
             let err = dsn(bad).unwrap_err();
             assert!(

@@ -142,7 +142,7 @@ impl fmt::Debug for MemcachedStore {
 
 impl MemcachedStore {
     /// A store at `url` with the default options: `memcache://host:port` (or `memcached://`;
-    /// the port defaults to 11211).
+    /// the port defaults to 11211). The host is an IPv4 address or a name that resolves to one.
     pub fn from_url(url: &str) -> Result<MemcachedStore> {
         Self::builder(url).build()
     }
