@@ -9,7 +9,10 @@
 //! all dead), and the command is tried once more on a new connection if it ran on a reused
 //! one. That retry is safe for every command here: reads are idempotent, and every write is an
 //! `add` or a compare-and-swap, so a write that did land the first time makes the retry find
-//! the item changed, which the store's compare-and-swap loops handle.
+//! the item changed, and the store's compare-and-swap loops read again. The one cost, when a
+//! connection dies after memcached applied a write and before its reply came back: the
+//! operation sees its own write as another's (a `put` reports its write as discarded, a
+//! `claim` finds the key held, until that claim's end).
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};

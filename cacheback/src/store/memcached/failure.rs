@@ -44,6 +44,11 @@ impl Failure {
                 what,
                 source: io::ErrorKind::NotConnected.into(),
             },
+            McError::Protocol(Status::Error(ErrorKind::NonexistentCommand)) => Failure::Refused {
+                what,
+                message: "unknown command (the meta protocol needs memcached 1.6 or later)"
+                    .to_owned(),
+            },
             McError::Protocol(Status::Error(ErrorKind::Server(message)))
             | McError::Protocol(Status::Error(ErrorKind::Client(message))) => {
                 Failure::Refused { what, message }
@@ -166,6 +171,11 @@ mod tests {
             ))),
         );
         assert!(!full.is_connection_lost());
+        let old = Failure::from_client(
+            "get",
+            McError::Protocol(Status::Error(ErrorKind::NonexistentCommand)),
+        );
+        assert!(old.to_string().contains("memcached 1.6 or later"), "{old}");
         assert_eq!(
             full.to_string(),
             "memcached refused the put: out of memory storing object"

@@ -68,7 +68,7 @@ const ITEM_OVERHEAD: usize = 64;
 ///
 /// # Commands
 ///
-/// memcached's meta protocol, through a pool of connections:
+/// memcached's meta protocol (memcached 1.6 or later), through a pool of connections:
 ///
 /// - `get`: one `mg` of the entry, and nothing else.
 /// - `put`: `mg` of the entry (its generation and CAS value), then `ms` with the new
