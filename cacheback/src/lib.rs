@@ -52,6 +52,9 @@
 //! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis (Cluster-ready hash tags) |
 //! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
 //!
+//! With feature `memcached`, `MemcachedStore` is a fleet store in memcached: the same entries,
+//! claims by `add` and compare-and-swap, nothing kept through eviction or a restart.
+//!
 //! ## Feature flags
 //!
 //! | feature | default | enables |
@@ -60,6 +63,7 @@
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
+//! | `memcached` | no | `MemcachedStore` (async-memcached, meta protocol) |
 //!
 //! ## How it behaves
 //!
@@ -190,6 +194,8 @@ pub use policy::{Backoff, Freshness, Policy};
 pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]
 pub use queue::redis::RedisQueue;
+#[cfg(feature = "memcached")]
+pub use store::memcached::MemcachedStore;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;

@@ -22,26 +22,37 @@
 //! server.restart(); // same port, empty
 //! assert_eq!(server.cmd::<Option<String>>(&["GET", "a"]), None);
 //! ```
+//!
+//! [`MemcachedServer`] does the same for `memcached` (skipped loudly when missing unless
+//! `CACHEBACK_REQUIRE_MEMCACHED=1`; the binary is `$CACHEBACK_MEMCACHED`, else `memcached` on
+//! `PATH`, else `/usr/bin/memcached`).
 
 mod inspect;
+mod memcached;
 mod server;
 mod tls;
 
 use std::time::Duration;
 
+pub use memcached::{MemcachedServer, MemcachedServerBuilder};
 pub use server::{RedisServer, RedisServerBuilder};
 
 /// Why a server could not be started, stopped or asked something.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A program the server needs is not installed (`redis-server`, or `openssl` for TLS).
+    /// A program the server needs is not installed (`redis-server` or `memcached`, or
+    /// `openssl` for TLS).
     #[error("{0}")]
     Missing(String),
     /// The server did not start, stop or answer as asked; the message says why (with its log
     /// when it has one).
     #[error("redis-server: {0}")]
     Server(String),
+    /// `memcached` did not start or answer as asked; the message says why (with its log when
+    /// it has one).
+    #[error("memcached: {0}")]
+    Memcached(String),
 }
 
 /// A prefix unique to this call, so tests sharing a server never see each other's keys.

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | [`MemoryStore`](crate::MemoryStore) | — | live `Arc` values, claims in a process-local map |
 //! | `RedisStore` | `redis` | envelopes, claims and failure state in Redis, shared by a fleet |
+//! | `MemcachedStore` | `memcached` | envelopes in memcached, claims and failure state in one compare-and-swapped item per key, shared by a fleet (lost on eviction or restart) |
 
 use std::any::Any;
 use std::fmt;
@@ -20,10 +21,14 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::error::Result;
 
+#[cfg(feature = "memcached")]
+pub(crate) mod memcached;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
+#[cfg(feature = "memcached")]
+pub use self::memcached::MemcachedStoreBuilder;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStoreBuilder;
 pub use crate::entry::{Entry, EntryMeta, Payload};

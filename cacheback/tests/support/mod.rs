@@ -8,3 +8,4 @@
 pub use cacheback_test_support::{
     Error, RedisServer, RedisServerBuilder, eventually, unique_prefix,
 };
+pub use cacheback_test_support::{MemcachedServer, MemcachedServerBuilder};
