@@ -23,19 +23,13 @@ fn entry(value: Vec<u8>) -> Entry {
         now.saturating_add(Duration::from_secs(60)),
         now.saturating_add(Duration::from_secs(120)),
     );
-    Entry::new(
-        meta,
-        Payload::Encoded {
-            codec: 1,
-            bytes: value.into(),
-        },
-    )
+    Entry::new(meta, Payload::encoded(1, value.into()))
 }
 
 fn value_of(entry: &Entry) -> Vec<u8> {
-    match &entry.payload {
-        Payload::Encoded { bytes, .. } => bytes.to_vec(),
-        other => panic!("expected bytes, got {other:?}"),
+    match entry.payload.as_encoded() {
+        Some((_, bytes)) => bytes.to_vec(),
+        None => panic!("expected bytes, got {:?}", entry.payload),
     }
 }
 

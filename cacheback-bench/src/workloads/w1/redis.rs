@@ -133,7 +133,13 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         });
         let with_near = Measured::new(&rates[0], hists.0).ok_or("no trials")?;
         let without = Measured::new(&rates[1], hists.1).ok_or("no trials")?;
-        records.push(near_record(tasks, reads, with_near, &without, commands_per_read));
+        records.push(near_record(
+            tasks,
+            reads,
+            with_near,
+            &without,
+            commands_per_read,
+        ));
     }
     Ok(records)
 }
@@ -181,8 +187,10 @@ fn near_record(
     commands_per_read: f64,
 ) -> Record {
     let ratio = near.rate.median / without.rate.median;
-    let mut r = w1_record("Redis + near cache", tasks, reads, &near)
-        .param("near_cache", "NearCache::new(): 10,000 copies, 10 s near TTL");
+    let mut r = w1_record("Redis + near cache", tasks, reads, &near).param(
+        "near_cache",
+        "NearCache::new(): 10,000 copies, 10 s near TTL",
+    );
     r.figure("redis_commands_per_read", stats::round3(commands_per_read));
     r.baseline = Some(baseline(&WITHOUT_NEAR, without, ratio));
     r.summary = format!(

@@ -276,13 +276,7 @@ fn stamp_generation(envelope: &mut [u8], generation: u64) {
 fn undecodable(generation: u64) -> Entry {
     let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
     meta.generation = generation;
-    Entry::new(
-        meta,
-        Payload::Encoded {
-            codec: 0,
-            bytes: Bytes::new(),
-        },
-    )
+    Entry::new(meta, Payload::encoded(0, Bytes::new()))
 }
 
 impl Store for MemcachedStore {
@@ -336,13 +330,7 @@ mod tests {
     fn envelope(generation: u64) -> Vec<u8> {
         let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
         meta.generation = generation;
-        let entry = Entry::new(
-            meta,
-            Payload::Encoded {
-                codec: 1,
-                bytes: Bytes::from_static(b"value"),
-            },
-        );
+        let entry = Entry::new(meta, Payload::encoded(1, Bytes::from_static(b"value")));
         encode_envelope(&entry).unwrap()
     }
 
