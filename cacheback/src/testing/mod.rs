@@ -26,7 +26,7 @@ mod client;
 mod queue;
 mod store;
 
-pub use client::client_suite;
+pub use client::{ClientSuite, client_suite};
 pub use queue::queue_suite;
 pub use store::store_suite;
 
