@@ -160,12 +160,18 @@ async fn the_clients_own_worker_runs_refreshes_of_a_local_queue() {
     let mut fx = Fixture::new();
     let squares = fx.job(policy().fetch_on_miss(false));
     let first = squares.get_with_status(4).await.unwrap();
-    assert_eq!((first.status, first.refresh_triggered), (Status::Miss, true));
+    assert_eq!(
+        (first.status, first.refresh_triggered),
+        (Status::Miss, true)
+    );
     assert_eq!(fx.queue.enqueued(), 1);
     fx.event(|e| matches!(e, Event::Refreshed { .. })).await;
     let next = squares.get_with_status(4).await.unwrap();
     assert_eq!(next.status, Status::Hit);
-    assert_eq!(next.value.as_deref().map(String::as_str), Some("value 4 #1"));
+    assert_eq!(
+        next.value.as_deref().map(String::as_str),
+        Some("value 4 #1")
+    );
     assert_eq!(fx.upstream.calls(), 1);
 }
 
@@ -179,9 +185,8 @@ async fn a_hanging_fetch_times_out_as_a_failure() {
     fx.clock.advance(LIFETIME);
     fx.upstream.set_hang(true);
     assert!(squares.get_with_status(16).await.unwrap().refresh_triggered);
-    let Event::RefreshFailed { error, .. } = fx
-        .event(|e| matches!(e, Event::RefreshFailed { .. }))
-        .await
+    let Event::RefreshFailed { error, .. } =
+        fx.event(|e| matches!(e, Event::RefreshFailed { .. })).await
     else {
         unreachable!()
     };

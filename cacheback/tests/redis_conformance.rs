@@ -217,7 +217,10 @@ async fn a_stale_burst_costs_one_claim_script() {
     let mut triggered = 0;
     for read in futures_util::future::join_all(reads).await {
         let read = read.unwrap();
-        assert_eq!((read.status, read.value.as_deref()), (Status::Stale, Some(&0)));
+        assert_eq!(
+            (read.status, read.value.as_deref()),
+            (Status::Stale, Some(&0))
+        );
         triggered += usize::from(read.refresh_triggered);
     }
     assert_eq!(triggered, 1, "exactly one reader enqueues");
@@ -226,7 +229,11 @@ async fn a_stale_burst_costs_one_claim_script() {
         1,
         "one claim script for the whole burst"
     );
-    assert_eq!(queue.len("default").await.unwrap(), 2, "one message per key");
+    assert_eq!(
+        queue.len("default").await.unwrap(),
+        2,
+        "one message per key"
+    );
 }
 
 #[tokio::test]

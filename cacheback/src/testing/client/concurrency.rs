@@ -60,8 +60,14 @@ async fn concurrent_stale_readers_cause_one_refresh(suite: ClientSuite) {
         .collect();
     let mut triggered = 0;
     for reader in readers {
-        let read = reader.await.expect("a reader does not panic").expect("the read works");
-        assert_eq!((read.status, text(read.value.as_ref())), (Status::Stale, Some("old")));
+        let read = reader
+            .await
+            .expect("a reader does not panic")
+            .expect("the read works");
+        assert_eq!(
+            (read.status, text(read.value.as_ref())),
+            (Status::Stale, Some("old"))
+        );
         triggered += usize::from(read.refresh_triggered);
     }
     // Every reader has its answer while the refresh's fetch is held at the gate.
@@ -69,11 +75,16 @@ async fn concurrent_stale_readers_cause_one_refresh(suite: ClientSuite) {
     assert_eq!(fx.queue.enqueued(), 1, "exactly one refresh enqueued");
     fx.upstream.called(1, "the worker's fetch starts").await;
     fx.upstream.open_gate();
-    fx.event("the refresh lands", |e| matches!(e, Event::Refreshed { .. }))
-        .await;
+    fx.event("the refresh lands", |e| {
+        matches!(e, Event::Refreshed { .. })
+    })
+    .await;
     assert_eq!(fx.upstream.calls(), 1, "exactly one fetch");
     let after = squares.get_with_status(7).await.expect("the read works");
-    assert_eq!((after.status, text(after.value.as_ref())), (Status::Hit, Some("value 7 #1")));
+    assert_eq!(
+        (after.status, text(after.value.as_ref())),
+        (Status::Hit, Some("value 7 #1"))
+    );
     fx.stop_workers().await;
 }
 
@@ -96,10 +107,16 @@ async fn concurrent_misses_share_one_fetch(suite: ClientSuite) {
     let_readers_catch_up().await;
     fx.upstream.open_gate();
     for reader in readers {
-        let read = reader.await.expect("a reader does not panic").expect("the read works");
+        let read = reader
+            .await
+            .expect("a reader does not panic")
+            .expect("the read works");
         // A reader that came after the fetch landed finds it stored: a hit is fine, a second
         // fetch is not.
-        assert!(matches!(read.status, Status::MissFetched | Status::Hit), "{read:?}");
+        assert!(
+            matches!(read.status, Status::MissFetched | Status::Hit),
+            "{read:?}"
+        );
         assert_eq!(text(read.value.as_ref()), Some("value 8 #1"));
     }
     assert_eq!(fx.upstream.calls(), 1, "concurrent misses share one fetch");
@@ -127,7 +144,9 @@ async fn a_panicking_shared_fetch_fails_every_waiter(suite: ClientSuite) {
             .expect_err("the fetch panicked");
         let cause = match &err {
             // A reader that came after the failure was recorded backs off, naming it.
-            Error::BackingOff { last: Some(last), .. } => &**last,
+            Error::BackingOff {
+                last: Some(last), ..
+            } => &**last,
             other => other,
         };
         assert!(
@@ -157,7 +176,10 @@ async fn a_cancelled_waiter_does_not_cancel_the_fetch(suite: ClientSuite) {
     let_readers_catch_up().await;
     first.abort();
     assert!(
-        first.await.expect_err("the first reader was aborted").is_cancelled(),
+        first
+            .await
+            .expect_err("the first reader was aborted")
+            .is_cancelled(),
         "the first reader is cancelled"
     );
     fx.upstream.open_gate();

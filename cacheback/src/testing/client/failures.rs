@@ -48,8 +48,12 @@ async fn a_failed_refresh_keeps_the_value_and_backs_off(suite: ClientSuite) {
     fx.start_worker();
     let read = squares.get_with_status(15).await.expect("the read works");
     assert!(read.refresh_triggered);
-    let Event::RefreshFailed { failures, error, retry_after, .. } =
-        fx.event("the refresh fails", is_failed).await
+    let Event::RefreshFailed {
+        failures,
+        error,
+        retry_after,
+        ..
+    } = fx.event("the refresh fails", is_failed).await
     else {
         unreachable!("matched by is_failed")
     };
@@ -59,33 +63,69 @@ async fn a_failed_refresh_keeps_the_value_and_backs_off(suite: ClientSuite) {
     fx.settled("the failed refresh is acknowledged").await;
     for _ in 0..5 {
         let read = squares.get_with_status(15).await.expect("the read works");
-        assert_eq!(text(read.value.as_ref()), Some("old"), "the old value is kept");
+        assert_eq!(
+            text(read.value.as_ref()),
+            Some("old"),
+            "the old value is kept"
+        );
         assert!(!read.refresh_triggered, "no retry before retry_after");
     }
     let peek = squares.peek(15).await.expect("peek works").expect("kept");
-    assert_eq!((peek.claim.failures, peek.claim.retry_after), (1, Some(first_retry)));
+    assert_eq!(
+        (peek.claim.failures, peek.claim.retry_after),
+        (1, Some(first_retry))
+    );
     // Another client of the store (another process) sees the same backoff.
     let other = fx.client_builder().build().expect("another client builds");
     let other = fx.job_on(&other, "squares", policy());
     let read = other.get_with_status(15).await.expect("the read works");
-    assert_eq!((read.status, text(read.value.as_ref())), (Status::Stale, Some("old")));
-    assert!(!read.refresh_triggered, "no retry before retry_after, in any process");
+    assert_eq!(
+        (read.status, text(read.value.as_ref())),
+        (Status::Stale, Some("old"))
+    );
+    assert!(
+        !read.refresh_triggered,
+        "no retry before retry_after, in any process"
+    );
     assert_eq!((fx.queue.enqueued(), fx.upstream.calls()), (1, 1));
 
     fx.clock.advance(Duration::from_secs(1));
-    assert!(other.get_with_status(15).await.expect("the read works").refresh_triggered);
-    let Event::RefreshFailed { failures, retry_after, .. } =
-        fx.event("the retry fails", is_failed).await
+    assert!(
+        other
+            .get_with_status(15)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
+    let Event::RefreshFailed {
+        failures,
+        retry_after,
+        ..
+    } = fx.event("the retry fails", is_failed).await
     else {
         unreachable!("matched by is_failed")
     };
     assert_eq!(failures, 2);
-    assert_eq!(retry_after.since(fx.clock.now()), Duration::from_secs(2), "backoff doubles");
+    assert_eq!(
+        retry_after.since(fx.clock.now()),
+        Duration::from_secs(2),
+        "backoff doubles"
+    );
     fx.upstream.set_mode(Mode::Ok);
     fx.clock.advance(Duration::from_secs(2));
-    assert!(squares.get_with_status(15).await.expect("the read works").refresh_triggered);
+    assert!(
+        squares
+            .get_with_status(15)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     fx.event("the retry succeeds", is_refreshed).await;
-    let peek = squares.peek(15).await.expect("peek works").expect("refreshed");
+    let peek = squares
+        .peek(15)
+        .await
+        .expect("peek works")
+        .expect("refreshed");
     assert_eq!(peek.claim.failures, 0, "a success resets the failures");
     fx.stop_workers().await;
 }
@@ -97,18 +137,33 @@ async fn a_panicking_refresh_is_a_failure(suite: ClientSuite) {
     fx.clock.advance(LIFETIME);
     fx.upstream.set_mode(Mode::Panic);
     fx.start_worker();
-    assert!(squares.get_with_status(16).await.expect("the read works").refresh_triggered);
-    let Event::RefreshFailed { error, .. } = fx.event("the refresh fails", is_failed).await
-    else {
+    assert!(
+        squares
+            .get_with_status(16)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
+    let Event::RefreshFailed { error, .. } = fx.event("the refresh fails", is_failed).await else {
         unreachable!("matched by is_failed")
     };
     assert_eq!(error.kind(), "panic", "{error}");
     let read = squares.get_with_status(16).await.expect("the read works");
-    assert_eq!(text(read.value.as_ref()), Some("old"), "the old value is kept");
+    assert_eq!(
+        text(read.value.as_ref()),
+        Some("old"),
+        "the old value is kept"
+    );
     // The worker survived the panic: the retry after the backoff is refreshed.
     fx.upstream.set_mode(Mode::Ok);
     fx.clock.advance(Duration::from_secs(1));
-    assert!(squares.get_with_status(16).await.expect("the read works").refresh_triggered);
+    assert!(
+        squares
+            .get_with_status(16)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     fx.event("the retry succeeds", is_refreshed).await;
     let reports = fx.stop_workers().await;
     assert_eq!(reports[0].processed, 2, "{reports:?}");
@@ -125,7 +180,13 @@ async fn stale_if_error_extends_serving(suite: ClientSuite) {
         .advance(LIFETIME + STALE_TTL - Duration::from_secs(1));
     fx.upstream.set_mode(Mode::Fail);
     fx.start_worker();
-    assert!(squares.get_with_status(25).await.expect("the read works").refresh_triggered);
+    assert!(
+        squares
+            .get_with_status(25)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     fx.event("the refresh fails", is_failed).await;
     fx.settled("the failed refresh is acknowledged").await;
     fx.clock.advance(Duration::from_secs(500));
@@ -137,7 +198,11 @@ async fn stale_if_error_extends_serving(suite: ClientSuite) {
     );
     fx.clock.advance(Duration::from_secs(501));
     let read = squares.get_with_status(25).await.expect("the read works");
-    assert_eq!((read.status, read.value), (Status::Miss, None), "but not forever");
+    assert_eq!(
+        (read.status, read.value),
+        (Status::Miss, None),
+        "but not forever"
+    );
     fx.stop_workers().await;
 }
 
@@ -149,7 +214,12 @@ async fn a_failing_miss_backs_off(suite: ClientSuite, backoff: bool) {
     fx.upstream.set_mode(Mode::Fail);
     let mut errors = Vec::new();
     for _ in 0..5 {
-        errors.push(squares.get(3).await.expect_err("a failing fetch fails the read"));
+        errors.push(
+            squares
+                .get(3)
+                .await
+                .expect_err("a failing fetch fails the read"),
+        );
     }
     if !backoff {
         assert_eq!(fx.upstream.calls(), 5, "one call per read");
@@ -163,7 +233,8 @@ async fn a_failing_miss_backs_off(suite: ClientSuite, backoff: bool) {
         };
         assert_eq!(*failures, 1);
         assert!(
-            last.as_ref().is_some_and(|l| l.to_string().contains("upstream is down")),
+            last.as_ref()
+                .is_some_and(|l| l.to_string().contains("upstream is down")),
             "the last failure is the cause"
         );
     }
@@ -174,7 +245,10 @@ async fn a_failing_miss_backs_off(suite: ClientSuite, backoff: bool) {
     assert_eq!(fx.upstream.calls(), 2, "one call per window");
     fx.clock.advance(Duration::from_millis(2001));
     fx.upstream.set_mode(Mode::Ok);
-    let recovered = squares.get_with_status(3).await.expect("the upstream is back");
+    let recovered = squares
+        .get_with_status(3)
+        .await
+        .expect("the upstream is back");
     assert_eq!(recovered.status, Status::MissFetched);
     assert_eq!(fx.upstream.calls(), 3);
 }

@@ -46,7 +46,10 @@ async fn a_late_refresh_never_overwrites(suite: ClientSuite, delete: bool) {
     if delete {
         squares.delete(19).await.expect("delete works");
     } else {
-        squares.set(19, "newer".to_owned()).await.expect("set works");
+        squares
+            .set(19, "newer".to_owned())
+            .await
+            .expect("set works");
     }
     fx.upstream.open_gate();
     fx.event("the late refresh is discarded", |e| {
@@ -56,7 +59,10 @@ async fn a_late_refresh_never_overwrites(suite: ClientSuite, delete: bool) {
     fx.settled("the refresh is acknowledged").await;
     let peek = squares.peek(19).await.expect("peek works");
     if delete {
-        assert!(peek.is_none(), "the late refresh must not resurrect a deleted key");
+        assert!(
+            peek.is_none(),
+            "the late refresh must not resurrect a deleted key"
+        );
     } else {
         let peek = peek.expect("the set value is kept");
         assert_eq!(
@@ -84,7 +90,10 @@ async fn invalidate_fences_a_miss_fetch_in_flight(suite: ClientSuite, deleted_fi
     };
     fx.upstream.called(1, "the miss fetches").await;
     let enqueued = squares.invalidate(1).await.expect("invalidate works");
-    assert!(!enqueued, "invalidate of a key without a value enqueues nothing");
+    assert!(
+        !enqueued,
+        "invalidate of a key without a value enqueues nothing"
+    );
     fx.upstream.open_gate();
     let lookup = reader
         .await

@@ -110,7 +110,10 @@ impl Upstream {
             }
         };
         if tokio::time::timeout(WITHIN, wait).await.is_err() {
-            panic!("{what}: the upstream was called {} times, never {n}", self.calls());
+            panic!(
+                "{what}: the upstream was called {} times, never {n}",
+                self.calls()
+            );
         }
     }
 

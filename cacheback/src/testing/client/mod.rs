@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+use crate::LocalQueue;
 use crate::queue::Queue;
 use crate::store::Store;
-use crate::LocalQueue;
 
 mod concurrency;
 mod counters;
@@ -40,27 +40,26 @@ type Behaviour = (&'static str, fn(ClientSuite) -> BoxFuture<'static, ()>);
 type MakeQueue = dyn Fn() -> Arc<dyn Queue> + Send + Sync;
 
 /// The client behaviour suite, configured for one backend: the store under test and how to
-/// make the queues its clients and workers share. [`run`](ClientSuite::run) it from the
+/// make the queues between its readers and workers. [`run`](ClientSuite::run) it from the
 /// backend's tests, against a real server, on a multi-thread runtime (some behaviours are
 /// bursts of concurrent readers).
 ///
-/// Every behaviour builds its own clients with a prefix of their own, so the store may hold
-/// other data. Freshness runs on a [`TestClock`](crate::clock::TestClock); whatever the worker
-/// or the store does in the background is awaited with bounded waits on events and
-/// conditions, never a pause that hopes.
+/// The suite builds everything else itself: for each behaviour a reader client with a prefix
+/// of its own (so the store may hold other data), and, where a behaviour needs its refreshes
+/// run, worker "processes" (a [`Worker`](crate::Worker) on a client of its own, on the same
+/// store and queue). Freshness runs on a [`TestClock`](crate::clock::TestClock); what a worker
+/// or the store does in the background is awaited with bounded waits on events and conditions,
+/// never a pause that hopes.
 ///
 /// ```
 /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 /// # async fn main() {
 /// use std::sync::Arc;
-/// use cacheback::{LocalQueue, MemoryStore, testing::ClientSuite};
+/// use cacheback::{MemoryStore, testing::ClientSuite};
 ///
-/// // A store with in-process queues (the default); a remote queue is one more line:
-/// // `.queues(|| RedisQueue::builder(&url).build().expect("a valid URL"))`.
-/// ClientSuite::new(Arc::new(MemoryStore::new()))
-///     .queues(|| LocalQueue::new(1000))
-///     .run()
-///     .await;
+/// // Another store runs it the same way. The queues are in-process `LocalQueue`s unless
+/// // given: `.queues(move || RedisQueue::builder(&url).build().expect("a valid URL"))`.
+/// ClientSuite::new(Arc::new(MemoryStore::new())).run().await;
 /// # }
 /// ```
 #[derive(Clone)]
@@ -89,9 +88,9 @@ impl ClientSuite {
 
     /// How to make the queue of one behaviour: `make` is called once per behaviour, and the
     /// queue it returns is shared by that behaviour's clients and by the workers the suite runs
-    /// for them (in this process). Its messages must reach only that behaviour: make a new
-    /// in-process queue each time, or a remote queue built without a prefix (it adopts the
-    /// behaviour's own, as [`RedisQueue`](crate::Queue::bind_prefix) does).
+    /// for them, in this process. Its messages must reach only that behaviour: make a new
+    /// in-process queue each time, or a remote queue built without a prefix, which adopts the
+    /// prefix of the behaviour's clients (see [`Queue::bind_prefix`]).
     #[must_use]
     pub fn queues<Q: Queue>(mut self, make: impl Fn() -> Q + Send + Sync + 'static) -> Self {
         self.queues = Arc::new(move || Arc::new(make()) as Arc<dyn Queue>);
@@ -139,11 +138,11 @@ impl ClientSuite {
         }
     }
 
-    pub(crate) fn store(&self) -> Arc<dyn Store> {
+    fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
 
-    pub(crate) fn queue(&self) -> Arc<dyn Queue> {
+    fn queue(&self) -> Arc<dyn Queue> {
         (self.queues)()
     }
 }

@@ -18,11 +18,21 @@ use crate::store::ClaimToken;
 pub(super) const BEHAVIOURS: &[Behaviour] = &[
     (
         "an unavailable queue falls back to a refresh in a background task",
-        |s| Box::pin(an_unavailable_queue_falls_back(s, QueueFallback::LocalRefresh)),
+        |s| {
+            Box::pin(an_unavailable_queue_falls_back(
+                s,
+                QueueFallback::LocalRefresh,
+            ))
+        },
     ),
     (
         "an unavailable queue falls back to a refresh before the read answers",
-        |s| Box::pin(an_unavailable_queue_falls_back(s, QueueFallback::SyncRefresh)),
+        |s| {
+            Box::pin(an_unavailable_queue_falls_back(
+                s,
+                QueueFallback::SyncRefresh,
+            ))
+        },
     ),
     (
         "a full queue drops the refresh, counts it, and the next read triggers again",
@@ -40,19 +50,31 @@ pub(super) const BEHAVIOURS: &[Behaviour] = &[
 
 async fn an_unavailable_queue_falls_back(suite: ClientSuite, fallback: QueueFallback) {
     let mut fx = Fx::with(&suite, |b| {
-        b.shared_queue(Arc::new(Unavailable)).queue_fallback(fallback)
+        b.shared_queue(Arc::new(Unavailable))
+            .queue_fallback(fallback)
     });
     let squares = fx.job("squares", policy());
     squares.set(20, "old".to_owned()).await.expect("set works");
     fx.clock.advance(LIFETIME);
-    let read = squares.get_with_status(20).await.expect("the read still works");
-    assert_eq!((read.status, text(read.value.as_ref())), (Status::Stale, Some("old")));
+    let read = squares
+        .get_with_status(20)
+        .await
+        .expect("the read still works");
+    assert_eq!(
+        (read.status, text(read.value.as_ref())),
+        (Status::Stale, Some("old"))
+    );
     assert!(read.refresh_triggered, "refreshed in this process instead");
-    fx.event("the key is refreshed", |e| matches!(e, Event::Refreshed { .. }))
-        .await;
+    fx.event("the key is refreshed", |e| {
+        matches!(e, Event::Refreshed { .. })
+    })
+    .await;
     assert_eq!(fx.upstream.calls(), 1);
     let after = squares.get_with_status(20).await.expect("the read works");
-    assert_eq!((after.status, text(after.value.as_ref())), (Status::Hit, Some("value 20 #1")));
+    assert_eq!(
+        (after.status, text(after.value.as_ref())),
+        (Status::Hit, Some("value 20 #1"))
+    );
 }
 
 async fn a_full_queue_drops_and_the_next_read_retriggers(suite: ClientSuite) {
@@ -62,21 +84,39 @@ async fn a_full_queue_drops_and_the_next_read_retriggers(suite: ClientSuite) {
     squares.set(21, "a".to_owned()).await.expect("set works");
     squares.set(22, "b".to_owned()).await.expect("set works");
     fx.clock.advance(LIFETIME);
-    assert!(squares.get_with_status(21).await.expect("the read works").refresh_triggered);
+    assert!(
+        squares
+            .get_with_status(21)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     fx.queue.set_full(true);
-    let dropped = squares.get_with_status(22).await.expect("a full queue never fails a read");
+    let dropped = squares
+        .get_with_status(22)
+        .await
+        .expect("a full queue never fails a read");
     assert_eq!(text(dropped.value.as_ref()), Some("b"));
     assert!(!dropped.refresh_triggered, "the refresh was dropped");
     assert_eq!(fx.queue.refused_full(), 1);
-    assert_eq!(counters.get("cacheback_enqueue_dropped_total"), 1, "the drop is counted");
-    fx.event("the drop is reported", |e| matches!(e, Event::EnqueueDropped { .. }))
-        .await;
+    assert_eq!(
+        counters.get("cacheback_enqueue_dropped_total"),
+        1,
+        "the drop is counted"
+    );
+    fx.event("the drop is reported", |e| {
+        matches!(e, Event::EnqueueDropped { .. })
+    })
+    .await;
     // The claim was released: the next read tries again (and, the queue still full, drops).
     squares.get_with_status(22).await.expect("the read works");
     assert_eq!(fx.queue.refused_full(), 2, "the next read tried again");
     fx.queue.set_full(false);
     let read = squares.get_with_status(22).await.expect("the read works");
-    assert!(read.refresh_triggered, "with room again, the refresh is enqueued");
+    assert!(
+        read.refresh_triggered,
+        "with room again, the refresh is enqueued"
+    );
     assert_eq!(fx.queue.enqueued(), 2);
 }
 
@@ -85,9 +125,21 @@ async fn unknown_jobs_are_dead_lettered(suite: ClientSuite) {
     // A job only the web client knows (a deploy mismatch), and a good one behind it.
     let web = fx.web.clone();
     let unknown = fx.job_on(&web, "not-on-the-worker", policy().fetch_on_miss(false));
-    assert!(unknown.get_with_status(27).await.expect("the read works").refresh_triggered);
+    assert!(
+        unknown
+            .get_with_status(27)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     let squares = fx.job("squares", policy().fetch_on_miss(false));
-    assert!(squares.get_with_status(28).await.expect("the read works").refresh_triggered);
+    assert!(
+        squares
+            .get_with_status(28)
+            .await
+            .expect("the read works")
+            .refresh_triggered
+    );
     fx.start_worker();
     let Event::DeadLettered { job, reason } = fx
         .event("the unknown job is dead-lettered", |e| {
@@ -98,7 +150,10 @@ async fn unknown_jobs_are_dead_lettered(suite: ClientSuite) {
         unreachable!("matched above")
     };
     assert_eq!(job.as_deref(), Some("not-on-the-worker"));
-    assert!(reason.contains("unknown job `not-on-the-worker`"), "{reason}");
+    assert!(
+        reason.contains("unknown job `not-on-the-worker`"),
+        "{reason}"
+    );
     eventually("the worker went on and refreshed the good request", || {
         is_fresh(&squares, 28)
     })
@@ -128,7 +183,10 @@ async fn malformed_and_mismatched_requests_are_dead_lettered(suite: ClientSuite)
         prior_failures: 0,
         queue: "default".to_owned(),
     };
-    fx.queue.enqueue(bad_args.clone()).await.expect("the queue accepts it");
+    fx.queue
+        .enqueue(bad_args.clone())
+        .await
+        .expect("the queue accepts it");
     let reason = dead_lettered(&mut fx, "args that do not decode").await;
     assert!(reason.contains("args do not decode"), "{reason}");
     // Another prefix: a web process configured differently from its workers.
@@ -137,11 +195,18 @@ async fn malformed_and_mismatched_requests_are_dead_lettered(suite: ClientSuite)
         key: "otherapp:squares:00000000000000000000000000000000".to_owned(),
         ..bad_args
     };
-    fx.queue.enqueue(mismatched).await.expect("the queue accepts it");
+    fx.queue
+        .enqueue(mismatched)
+        .await
+        .expect("the queue accepts it");
     let reason = dead_lettered(&mut fx, "a key derived differently").await;
     assert!(reason.contains("key mismatch"), "{reason}");
     assert_eq!(fx.queue.dead_letters().len(), 2);
-    assert_eq!(fx.upstream.calls(), 0, "nothing was fetched for bad requests");
+    assert_eq!(
+        fx.upstream.calls(),
+        0,
+        "nothing was fetched for bad requests"
+    );
     fx.stop_workers().await;
 }
 

@@ -43,18 +43,33 @@ async fn a_miss_fetches_once_and_stores_fresh(suite: ClientSuite) {
     assert_eq!(text(first.value.as_ref()), Some("value 3 #1"));
     let second = squares.get_with_status(3).await.expect("the read works");
     assert_eq!(second.status, Status::Hit);
-    assert_eq!(fx.upstream.calls(), 1, "one fetch for the miss, none for the hit");
+    assert_eq!(
+        fx.upstream.calls(),
+        1,
+        "one fetch for the miss, none for the hit"
+    );
     let peek = squares.peek(3).await.expect("peek works").expect("stored");
     assert_eq!(peek.freshness, Freshness::Fresh);
     assert_eq!(peek.meta.fetched_at, t0);
     assert_eq!(peek.meta.fresh_until.since(peek.meta.fetched_at), LIFETIME);
-    assert_eq!(peek.meta.stale_until.since(peek.meta.fresh_until), STALE_TTL);
+    assert_eq!(
+        peek.meta.stale_until.since(peek.meta.fresh_until),
+        STALE_TTL
+    );
     fx.clock.advance(LIFETIME - Duration::from_millis(1));
     let hit = squares.get_with_status(3).await.expect("the read works");
-    assert_eq!(hit.status, Status::Hit, "fresh until the end of its lifetime");
+    assert_eq!(
+        hit.status,
+        Status::Hit,
+        "fresh until the end of its lifetime"
+    );
     fx.clock.advance(Duration::from_millis(1));
     let stale = squares.get_with_status(3).await.expect("the read works");
-    assert_eq!(stale.status, Status::Stale, "stale from the end of its lifetime");
+    assert_eq!(
+        stale.status,
+        Status::Stale,
+        "stale from the end of its lifetime"
+    );
     assert_eq!(fx.upstream.calls(), 1);
 }
 
@@ -79,7 +94,11 @@ async fn a_miss_without_fetch_enqueues_one_refresh(suite: ClientSuite) {
     })
     .await;
     let next = squares.get_with_status(4).await.expect("the read works");
-    assert_eq!(next.status, Status::Hit, "the worker wrote the key the reader reads");
+    assert_eq!(
+        next.status,
+        Status::Hit,
+        "the worker wrote the key the reader reads"
+    );
     assert_eq!(text(next.value.as_ref()), Some("value 4 #1"));
     assert_eq!(fx.upstream.calls(), 1);
     fx.settled("the refresh is acknowledged").await;
@@ -93,7 +112,10 @@ async fn a_fresh_hit_fetches_and_enqueues_nothing(suite: ClientSuite) {
     squares.set(6, "six".to_owned()).await.expect("set works");
     for _ in 0..10 {
         let hit = squares.get_with_status(6).await.expect("the read works");
-        assert_eq!((hit.status, text(hit.value.as_ref())), (Status::Hit, Some("six")));
+        assert_eq!(
+            (hit.status, text(hit.value.as_ref())),
+            (Status::Hit, Some("six"))
+        );
         assert!(!hit.refresh_triggered);
     }
     assert_eq!(fx.upstream.calls(), 0);
@@ -115,7 +137,11 @@ async fn the_stale_threshold_is_exclusive(suite: ClientSuite) {
     assert_eq!(fx.upstream.calls(), 0);
     fx.clock.advance(Duration::from_millis(1));
     let beyond = squares.get_with_status(9).await.expect("the read works");
-    assert_eq!(beyond.status, Status::StaleRefetched, "beyond it: fetch first");
+    assert_eq!(
+        beyond.status,
+        Status::StaleRefetched,
+        "beyond it: fetch first"
+    );
     assert_eq!(text(beyond.value.as_ref()), Some("value 9 #1"));
     assert_eq!(fx.upstream.calls(), 1);
     let after = squares.get_with_status(9).await.expect("the read works");
@@ -129,7 +155,11 @@ async fn past_stale_ttl_is_a_miss(suite: ClientSuite) {
     fx.clock
         .advance(LIFETIME + STALE_TTL - Duration::from_millis(1));
     let last = squares.get_with_status(10).await.expect("the read works");
-    assert_eq!(last.status, Status::Stale, "served until the end of stale_ttl");
+    assert_eq!(
+        last.status,
+        Status::Stale,
+        "served until the end of stale_ttl"
+    );
     fx.clock.advance(Duration::from_millis(1));
     let expired = squares.get_with_status(10).await.expect("the read works");
     assert_eq!((expired.status, expired.value), (Status::Miss, None));
@@ -141,7 +171,12 @@ async fn jitter_spreads_expiry_within_bounds(suite: ClientSuite) {
     let mut lifetimes = BTreeSet::new();
     for n in 0..50 {
         squares.set(n, "v".to_owned()).await.expect("set works");
-        let meta = squares.peek(n).await.expect("peek works").expect("stored").meta;
+        let meta = squares
+            .peek(n)
+            .await
+            .expect("peek works")
+            .expect("stored")
+            .meta;
         let lifetime = meta.fresh_until.since(meta.fetched_at);
         assert!(
             lifetime <= LIFETIME && lifetime >= LIFETIME / 2,
