@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use super::fixture::{Fx, LIFETIME, Mode, STALE_TTL, policy, text};
+use super::fixture::{Fx, LIFETIME, Mode, STALE_TTL, SuiteJob, policy, text};
 use super::{Behaviour, ClientSuite};
-use crate::client::Status;
+use crate::client::{JobHandle, Status};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::observe::Event;
@@ -88,15 +88,19 @@ async fn a_failed_refresh_keeps_the_value_and_backs_off(suite: ClientSuite) {
         "no retry before retry_after, in any process"
     );
     assert_eq!((fx.queue.enqueued(), fx.upstream.calls()), (1, 1));
+    the_retry_backs_off_longer_then_recovers(&mut fx, &squares, &other).await;
+    fx.stop_workers().await;
+}
 
+/// After the first failure's backoff: the retry (from any client) fails again and backs off
+/// twice as long; then a success resets the failures.
+async fn the_retry_backs_off_longer_then_recovers(
+    fx: &mut Fx,
+    squares: &JobHandle<SuiteJob>,
+    other: &JobHandle<SuiteJob>,
+) {
     fx.clock.advance(Duration::from_secs(1));
-    assert!(
-        other
-            .get_with_status(15)
-            .await
-            .expect("the read works")
-            .refresh_triggered
-    );
+    assert!(triggers(other, 15).await, "retry_after passed: retry");
     let Event::RefreshFailed {
         failures,
         retry_after,
@@ -113,21 +117,17 @@ async fn a_failed_refresh_keeps_the_value_and_backs_off(suite: ClientSuite) {
     );
     fx.upstream.set_mode(Mode::Ok);
     fx.clock.advance(Duration::from_secs(2));
-    assert!(
-        squares
-            .get_with_status(15)
-            .await
-            .expect("the read works")
-            .refresh_triggered
-    );
+    assert!(triggers(squares, 15).await, "retry_after passed: retry");
     fx.event("the retry succeeds", is_refreshed).await;
-    let peek = squares
-        .peek(15)
-        .await
-        .expect("peek works")
-        .expect("refreshed");
-    assert_eq!(peek.claim.failures, 0, "a success resets the failures");
-    fx.stop_workers().await;
+    let peek = squares.peek(15).await.expect("peek works");
+    let failures = peek.expect("refreshed").claim.failures;
+    assert_eq!(failures, 0, "a success resets the failures");
+}
+
+/// Whether a read of `n` triggered a refresh.
+async fn triggers(job: &JobHandle<SuiteJob>, n: u64) -> bool {
+    let read = job.get_with_status(n).await.expect("the read works");
+    read.refresh_triggered
 }
 
 async fn a_panicking_refresh_is_a_failure(suite: ClientSuite) {
