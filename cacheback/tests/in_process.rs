@@ -246,6 +246,36 @@ async fn a_full_local_queue_drops_and_counts() {
     assert_eq!(fx.queue.dropped(), 2);
 }
 
+// LocalQueue keeps what its worker dead-letters, with the reason, for inspection.
+#[tokio::test(start_paused = true)]
+async fn a_local_queue_keeps_its_dead_letters() {
+    let mut fx = Fixture::new();
+    let other = Cacheback::builder()
+        .clock(fx.clock.clone())
+        .queue(fx.queue.clone())
+        .in_process_worker(false)
+        .build()
+        .unwrap();
+    // A job only this other client knows: the in-process worker cannot run it.
+    let unknown = other.job(job(
+        "elsewhere",
+        policy().fetch_on_miss(false),
+        &fx.upstream,
+    ));
+    assert!(unknown.get_with_status(1).await.unwrap().refresh_triggered);
+    fx.event(|e| matches!(e, Event::DeadLettered { .. })).await;
+    let letters = fx.queue.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].reason.contains("unknown job `elsewhere`"),
+        "{letters:?}"
+    );
+    assert_eq!(
+        letters[0].request.as_ref().map(|r| r.job.as_str()),
+        Some("elsewhere")
+    );
+}
+
 // Shutdown stops the in-process worker and drains background tasks.
 #[tokio::test(start_paused = true)]
 async fn shutdown_drains() {

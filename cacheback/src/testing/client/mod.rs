@@ -41,8 +41,8 @@ type MakeQueue = dyn Fn() -> Arc<dyn Queue> + Send + Sync;
 
 /// The client behaviour suite, configured for one backend: the store under test and how to
 /// make the queues between its readers and workers. [`run`](ClientSuite::run) it from the
-/// backend's tests, against a real server, on a multi-thread runtime (some behaviours are
-/// bursts of concurrent readers).
+/// backend's tests, against a real server; on a multi-thread runtime the bursts of concurrent
+/// readers some behaviours make really race (a current-thread runtime works too).
 ///
 /// The suite builds everything else itself: for each behaviour a reader client with a prefix
 /// of its own (so the store may hold other data), and, where a behaviour needs its refreshes
@@ -151,7 +151,7 @@ impl ClientSuite {
 /// behaviour that must hold whatever the store. Panics naming the behaviour that does not.
 ///
 /// The store may be shared with other data: every client of the suite uses a prefix of its
-/// own. Run it on a multi-thread runtime.
+/// own. Run it on a multi-thread runtime, so that its bursts of readers really race.
 pub async fn client_suite(store: Arc<dyn Store>) {
     ClientSuite::new(store).run().await;
 }

@@ -83,6 +83,11 @@ async fn refresh_set_peek_delete(suite: ClientSuite) {
         peek.meta.generation, 2,
         "every write moves the generation on"
     );
+    assert!(
+        peek.claim.claim.is_none(),
+        "set takes no claim: {:?}",
+        peek.claim
+    );
 
     squares.delete(11).await.expect("delete works");
     assert!(
