@@ -20,7 +20,7 @@ use crate::observe::Event;
 use crate::policy::{Backoff, Freshness, Policy};
 use crate::queue::Queue;
 use crate::store::Store;
-use crate::worker::{Worker, WorkerOptions, WorkerReport};
+use crate::worker::{Worker, WorkerReport};
 
 /// How long values of the suite's jobs stay fresh.
 pub(super) const LIFETIME: Duration = Duration::from_secs(10);
@@ -269,10 +269,7 @@ impl Fx {
         for (name, policy) in &self.jobs {
             self.job_on(&client, name, policy.clone());
         }
-        let worker = Worker::builder(&client)
-            .options(WorkerOptions::default())
-            .build()
-            .expect("the worker builds");
+        let worker = Worker::builder(&client).build().expect("the worker builds");
         let stop = self.stop.clone();
         self.workers.push(tokio::spawn(async move {
             let report = worker.run_until(stop.cancelled()).await;
