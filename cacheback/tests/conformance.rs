@@ -17,7 +17,7 @@ async fn local_queue_conforms() {
     testing::queue_suite(&LocalQueue::new(100)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_a_memory_store_behave() {
     testing::client_suite(std::sync::Arc::new(MemoryStore::new())).await;
 }

@@ -1,5 +1,6 @@
 //! `RedisStore` and `RedisQueue` pass the Store and Queue conformance suites, over TCP and a
-//! unix socket, and the store's hit path is one Redis command.
+//! unix socket, clients on them pass the client suite, the store's hit path is one Redis
+//! command, and a stale burst in one process costs Redis one claim script.
 
 #![cfg(all(feature = "redis", feature = "testing"))]
 
@@ -7,10 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use cacheback::clock::Timestamp;
+use cacheback::clock::{TestClock, Timestamp};
 use cacheback::store::{Entry, EntryMeta, Key, Payload, Store};
 use cacheback::store::{Put, PutCondition};
-use cacheback::{RedisQueue, RedisStore, testing};
+use cacheback::{Cacheback, Policy, RedisQueue, RedisStore, Status, job_fn, testing};
 use support::{RedisServer, unique_prefix};
 
 #[tokio::test]
@@ -22,8 +23,29 @@ async fn redis_store_conforms() {
     testing::store_suite(&store).await;
 }
 
-#[tokio::test]
-async fn clients_on_a_redis_store_behave() {
+/// A fleet's set-up: Redis store, Redis queue, workers fed by the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_a_redis_store_and_queue_behave() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    let url = server.url();
+    // Built without a prefix, each queue adopts the prefix of the behaviour it serves.
+    testing::ClientSuite::new(std::sync::Arc::new(store))
+        .queues(move || {
+            RedisQueue::builder(&url)
+                .poll_interval(Duration::from_millis(50))
+                .build()
+                .unwrap()
+        })
+        .run()
+        .await;
+}
+
+/// One process on a Redis store, with in-process queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_a_redis_store_with_local_queues_behave() {
     let Some(server) = RedisServer::start() else {
         return;
     };
@@ -149,6 +171,62 @@ async fn a_read_is_exactly_one_get() {
         server.total_commands() - total,
         102,
         "no command but GET on the read path"
+    );
+}
+
+/// 64 concurrent stale reads of one key in one process: one reader enqueues the refresh, and
+/// the others know the claim is in flight, so the burst costs Redis 64 `GET`s and one claim
+/// script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_burst_costs_one_claim_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = TestClock::new();
+    let queue = RedisQueue::from_url(&server.url()).unwrap();
+    let client = Cacheback::builder()
+        .prefix(unique_prefix("burst"))
+        .clock(clock.clone())
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .queue(queue.clone())
+        .in_process_worker(false)
+        .build()
+        .unwrap();
+    let lifetime = Duration::from_secs(10);
+    let squares = client.job(job_fn(
+        "squares",
+        Policy::default().lifetime(lifetime),
+        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
+    ));
+    squares.set(5, 0).await.unwrap();
+    // Another stale key read once first, so Redis has loaded the claim script before the count.
+    squares.set(50, 0).await.unwrap();
+    clock.advance(lifetime);
+    assert!(squares.get_with_status(50).await.unwrap().refresh_triggered);
+    let claims_before = server.command_calls("evalsha");
+    let reads = (0..64).map(|_| {
+        let squares = squares.clone();
+        tokio::spawn(async move { squares.get_with_status(5).await.unwrap() })
+    });
+    let mut triggered = 0;
+    for read in futures_util::future::join_all(reads).await {
+        let read = read.unwrap();
+        assert_eq!(
+            (read.status, read.value.as_deref()),
+            (Status::Stale, Some(&0))
+        );
+        triggered += usize::from(read.refresh_triggered);
+    }
+    assert_eq!(triggered, 1, "exactly one reader enqueues");
+    assert_eq!(
+        server.command_calls("evalsha") - claims_before,
+        1,
+        "one claim script for the whole burst"
+    );
+    assert_eq!(
+        queue.len("default").await.unwrap(),
+        2,
+        "one message per key"
     );
 }
 

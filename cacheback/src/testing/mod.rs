@@ -15,18 +15,20 @@
 //! # }
 //! ```
 //!
-//! [`client_suite`] runs the client behaviours that depend on the store (generations fencing
-//! fetches requested before an invalidation, bypassed reads, backoff of failing misses) through
-//! a real client on a given store.
+//! [`ClientSuite`] (or [`client_suite`], its shortcut with in-process queues) runs every client
+//! behaviour that must hold whatever the store (reads and freshness windows, bursts and
+//! coalesced fetches, writes, generation fencing, failures and backoff, full and unavailable
+//! queues, dead letters) through real clients and workers on a given store, and, optionally,
+//! a given kind of queue.
 //!
-//! The suites use random key digests, so they can share a store with other data; the queue
-//! suite needs a queue that starts empty.
+//! The suites use random key digests (and the client suite prefixes of its own), so they can
+//! share a store with other data; the queue suite needs a queue that starts empty.
 
 mod client;
 mod queue;
 mod store;
 
-pub use client::client_suite;
+pub use client::{ClientSuite, client_suite};
 pub use queue::queue_suite;
 pub use store::store_suite;
 
