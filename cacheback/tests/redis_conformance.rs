@@ -43,6 +43,26 @@ async fn clients_on_a_redis_store_and_queue_behave() {
         .await;
 }
 
+/// The same fleet, every behaviour's main client reading through a near cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_a_near_cache_on_a_redis_store_behave() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    let url = server.url();
+    testing::ClientSuite::new(std::sync::Arc::new(store))
+        .queues(move || {
+            RedisQueue::builder(&url)
+                .poll_interval(Duration::from_millis(50))
+                .build()
+                .unwrap()
+        })
+        .near_cache(cacheback::NearCache::new())
+        .run()
+        .await;
+}
+
 /// One process on a Redis store, with in-process queues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_on_a_redis_store_with_local_queues_behave() {

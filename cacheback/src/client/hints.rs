@@ -10,7 +10,8 @@
 //!
 //! The window is short (at most [`WINDOW`], and a quarter of the job's lifetime) and only read
 //! paths consult it: a refresh completed elsewhere is picked up at the latest one window later,
-//! and explicit `invalidate`/`refresh_async` calls always ask the store. Outcomes that mean "the
+//! and explicit `invalidate`/`refresh_async` calls always ask the store (and set the hint with
+//! what they learned). Outcomes that mean "the
 //! next read should try again" (a store error, a refresh dropped by a full queue) forget the
 //! hint at once. In-process stores need none of this: their claim is as cheap as the hint.
 
@@ -46,6 +47,12 @@ impl ClaimHints {
         }
         until.insert(digest, now.saturating_add(window));
         true
+    }
+
+    /// Notes that the claim of `digest` was just decided (an `invalidate` or `refresh_async`
+    /// took it, or found it taken): reads of this process skip asking for `window`.
+    pub(crate) fn note(&self, digest: u128, now: Timestamp, window: Duration) {
+        self.lock().insert(digest, now.saturating_add(window));
     }
 
     /// Forgets the hint of `digest`: the next read asks the store again.

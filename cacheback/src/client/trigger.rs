@@ -48,10 +48,11 @@ impl<J: Job> JobHandle<J> {
 
     /// [`trigger_on_read`](Self::trigger_on_read) without waiting for it, for a stale copy of
     /// the near cache: its reader must not pay for the claim's round trips. Returns whether
-    /// this read asked for the refresh (the claim itself is decided in the background). When
-    /// nothing started (the store or queue is down, the queue is full), the hint stays: the
-    /// next attempt comes one hint window later, not from every read, so an outage does not
-    /// pile up background attempts.
+    /// this read asked for the refresh (the claim itself is decided in the background). While
+    /// an attempt is in flight its hint keeps the other reads of the key from starting one, so
+    /// an outage costs at most one attempt at a time per key; when nothing started (the store
+    /// or queue is down, the queue is full) the hint is forgotten and the next read tries
+    /// again.
     pub(super) fn trigger_in_background(
         &self,
         key: Key<'_>,
@@ -70,7 +71,11 @@ impl<J: Job> JobHandle<J> {
         let (this, args) = (self.clone(), args.clone());
         self.core().tasks.spawn(async move {
             let key = Key::new(&this.core().prefix, &this.job.name, digest);
-            this.trigger(key, &args, generation, now, true).await;
+            if this.trigger(key, &args, generation, now, true).await == Trigger::Retry
+                && let Some(hints) = &this.reads().claim_hints
+            {
+                hints.forget(digest);
+            }
         });
         true
     }
@@ -97,12 +102,20 @@ impl<J: Job> JobHandle<J> {
             .claim(key, now, job.policy.refresh_timeout)
             .instrument(debug_span!("cacheback.claim"))
             .await;
-        let (token, failures) = match self.won(outcome) {
-            Ok(won) => won,
-            Err(refused) => return refused,
+        let decided = match self.won(outcome) {
+            Ok((token, failures)) => {
+                self.after_claim(key, args, generation, now, recheck, token, failures)
+                    .await
+            }
+            Err(refused) => refused,
         };
-        self.after_claim(key, args, generation, now, recheck, token, failures)
-            .await
+        if decided != Trigger::Retry
+            && let Some(hints) = &self.reads().claim_hints
+        {
+            let window = ClaimHints::window(self.job.policy.lifetime);
+            hints.note(key.digest(), now, window);
+        }
+        decided
     }
 
     /// The rest of [`trigger`](Self::trigger) once the claim is won: check the entry was not

@@ -40,7 +40,7 @@ fn is_refreshed(e: &Event) -> bool {
 }
 
 async fn a_failed_refresh_keeps_the_value_and_backs_off(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     squares.set(15, "old".to_owned()).await.expect("set works");
     fx.clock.advance(LIFETIME);
@@ -131,7 +131,7 @@ async fn triggers(job: &JobHandle<SuiteJob>, n: u64) -> bool {
 }
 
 async fn a_panicking_refresh_is_a_failure(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     squares.set(16, "old".to_owned()).await.expect("set works");
     fx.clock.advance(LIFETIME);
@@ -170,7 +170,7 @@ async fn a_panicking_refresh_is_a_failure(suite: ClientSuite) {
 }
 
 async fn stale_if_error_extends_serving(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let policy = policy()
         .fetch_on_miss(false)
         .stale_if_error(Duration::from_secs(1000));
@@ -209,7 +209,7 @@ async fn stale_if_error_extends_serving(suite: ClientSuite) {
 /// Reads of a key whose synchronous fetch fails call the upstream once per backoff window
 /// (or, with `miss_backoff` off, once per read).
 async fn a_failing_miss_backs_off(suite: ClientSuite, backoff: bool) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy().miss_backoff(backoff));
     fx.upstream.set_mode(Mode::Fail);
     let mut errors = Vec::new();

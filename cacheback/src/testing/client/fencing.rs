@@ -34,7 +34,7 @@ async fn holds_value(job: &JobHandle<SuiteJob>, n: u64) -> bool {
 }
 
 async fn a_late_refresh_never_overwrites(suite: ClientSuite, delete: bool) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     squares.set(19, "old".to_owned()).await.expect("set works");
     fx.clock.advance(LIFETIME);
@@ -77,7 +77,7 @@ async fn a_late_refresh_never_overwrites(suite: ClientSuite, delete: bool) {
 /// A synchronous miss fetch that began before `invalidate` (of a key that has no value, or
 /// whose value was deleted) must not be stored Fresh after it.
 async fn invalidate_fences_a_miss_fetch_in_flight(suite: ClientSuite, deleted_first: bool) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     if deleted_first {
         squares.set(1, "old".to_owned()).await.expect("set works");
@@ -110,7 +110,7 @@ async fn invalidate_fences_a_miss_fetch_in_flight(suite: ClientSuite, deleted_fi
 
 /// A refresh enqueued for a missing key before `invalidate` must not land afterwards.
 async fn invalidate_fences_a_queued_refresh_of_a_missing_key(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy().fetch_on_miss(false));
     fx.upstream.close_gate();
     fx.start_worker();

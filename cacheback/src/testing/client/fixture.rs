@@ -192,12 +192,12 @@ pub(super) struct Fx {
 }
 
 impl Fx {
-    pub(super) fn new(suite: &ClientSuite) -> Fx {
-        Fx::with(suite, |b| b)
+    pub(super) async fn new(suite: &ClientSuite) -> Fx {
+        Fx::with(suite, |b| b).await
     }
 
     /// A fixture whose web client is configured further by `configure`.
-    pub(super) fn with(
+    pub(super) async fn with(
         suite: &ClientSuite,
         configure: impl FnOnce(CachebackBuilder) -> CachebackBuilder,
     ) -> Fx {
@@ -207,9 +207,15 @@ impl Fx {
         let queue = Arc::new(Recorded::new(suite.queue()));
         let (events_tx, events) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let web = configure(client_builder(&prefix, &store, &queue, &clock, &events_tx))
-            .build()
-            .expect("the web client builds");
+        let mut builder = client_builder(&prefix, &store, &queue, &clock, &events_tx);
+        if let Some(near) = &suite.near {
+            builder = builder.near_cache(near.clone());
+        }
+        let web = configure(builder).build().expect("the web client builds");
+        if suite.near.is_some() {
+            let live = || web.near_cache_live() == Some(true);
+            eventually("the near cache goes live", || async { live() }).await;
+        }
         Fx {
             prefix,
             clock,
@@ -224,6 +230,11 @@ impl Fx {
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         }
+    }
+
+    /// Whether the main client reads through a near cache.
+    pub(super) fn near(&self) -> bool {
+        self.web.near_cache_live().is_some()
     }
 
     /// A builder for another client of this fixture: same prefix, store, queue, clock and

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::LocalQueue;
 use crate::queue::Queue;
 use crate::store::Store;
+use crate::{LocalQueue, NearCache};
 
 mod concurrency;
 mod counters;
@@ -66,6 +66,7 @@ type MakeQueue = dyn Fn() -> Arc<dyn Queue> + Send + Sync;
 pub struct ClientSuite {
     store: Arc<dyn Store>,
     queues: Arc<MakeQueue>,
+    near: Option<NearCache>,
 }
 
 impl fmt::Debug for ClientSuite {
@@ -83,7 +84,17 @@ impl ClientSuite {
         ClientSuite {
             store,
             queues: Arc::new(|| Arc::new(LocalQueue::new(1000)) as Arc<dyn Queue>),
+            near: None,
         }
+    }
+
+    /// Runs the behaviours through a near cache: every behaviour's main client is built with
+    /// `near` (its other clients and workers without), and reads once its near cache is live.
+    /// For stores that announce their writes ([`Store::watch`]).
+    #[must_use]
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(near);
+        self
     }
 
     /// How to make the queue of one behaviour: `make` is called once per behaviour, and the

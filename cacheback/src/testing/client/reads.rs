@@ -35,7 +35,7 @@ pub(super) const BEHAVIOURS: &[Behaviour] = &[
 ];
 
 async fn a_miss_fetches_once_and_stores_fresh(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     let t0 = fx.clock.now();
     let first = squares.get_with_status(3).await.expect("the read works");
@@ -74,7 +74,7 @@ async fn a_miss_fetches_once_and_stores_fresh(suite: ClientSuite) {
 }
 
 async fn a_miss_without_fetch_enqueues_one_refresh(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy().fetch_on_miss(false));
     let first = squares.get_with_status(4).await.expect("the read works");
     assert_eq!((first.status, first.value.is_none()), (Status::Miss, true));
@@ -107,7 +107,7 @@ async fn a_miss_without_fetch_enqueues_one_refresh(suite: ClientSuite) {
 }
 
 async fn a_fresh_hit_fetches_and_enqueues_nothing(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     squares.set(6, "six".to_owned()).await.expect("set works");
     for _ in 0..10 {
@@ -123,7 +123,7 @@ async fn a_fresh_hit_fetches_and_enqueues_nothing(suite: ClientSuite) {
 }
 
 async fn the_stale_threshold_is_exclusive(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let threshold = Duration::from_secs(30);
     let squares = fx.job("squares", policy().stale_threshold(threshold));
     squares.set(9, "old".to_owned()).await.expect("set works");
@@ -149,7 +149,7 @@ async fn the_stale_threshold_is_exclusive(suite: ClientSuite) {
 }
 
 async fn past_stale_ttl_is_a_miss(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy().fetch_on_miss(false));
     squares.set(10, "old".to_owned()).await.expect("set works");
     fx.clock
@@ -166,7 +166,7 @@ async fn past_stale_ttl_is_a_miss(suite: ClientSuite) {
 }
 
 async fn jitter_spreads_expiry_within_bounds(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy().jitter(0.5));
     let mut lifetimes = BTreeSet::new();
     for n in 0..50 {

@@ -44,7 +44,7 @@ pub(super) const BEHAVIOURS: &[Behaviour] = &[
 ];
 
 async fn refresh_set_peek_delete(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     let value = squares.refresh(11).await.expect("refresh works");
     assert_eq!(*value, "value 11 #1");
@@ -105,7 +105,7 @@ async fn refresh_set_peek_delete(suite: ClientSuite) {
 }
 
 async fn invalidate_is_soft(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     squares.set(13, "old".to_owned()).await.expect("set works");
     fx.upstream.close_gate();
@@ -157,7 +157,7 @@ async fn invalidate_is_soft(suite: ClientSuite) {
 }
 
 async fn jobs_with_the_same_args_do_not_collide(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let a = fx.job("job_a", policy().fetch_on_miss(false));
     let b = fx.job("job_b", policy());
     b.set(10, "from b".to_owned()).await.expect("set works");
@@ -181,7 +181,7 @@ async fn jobs_with_the_same_args_do_not_collide(suite: ClientSuite) {
 }
 
 async fn refresh_many_reports_progress_and_failures(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     let squares = fx.job("squares", policy());
     let mut seen = Vec::new();
     let report = squares.refresh_many(0..20, 4, |p| seen.push(p.done)).await;
@@ -200,7 +200,7 @@ async fn refresh_many_reports_progress_and_failures(suite: ClientSuite) {
 }
 
 async fn an_oversized_value_is_refused_and_the_old_entry_kept(suite: ClientSuite) {
-    let mut fx = Fx::with(&suite, |b| b.max_value_bytes(64));
+    let mut fx = Fx::with(&suite, |b| b.max_value_bytes(64)).await;
     let squares = fx.job("squares", policy());
     squares
         .set(24, "small".to_owned())
@@ -233,7 +233,7 @@ async fn an_oversized_value_is_refused_and_the_old_entry_kept(suite: ClientSuite
 }
 
 async fn an_oversized_fetched_value_bypasses_the_cache(suite: ClientSuite) {
-    let mut fx = Fx::with(&suite, |b| b.max_value_bytes(64));
+    let mut fx = Fx::with(&suite, |b| b.max_value_bytes(64)).await;
     let squares = fx.job("squares", policy());
     fx.upstream.pad(500);
     let lookup = squares.get_with_status(500).await.expect("the read works");
@@ -267,7 +267,7 @@ async fn an_oversized_fetched_value_bypasses_the_cache(suite: ClientSuite) {
 }
 
 async fn an_undecodable_entry_reads_as_a_miss(suite: ClientSuite) {
-    let mut fx = Fx::new(&suite);
+    let mut fx = Fx::new(&suite).await;
     // Two deployments disagree on the job's value type (a botched rolling deploy).
     let old = fx.client_builder().build().expect("the old client builds");
     let typed = old.job(job_fn("squares", policy(), |n: u64| async move {
