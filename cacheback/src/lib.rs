@@ -53,7 +53,9 @@
 //! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
 //!
 //! With feature `memcached`, `MemcachedStore` is a fleet store in memcached: the same entries,
-//! claims by `add` and compare-and-swap, nothing kept through eviction or a restart.
+//! claims by `add` and compare-and-swap, nothing kept through eviction or a restart. In front of
+//! a `RedisStore`, a [`NearCache`] keeps copies of hot entries in process memory, coherent
+//! across the fleet.
 //!
 //! ## Feature flags
 //!
@@ -122,6 +124,16 @@
 //! worker goes on. On a durable queue a refresh that never completes (its worker died) is
 //! delivered again after the visibility timeout; a worker that stops finishes its refreshes up
 //! to a deadline and hands back what it still holds.
+//!
+//! **Near cache.** With [`CachebackBuilder::near_cache`] in front of a store that announces
+//! its writes (Redis), a process keeps copies of the entries it reads and answers from them,
+//! with the entries' own windows: a stale copy still takes the key's claim in the store (in
+//! the background, so its reader does not wait), so refreshes stay exactly-once across the
+//! fleet. A copy is dropped when a write of a newer generation is announced (any process's
+//! `set`, `delete`, `invalidate`, refresh) and at once by the process that wrote; it is served
+//! only while the subscription to the announcements is live and has been since the copy was
+//! taken, and never past the near cache's TTL. While the store cannot be read, a copy stands in
+//! (as its windows say) instead of the store fallback.
 //!
 //! **Values and keys.** Keys are `prefix:job:digest` with a 128-bit hash of a canonical
 //! encoding of the args (never the args themselves). Values are encoded with the client's
