@@ -6,7 +6,7 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Worker};
+use cacheback::{Cacheback, Job, JobHandle, NearCache, Policy, RedisQueue, RedisStore, Worker};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -23,6 +23,12 @@ const PER_PROCESS: usize = READERS / PROCESSES;
 const PERIOD: Duration = Duration::from_millis(1_000);
 /// Time for the children to start before the first burst.
 const STARTUP: Duration = Duration::from_millis(3_000);
+/// With near caches: each trial's key is refreshed this long before its burst (its 200 ms
+/// fetch lands about 800 ms before), and every reader process reads it (and keeps its copy)
+/// [`WARM_BEFORE`] before the burst, while it is still fresh (300 ms lifetime); the burst then
+/// finds the copy stale.
+const PRIME_BEFORE: Duration = Duration::from_millis(1_000);
+const WARM_BEFORE: Duration = Duration::from_millis(650);
 
 /// Fetches count themselves in Redis (`INCR`), then sleep [`FETCH`].
 #[derive(Debug)]
@@ -62,7 +68,7 @@ fn counter(prefix: &str, key: u64) -> String {
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS`).
+/// (`URL PREFIX T0_MS TRIALS [--near]`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
     /// The run's Redis.
@@ -73,16 +79,23 @@ pub(crate) struct Plan {
     t0_ms: u64,
     /// Trials (one key and one burst each).
     trials: usize,
+    /// Every client reads through a near cache.
+    #[arg(long)]
+    near: bool,
 }
 
 impl Plan {
     fn args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             self.url.clone(),
             self.prefix.clone(),
             self.t0_ms.to_string(),
             self.trials.to_string(),
-        ]
+        ];
+        if self.near {
+            args.push("--near".to_owned());
+        }
+        args
     }
 
     /// Unix ms of trial `i`'s burst.
@@ -96,13 +109,15 @@ impl Plan {
             .prefix(&self.prefix)
             .build()
             .map_err(|e| e.to_string())?;
-        let client = Cacheback::builder()
+        let mut builder = Cacheback::builder()
             .prefix(&self.prefix)
             .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
             .queue(queue.clone())
-            .in_process_worker(false)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .in_process_worker(false);
+        if self.near {
+            builder = builder.near_cache(NearCache::new());
+        }
+        let client = builder.build().map_err(|e| e.to_string())?;
         let handle = client.job(CountingJob {
             redis: redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?,
             prefix: self.prefix.clone(),
@@ -132,13 +147,21 @@ async fn sleep_until_unix(at_ms: u64) -> u64 {
 
 /// A reader process: at each trial's instant, 16 readers read that trial's key at once.
 async fn reader(plan: Plan) -> Result<(), String> {
-    let (_client, handle, queue) = plan.client()?;
+    let (client, handle, queue) = plan.client()?;
     // Connect before the first burst, so no burst pays for the connection.
     handle
         .peek(u64::MAX)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    while plan.near && client.near_cache_live() != Some(true) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut pending = None;
     for trial in 0..plan.trials {
+        if plan.near {
+            sleep_until_unix(plan.burst_at(trial) - WARM_BEFORE.as_millis() as u64).await;
+            handle.get(trial as u64).await.map_err(|e| e.to_string())?;
+        }
         let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
         let enqueued_before = queue.enqueued();
         let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
@@ -163,16 +186,31 @@ async fn reader(plan: Plan) -> Result<(), String> {
             latencies.push(took);
             stale += usize::from(was_stale);
         }
+        // A near cache's stale reader enqueues in the background: count what this burst
+        // enqueued just before the next burst (or once the process stopped).
         let report = json!({
             "trial": trial,
             "late_ms": late_ms,
             "latencies_ns": latencies,
             "stale": stale,
-            "enqueued": queue.enqueued() - enqueued_before,
         });
-        println!("{report}");
+        if let Some((report, before)) = pending.replace((report, enqueued_before)) {
+            print_report(report, queue.enqueued() - before);
+        }
+    }
+    // Background work (a near cache's stale readers ask for the claim in the background)
+    // finishes before the process exits, as a service's graceful stop would let it.
+    client.shutdown(Duration::from_secs(5)).await;
+    if let Some((report, before)) = pending {
+        print_report(report, queue.enqueued() - before);
     }
     Ok(())
+}
+
+/// Prints a trial's report (one JSON line) with what it enqueued.
+fn print_report(mut report: serde_json::Value, enqueued: u64) {
+    report["enqueued"] = json!(enqueued);
+    println!("{report}");
 }
 
 /// The worker process: drains the queue until one period after the last burst.
@@ -213,32 +251,61 @@ impl Drop for Children {
     }
 }
 
-/// Runs the trials across processes.
-pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
+/// Runs the trials across processes, with or without near caches.
+pub(super) fn run(url: &str, trials: usize, near: bool) -> Result<Record, String> {
     let rt = runtime();
-    let prefix = format!("w2fleet-{}", std::process::id());
+    let prefix = format!("w2fleet-{}-{near}", std::process::id());
     let mut plan = Plan {
         url: url.to_owned(),
         prefix,
-        t0_ms: 0,
+        t0_ms: unix_ms() + STARTUP.as_millis() as u64,
         trials,
+        near,
     };
-    // Prime one key per trial (1 fetch each, counted), long before its burst.
+    // Prime one key per trial (1 fetch each, counted): long before its burst, or, for near
+    // caches, just before it (in the background while the children run).
     let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
-    rt.block_on(async {
-        for key in 0..trials as u64 {
-            handle.refresh(key).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
-    })?;
-    plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
+    let priming = {
+        let (handle, plan) = (handle.clone(), plan.clone());
+        rt.spawn(async move {
+            for key in 0..plan.trials {
+                if plan.near {
+                    let at = plan.burst_at(key) - PRIME_BEFORE.as_millis() as u64;
+                    sleep_until_unix(at).await;
+                }
+                handle
+                    .refresh(key as u64)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        })
+    };
+    if !near {
+        rt.block_on(async { priming.await.map_err(|e| e.to_string())? })?;
+        plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
+        let reports = run_children(&plan)?;
+        return finish(&rt, &plan, &client, &handle, &reports);
+    }
     let reports = run_children(&plan)?;
+    rt.block_on(async { priming.await.map_err(|e| e.to_string())? })?;
+    finish(&rt, &plan, &client, &handle, &reports)
+}
+
+/// Counts the fetches once the children are done, and makes the record.
+fn finish(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    client: &Cacheback,
+    handle: &JobHandle<CountingJob>,
+    reports: &[TrialReport],
+) -> Result<Record, String> {
     let fetches = rt.block_on(async {
-        let fetches = count_fetches(&plan, &handle).await;
+        let fetches = count_fetches(plan, handle).await;
         client.shutdown(Duration::from_secs(5)).await;
         fetches
     })?;
-    record(&fetches, &reports, trials)
+    record(&fetches, reports, plan)
 }
 
 /// Starts the worker process and the reader processes, waits for them to finish, and returns
@@ -324,7 +391,8 @@ async fn count_fetches(plan: &Plan, handle: &JobHandle<CountingJob>) -> Result<V
 }
 
 /// The record of the trials: the readers' reports tallied per trial, next to its fetches.
-fn record(fetches: &[f64], reports: &[TrialReport], trials: usize) -> Result<Record, String> {
+fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Record, String> {
+    let trials = plan.trials;
     let mut tally = super::Tally::default();
     let mut late_max = 0u64;
     for (trial, &trial_fetches) in fetches.iter().enumerate() {
@@ -340,19 +408,35 @@ fn record(fetches: &[f64], reports: &[TrialReport], trials: usize) -> Result<Rec
         }
         tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
     }
-    let mut r = tally
-        .record(
+    let (variant, how) = if plan.near {
+        (
+            "Redis + near cache, 4 processes × 16 readers + a worker process",
+            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue + NearCache::new(), no worker) hit one stale key at the same Unix millisecond, each process holding a copy it read 400 ms before while fresh; a separate worker process refreshes; fetches counted with Redis INCR",
+        )
+    } else {
+        (
             "Redis, 4 processes × 16 readers + a worker process",
-            "cacheback",
             "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
-        )?
+        )
+    };
+    let mut r = tally
+        .record(variant, "cacheback", how)?
         .param("processes", PROCESSES as u64);
     r.figure("max_burst_start_skew_ms", late_max);
-    super::check(
-        &mut r,
-        trials,
-        5_000.0,
-        "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
-    );
+    if plan.near {
+        super::check(
+            &mut r,
+            trials,
+            100.0,
+            "reader p99 < 100 µs with near caches while the 200 ms fetch runs",
+        );
+    } else {
+        super::check(
+            &mut r,
+            trials,
+            5_000.0,
+            "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
+        );
+    }
     Ok(r)
 }

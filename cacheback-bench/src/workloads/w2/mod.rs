@@ -246,8 +246,9 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         );
         Ok::<_, String>(r)
     })?;
-    let fleet = fleet::run(&url, trials)?;
-    Ok(vec![one, fleet])
+    let fleet = fleet::run(&url, trials, false)?;
+    let near = fleet::run(&url, trials, true)?;
+    Ok(vec![one, fleet, near])
 }
 
 #[cfg(feature = "redis")]

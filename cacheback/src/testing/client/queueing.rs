@@ -92,7 +92,10 @@ async fn a_full_queue_drops_and_the_next_read_retriggers(suite: ClientSuite) {
             .expect("the read works")
             .refresh_triggered
     );
-    eventually("the refresh is enqueued", || async { fx.queue.enqueued() == 1 }).await;
+    eventually("the refresh is enqueued", || async {
+        fx.queue.enqueued() == 1
+    })
+    .await;
     fx.queue.set_full(true);
     let dropped = squares
         .get_with_status(22)
