@@ -60,6 +60,8 @@
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
+//! | `http` | no | [`CachebackLayer`](crate::http::CachebackLayer): a tower layer that serves whole responses stale-while-revalidate |
+//! | `axum` | no | [`CachedJson`](crate::axum::CachedJson) and `IntoResponse` for [`Error`]: a job read as a response |
 //!
 //! ## How it behaves
 //!
@@ -167,6 +169,11 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "axum")]
+pub mod axum;
+#[cfg(feature = "http")]
+pub mod http;
+
 #[doc(hidden)]
 pub mod __private;
 
@@ -185,6 +192,7 @@ pub use codec::Codec;
 pub use error::{BoxError, Error, Result};
 pub use job::{FnJob, Job, job_fn};
 pub use observe::Event;
+pub use policy::Lifespan;
 pub use policy::{Backoff, Freshness, Policy};
 pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]

@@ -54,7 +54,10 @@ fn value_of(entry: &Entry) -> String {
         .payload
         .as_encoded()
         .expect("expected the encoded value the store was given");
-    assert_eq!(codec, 1, "store returned another codec id than it was given");
+    assert_eq!(
+        codec, 1,
+        "store returned another codec id than it was given"
+    );
     String::from_utf8(bytes.to_vec()).expect("store returned other bytes than it was given")
 }
 
@@ -150,13 +153,7 @@ async fn writes_assign_generations(store: &dyn Store) {
 async fn conditional_writes(store: &dyn Store) {
     let k = fresh_key();
     assert_eq!(
-        put(
-            store,
-            k,
-            value_entry("a", 0),
-            PutCondition::IfGeneration(5)
-        )
-        .await,
+        put(store, k, value_entry("a", 0), PutCondition::IfGeneration(5)).await,
         PutOutcome::Discarded { current: 0 },
         "IfGeneration(n>0) on a missing key must be discarded"
     );
@@ -165,13 +162,7 @@ async fn conditional_writes(store: &dyn Store) {
         "a discarded write must not create the key"
     );
     assert_eq!(
-        put(
-            store,
-            k,
-            value_entry("a", 0),
-            PutCondition::IfGeneration(0)
-        )
-        .await,
+        put(store, k, value_entry("a", 0), PutCondition::IfGeneration(0)).await,
         PutOutcome::Written { generation: 1 },
         "IfGeneration(0) on a missing key must write"
     );
@@ -193,13 +184,7 @@ async fn conditional_writes(store: &dyn Store) {
         "a discarded write must leave the entry unchanged"
     );
     assert_eq!(
-        put(
-            store,
-            k,
-            value_entry("c", 3),
-            PutCondition::IfGeneration(2)
-        )
-        .await,
+        put(store, k, value_entry("c", 3), PutCondition::IfGeneration(2)).await,
         PutOutcome::Written { generation: 3 },
         "a write conditioned on the current generation must write"
     );
@@ -343,11 +328,7 @@ async fn put_and_release_frees_the_owners_claim(store: &dyn Store) {
     let outcome = store
         .put_and_release(
             k,
-            Put::new(
-                value_entry("v", 0),
-                PutCondition::IfGeneration(0),
-                TTL,
-            ),
+            Put::new(value_entry("v", 0), PutCondition::IfGeneration(0), TTL),
             token,
         )
         .await
@@ -371,11 +352,7 @@ async fn put_and_release_frees_the_owners_claim(store: &dyn Store) {
     let outcome = store
         .put_and_release(
             k,
-            Put::new(
-                value_entry("late", 1),
-                PutCondition::IfGeneration(0),
-                TTL,
-            ),
+            Put::new(value_entry("late", 1), PutCondition::IfGeneration(0), TTL),
             stranger,
         )
         .await
