@@ -1,4 +1,4 @@
-//! The HTTP layer on Redis (`RedisStore` + `RedisQueue`, the client's in-process worker), on a
+//! The HTTP layer on Redis (`RedisStore` + `RedisQueue` drained by the client's in-process worker), on a
 //! spawned `redis-server`, through real HTTP: responses stored as bytes, one revalidation per
 //! stale burst, `stale-if-error`, and entries that do not decode read as misses.
 
@@ -36,6 +36,8 @@ async fn fixture(reply: Reply) -> Option<Fixture> {
         .prefix(prefix.clone())
         .store(RedisStore::from_url(&server.url()).unwrap())
         .queue(RedisQueue::from_url(&server.url()).unwrap())
+        // Refreshes through the Redis stream, run by this process's worker.
+        .in_process_worker(true)
         .build()
         .unwrap();
     let origin = Origin::new(reply);
