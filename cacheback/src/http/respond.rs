@@ -129,7 +129,11 @@ pub(crate) fn from_stored<B>(
 ) -> Response<CacheBody<B>> {
     let age = stored.age.saturating_add(age.as_secs());
     let lifetime = stored.lifespan.lifetime_ms / 1000;
-    let ttl = i64::try_from(lifetime).unwrap_or(i64::MAX) - i64::try_from(age).unwrap_or(0);
+    let mut ttl = i64::try_from(lifetime).unwrap_or(i64::MAX) - i64::try_from(age).unwrap_or(0);
+    if let Served::Stale { .. } = served {
+        // Stale before its lifetime ran out: it was invalidated.
+        ttl = ttl.min(0);
+    }
     let status = CacheStatus {
         cache,
         served: Some(served),
