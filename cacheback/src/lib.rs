@@ -205,6 +205,12 @@ pub use worker::{Worker, WorkerOptions};
 #[cfg(feature = "macros")]
 pub use cacheback_macros::cacheback;
 
-#[cfg(all(doctest, feature = "redis", feature = "macros"))]
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "macros",
+    feature = "http",
+    feature = "axum"
+))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -202,7 +202,7 @@ impl CachebackLayer {
     /// Returns whether a refresh was enqueued.
     ///
     /// ```no_run
-    /// # async fn f(pages: cacheback::http::CachebackLayer) -> cacheback::Result<()> {
+    /// # async fn f(pages: cacheback::http::CachebackLayer) -> Result<(), Box<dyn std::error::Error>> {
     /// let request = http::Request::get("/timeline/alice").body(())?;
     /// pages.invalidate(&request).await?;
     /// # Ok(())

@@ -281,7 +281,8 @@ mod tests {
     #[test]
     fn only_shareable_responses_are_stored() {
         let j = job();
-        let cases: [(u16, &[(&'static str, &'static str)], &str); 10] = [
+        type Case = (u16, &'static [(&'static str, &'static str)], &'static str);
+        let cases: [Case; 10] = [
             (200, &[], "stored"),
             (200, &[("cache-control", "no-store")], "no-store"),
             (200, &[("cache-control", "private, max-age=60")], "private"),
