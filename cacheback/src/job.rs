@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::BoxError;
-use crate::policy::Policy;
+use crate::policy::{Lifespan, Policy};
 
 /// A named, typed computation whose results cacheback caches and refreshes.
 ///
@@ -62,6 +62,43 @@ pub trait Job: Send + Sync + 'static {
         &self,
         args: Self::Args,
     ) -> impl Future<Output = Result<Self::Value, Self::Error>> + Send;
+
+    /// How long one fetched `value` lives: by default the policy's
+    /// [`lifespan`](Policy::lifespan) for every value. Override it when the value says itself
+    /// how long it may be served: an HTTP response's `Cache-Control`, a token's expiry. Called
+    /// each time a fetched (or `set`) value is written, and when a failed refresh applies
+    /// [`Lifespan::stale_if_error`]; the policy's jitter still applies to the lifetime.
+    ///
+    /// ```
+    /// use cacheback::{Job, Lifespan, Policy};
+    /// use std::time::Duration;
+    ///
+    /// struct Token;
+    ///
+    /// impl Job for Token {
+    ///     type Args = String;
+    ///     type Value = (String, u64); // the token and how long it is valid, in seconds
+    ///     type Error = std::io::Error;
+    ///
+    ///     fn name(&self) -> &str {
+    ///         "token"
+    ///     }
+    ///
+    ///     async fn fetch(&self, user: String) -> Result<(String, u64), std::io::Error> {
+    ///         Ok((format!("token-of-{user}"), 300))
+    ///     }
+    ///
+    ///     fn lifespan(&self, value: &(String, u64), _policy: &Policy) -> Lifespan {
+    ///         // Fresh for half its validity, then served while one refresh runs.
+    ///         let valid = Duration::from_secs(value.1);
+    ///         Lifespan::new(valid / 2, valid / 2)
+    ///     }
+    /// }
+    /// ```
+    fn lifespan(&self, value: &Self::Value, policy: &Policy) -> Lifespan {
+        let _ = value;
+        policy.lifespan()
+    }
 }
 
 /// A [`Job`] made from a name, a policy and an async closure. Build it with [`job_fn`].

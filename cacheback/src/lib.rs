@@ -66,6 +66,8 @@
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
 //! | `memcached` | no | `MemcachedStore` (async-memcached, meta protocol) |
+//! | `http` | no | [`CachebackLayer`](crate::http::CachebackLayer): a tower layer that serves whole responses stale-while-revalidate |
+//! | `axum` | no | [`CachedJson`](crate::axum::CachedJson) and `IntoResponse` for [`Error`]: a job read as a response |
 //!
 //! ## How it behaves
 //!
@@ -183,6 +185,11 @@ pub mod worker;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "axum")]
+pub mod axum;
+#[cfg(feature = "http")]
+pub mod http;
+
 #[doc(hidden)]
 pub mod __private;
 
@@ -202,6 +209,7 @@ pub use engine::near::NearCache;
 pub use error::{BoxError, Error, Result};
 pub use job::{FnJob, Job, job_fn};
 pub use observe::Event;
+pub use policy::Lifespan;
 pub use policy::{Backoff, Freshness, Policy};
 pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]
@@ -216,6 +224,12 @@ pub use worker::{Worker, WorkerOptions};
 #[cfg(feature = "macros")]
 pub use cacheback_macros::cacheback;
 
-#[cfg(all(doctest, feature = "redis", feature = "macros"))]
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "macros",
+    feature = "http",
+    feature = "axum"
+))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -181,13 +181,29 @@ impl Policy {
     /// The freshness windows of a value fetched at `fetched_at`. `u` is a uniform random number
     /// in `[0, 1)` used for jitter: `fresh_until` is shortened by up to `jitter * lifetime`, never
     /// lengthened, so a jittered entry is never served fresh longer than `lifetime`.
+    #[cfg(test)]
     pub(crate) fn windows(&self, fetched_at: Timestamp, u: f64) -> Windows {
+        self.windows_of(self.lifespan(), fetched_at, u)
+    }
+
+    /// The policy's own [`Lifespan`]: `lifetime`, `stale_ttl` and `stale_if_error`.
+    pub fn lifespan(&self) -> Lifespan {
+        Lifespan {
+            lifetime: self.lifetime,
+            stale_ttl: self.stale_ttl,
+            stale_if_error: self.stale_if_error,
+        }
+    }
+
+    /// The windows of a value fetched at `fetched_at` that lives for `lifespan` (the policy's
+    /// own, or the one its job gave the value), with the policy's jitter (see `windows`).
+    pub(crate) fn windows_of(&self, lifespan: Lifespan, fetched_at: Timestamp, u: f64) -> Windows {
         let jitter = self.jitter.clamp(0.0, 1.0) * u.clamp(0.0, 1.0);
-        let lifetime = self.lifetime.mul_f64(1.0 - jitter);
+        let lifetime = lifespan.lifetime.mul_f64(1.0 - jitter);
         let fresh_until = fetched_at.saturating_add(lifetime);
         Windows {
             fresh_until,
-            stale_until: fresh_until.saturating_add(self.stale_ttl),
+            stale_until: fresh_until.saturating_add(lifespan.stale_ttl),
         }
     }
 
@@ -218,6 +234,51 @@ impl Policy {
         }
         let remaining = fresh_until.since(now).as_secs_f64();
         (-remaining / scale).exp()
+    }
+}
+
+/// How long one fetched value lives: Fresh for `lifetime`, then Stale for `stale_ttl`, and
+/// while its refreshes fail, servable `stale_if_error` longer.
+///
+/// A job's values live for its [`Policy`]'s lifespan ([`Policy::lifespan`]) unless the job
+/// gives each value its own with [`Job::lifespan`](crate::Job::lifespan): an HTTP response's
+/// `Cache-Control`, a token's expiry.
+///
+/// ```
+/// use cacheback::{Lifespan, Policy};
+/// use std::time::Duration;
+///
+/// let short = Lifespan::new(Duration::from_secs(5), Duration::from_secs(60))
+///     .with_stale_if_error(Duration::from_secs(600));
+/// assert_eq!(short.stale_if_error, Some(Duration::from_secs(600)));
+/// assert_eq!(Policy::default().lifespan().lifetime, Duration::from_secs(600));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lifespan {
+    /// How long the value is Fresh. Zero makes it Stale as soon as it is written.
+    pub lifetime: Duration,
+    /// How long past `lifetime` the value may be served stale (while one refresh runs).
+    pub stale_ttl: Duration,
+    /// When a refresh fails, how much longer than `stale_ttl` the value may still be served.
+    pub stale_if_error: Option<Duration>,
+}
+
+impl Lifespan {
+    /// Fresh for `lifetime`, then Stale for `stale_ttl`; no `stale_if_error`.
+    pub fn new(lifetime: Duration, stale_ttl: Duration) -> Self {
+        Lifespan {
+            lifetime,
+            stale_ttl,
+            stale_if_error: None,
+        }
+    }
+
+    /// Sets [`Lifespan::stale_if_error`].
+    #[must_use]
+    pub fn with_stale_if_error(mut self, extra: Duration) -> Self {
+        self.stale_if_error = Some(extra);
+        self
     }
 
     /// The `stale_until` that `stale_if_error` allows for an entry whose value turned stale at
@@ -424,6 +485,20 @@ mod tests {
             prop_assert!(w.fresh_until <= T0.saturating_add(p.lifetime));
             prop_assert!(w.fresh_until >= T0.saturating_add(p.lifetime.mul_f64(1.0 - jitter)).saturating_sub(Duration::from_millis(1)));
             prop_assert_eq!(w.stale_until, w.fresh_until.saturating_add(p.stale_ttl));
+        }
+
+        #[test]
+        fn a_values_own_lifespan_replaces_the_policys_windows(
+            lifetime_ms in 0u64..10_000_000,
+            stale_ms in 0u64..100_000_000,
+            u in 0.0f64..1.0,
+        ) {
+            let p = Policy::default().lifetime(Duration::from_secs(600)).jitter(0.0);
+            let own = Lifespan::new(Duration::from_millis(lifetime_ms), Duration::from_millis(stale_ms));
+            let w = p.windows_of(own, T0, u);
+            prop_assert_eq!(w.fresh_until, T0.saturating_add(own.lifetime));
+            prop_assert_eq!(w.stale_until, w.fresh_until.saturating_add(own.stale_ttl));
+            prop_assert_eq!(p.windows_of(p.lifespan(), T0, u), p.windows(T0, u));
         }
 
         #[test]

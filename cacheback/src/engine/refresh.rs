@@ -11,7 +11,7 @@ use crate::codec::Codec;
 use crate::engine::Core;
 use crate::engine::fetch::run_fetch;
 use crate::engine::registry::{JobEntry, Processed, RefreshOutcome};
-use crate::engine::value::prepare_put;
+use crate::engine::value::{prepare_put, stale_if_error_until};
 use crate::entry::Entry;
 use crate::error::{Chain, Error};
 use crate::job::Job;
@@ -180,9 +180,9 @@ async fn record_failure<J: Job>(
     let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
     warn!(error = %Chain(&error), failures, "refresh failed; keeping the old value");
     job.metrics.refresh_failed.increment(1);
-    if job.policy.stale_if_error.is_some() {
-        extend_for_error(core, job, key, claimed.generation, now).await;
-    }
+    // The value's own lifespan says whether it may be served longer (a job can give each
+    // value its own), so the entry is read even when the policy has no `stale_if_error`.
+    extend_for_error(core, job, key, claimed.generation, now).await;
     let forget_at = retry_after.saturating_add(backoff.max);
     release(
         core,
@@ -219,7 +219,7 @@ async fn extend_for_error<J: Job>(
     if current.is_tombstone() || current.meta.generation != generation {
         return;
     }
-    let Some(until) = job.policy.stale_if_error_until(current.meta.fresh_until) else {
+    let Some(until) = stale_if_error_until(core, job, &current) else {
         return;
     };
     if until <= current.meta.stale_until {

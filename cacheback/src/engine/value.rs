@@ -5,6 +5,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Timestamp;
 use crate::codec::Codec;
 use crate::engine::Core;
 use crate::engine::registry::JobEntry;
@@ -35,6 +36,7 @@ pub(crate) fn prepare_put<J: Job>(
     fetch_duration: Duration,
     condition: PutCondition,
 ) -> Result<Put> {
+    let lifespan = job.job.lifespan(&value, &job.policy);
     let (payload, size) = if core.memory.is_some() {
         let size = core.codec.encoded_len(&*value)?;
         check_size(core, job, size)?;
@@ -46,13 +48,31 @@ pub(crate) fn prepare_put<J: Job>(
         (Payload::encoded(core.codec.id(), bytes.into()), size)
     };
     let now = core.clock.now();
-    let windows = job.policy.windows(now, fastrand::f64());
+    let windows = job.policy.windows_of(lifespan, now, fastrand::f64());
     let mut meta = EntryMeta::new(now, windows.fresh_until, windows.stale_until);
     meta.fetch_duration = fetch_duration;
     meta.schema_version = job.policy.schema_version;
     meta.size = u32::try_from(size).unwrap_or(u32::MAX);
-    let ttl = windows.stale_until.since(now);
+    // A value whose own lifespan is zero is still written (stale, or expired, at once), and
+    // stores must never be asked to keep something for no time at all.
+    let ttl = windows.stale_until.since(now).max(MIN_TTL);
     Ok(Put::new(Entry::new(meta, payload), condition, ttl))
+}
+
+/// The shortest time a store is asked to keep an entry.
+const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// The `stale_until` that a failed refresh may extend `entry` to ([`Lifespan::stale_if_error`]
+/// of the value's own lifespan), or `None` when its lifespan has none or it does not decode.
+pub(crate) fn stale_if_error_until<J: Job>(
+    core: &Core,
+    job: &JobEntry<J>,
+    entry: &Entry,
+) -> Option<Timestamp> {
+    let value = decode_value(core, job, entry).ok().flatten()?;
+    job.job
+        .lifespan(&value, &job.policy)
+        .stale_if_error_until(entry.meta.fresh_until)
 }
 
 fn check_size<J>(core: &Core, job: &JobEntry<J>, size: usize) -> Result<()> {
@@ -111,5 +131,143 @@ pub(crate) fn decode_payload<J: Job>(
                 .map(|v| Some(Arc::new(v)))
                 .map_err(|e| e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::LocalQueue;
+    use crate::client::Cacheback;
+    use crate::clock::{Clock, TestClock};
+    use crate::engine::refresh::{Claimed, refresh_claimed};
+    use crate::engine::registry::RefreshOutcome;
+    use crate::observe::JobMetrics;
+    use crate::policy::{Lifespan, Policy};
+    use crate::store::ClaimOutcome;
+
+    /// A value that says how long it lives: `(fresh secs, stale secs, stale-if-error secs)`;
+    /// its fetch fails when the args are negative.
+    struct SelfTimed;
+
+    impl Job for SelfTimed {
+        type Args = i64;
+        type Value = (u64, u64, Option<u64>);
+        type Error = std::io::Error;
+
+        fn name(&self) -> &str {
+            "self_timed"
+        }
+
+        fn policy(&self) -> Policy {
+            Policy::default()
+                .lifetime(Duration::from_secs(600))
+                .stale_ttl(Duration::from_secs(600))
+        }
+
+        async fn fetch(&self, args: i64) -> Result<Self::Value, std::io::Error> {
+            match u64::try_from(args) {
+                Ok(secs) => Ok((secs, secs, None)),
+                Err(_) => Err(std::io::Error::other("upstream down")),
+            }
+        }
+
+        fn lifespan(&self, value: &Self::Value, _policy: &Policy) -> Lifespan {
+            let (fresh, stale, if_error) = *value;
+            let lifespan = Lifespan::new(Duration::from_secs(fresh), Duration::from_secs(stale));
+            match if_error {
+                Some(extra) => lifespan.with_stale_if_error(Duration::from_secs(extra)),
+                None => lifespan,
+            }
+        }
+    }
+
+    /// The job as the registry holds it, for the engine's functions.
+    fn entry(cache: &Cacheback) -> JobEntry<SelfTimed> {
+        let name: Arc<str> = Arc::from("self_timed");
+        JobEntry {
+            job: SelfTimed,
+            seed: crate::key::job_seed(cache.prefix(), &name),
+            policy: SelfTimed.policy(),
+            metrics: JobMetrics::new(&name),
+            name,
+        }
+    }
+
+    fn client(clock: &TestClock) -> Cacheback {
+        Cacheback::builder()
+            .clock(clock.clone())
+            .queue(LocalQueue::new(16))
+            .in_process_worker(false)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_written_value_lives_for_its_own_lifespan_not_the_policys() {
+        let clock = TestClock::new();
+        let cache = client(&clock);
+        let job = cache.job(SelfTimed);
+        let t0 = clock.now();
+        job.set(1, (5, 7, None)).await.unwrap();
+        let meta = job.peek(1).await.unwrap().unwrap().meta;
+        assert_eq!(meta.fresh_until, t0.saturating_add(Duration::from_secs(5)));
+        assert_eq!(meta.stale_until, t0.saturating_add(Duration::from_secs(12)));
+
+        // A zero lifespan is written (it is Stale, or gone, at once), never refused.
+        job.set(2, (0, 0, None)).await.unwrap();
+        let put = prepare_put(
+            cache.core(),
+            &entry(&cache),
+            Arc::new((0, 0, None)),
+            Duration::ZERO,
+            PutCondition::Always,
+        )
+        .unwrap();
+        assert_eq!(put.ttl, MIN_TTL);
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_extends_by_the_values_own_stale_if_error() {
+        let clock = TestClock::new();
+        let cache = client(&clock);
+        let job = cache.job(SelfTimed);
+        let core = Arc::clone(cache.core());
+        let entry_of_job = entry(&cache);
+        let t0 = clock.now();
+        let digest = crate::key::digest_seeded(entry_of_job.seed, &-1i64).unwrap();
+        let key = Key::new(&core.prefix, &entry_of_job.name, digest);
+        // Stored under the args whose fetch fails: fresh 10 s, stale 10 s, +100 s on errors.
+        job.set(-1, (10, 10, Some(100))).await.unwrap();
+        let entry = core.store.get(key).await.unwrap().unwrap();
+        assert_eq!(
+            stale_if_error_until(&core, &entry_of_job, &entry),
+            Some(t0.saturating_add(Duration::from_secs(120)))
+        );
+
+        clock.advance(Duration::from_secs(15));
+        let ClaimOutcome::Won { token, .. } = core
+            .store
+            .claim(key, clock.now(), Duration::from_secs(60))
+            .await
+            .unwrap()
+        else {
+            panic!("the claim of a stale key is free");
+        };
+        let claimed = Claimed {
+            token,
+            generation: entry.meta.generation,
+            prior_failures: 0,
+        };
+        let outcome = refresh_claimed(&core, &entry_of_job, -1, digest, claimed).await;
+        assert_eq!(outcome, RefreshOutcome::Failed);
+        let after = core.store.get(key).await.unwrap().unwrap();
+        assert_eq!(
+            after.meta.stale_until,
+            t0.saturating_add(Duration::from_secs(120)),
+            "the policy has no stale_if_error: the value's own 100 s were applied"
+        );
     }
 }
