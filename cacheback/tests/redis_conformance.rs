@@ -276,3 +276,36 @@ async fn entries_expire_in_redis_after_their_ttl_plus_grace() {
         "PX must be ttl + grace, got {pttl} ms"
     );
 }
+
+/// `get_many` of 100 fresh keys reads them with one `MGET`, and nothing else.
+#[tokio::test]
+async fn get_many_of_100_keys_is_one_mget() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let cache = Cacheback::builder()
+        .prefix(unique_prefix("many"))
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    let squares = cache.job(job_fn("squares", Policy::default(), |n: u64| async move {
+        Ok::<_, std::io::Error>(n * n)
+    }));
+    for n in 0..100u64 {
+        squares.set(n, n * n).await.unwrap();
+    }
+    let total = server.total_commands();
+    let answers = squares.get_many(0..100u64).await;
+    // The INFO that counted, one MGET, and the INFO that counts.
+    assert_eq!(
+        server.total_commands() - total,
+        2,
+        "one command for 100 keys"
+    );
+    for (n, answer) in (0..100u64).zip(answers) {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, Status::Hit);
+        assert_eq!(*answer.value.unwrap(), n * n);
+    }
+    assert_eq!(server.command_calls("mget"), 1);
+}

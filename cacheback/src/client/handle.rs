@@ -359,7 +359,7 @@ impl<J: Job> JobHandle<J> {
 
     /// The store could not be read, and the near cache holds a copy: serve it as its windows
     /// say (without a synchronous fetch), or follow the fallback once they have passed.
-    async fn serve_near_copy(
+    pub(super) async fn serve_near_copy(
         &self,
         key: Key<'_>,
         args: Args<J>,

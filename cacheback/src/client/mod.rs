@@ -22,6 +22,7 @@ pub(crate) mod global;
 mod handle;
 mod hints;
 mod lookup;
+mod many;
 mod miss;
 mod trigger;
 mod write;

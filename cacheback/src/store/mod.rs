@@ -242,6 +242,19 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
     /// Reads the entry of `key` (tombstones included), or `None`.
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>>;
 
+    /// Reads the entries of several keys (tombstones included), in the order given: what
+    /// [`get`](Store::get) of each returns. Backends that can read many keys in one round trip
+    /// (a Redis `MGET`) override this; the default reads them one after the other.
+    fn get_many<'a>(&'a self, keys: &'a [Key<'a>]) -> BoxFuture<'a, Result<Vec<Option<Entry>>>> {
+        Box::pin(async move {
+            let mut entries = Vec::with_capacity(keys.len());
+            for &key in keys {
+                entries.push(self.get(key).await?);
+            }
+            Ok(entries)
+        })
+    }
+
     /// Writes an entry, atomically checking [`PutCondition`] and assigning the next generation
     /// (current + 1, where a missing key is at 0).
     fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>>;

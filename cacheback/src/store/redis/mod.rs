@@ -61,7 +61,7 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 ///
 /// # Commands
 ///
-/// - `get`: one plain `GET` of the entry key, and nothing else.
+/// - `get`: one plain `GET` of the entry key, and nothing else; `get_many`: one `MGET`.
 /// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
 ///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
 ///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
@@ -347,6 +347,37 @@ impl RedisStore {
         }
     }
 
+    /// One `MGET` of the entries of `keys`.
+    async fn do_get_many(&self, keys: &[Key<'_>]) -> Result<Vec<Option<Entry>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for &key in keys {
+            cmd.arg(entry_key(key));
+        }
+        let reply: Value = self
+            .conn
+            .query(&cmd, "MGET")
+            .await
+            .map_err(Failure::into_store)?;
+        let Value::Array(values) = reply else {
+            return Err(Failure::protocol("MGET", format!("{reply:?}")).into_store());
+        };
+        if values.len() != keys.len() {
+            let message = format!("{} replies to {} keys", values.len(), keys.len());
+            return Err(Failure::protocol("MGET", message).into_store());
+        }
+        keys.iter()
+            .zip(values)
+            .map(|(&key, value)| match value {
+                Value::Nil => Ok(None),
+                Value::BulkString(b) => Ok(Some(self.decode(key, Bytes::from(b)))),
+                other => Err(Failure::protocol("MGET", format!("{other:?}")).into_store()),
+            })
+            .collect()
+    }
+
     /// Runs one of the store's scripts and decodes its reply.
     async fn run<T>(
         &self,
@@ -499,6 +530,10 @@ impl Store for RedisStore {
 
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>> {
         Box::pin(self.do_get(key))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [Key<'a>]) -> BoxFuture<'a, Result<Vec<Option<Entry>>>> {
+        Box::pin(self.do_get_many(keys))
     }
 
     fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>> {

@@ -32,6 +32,10 @@ pub(super) const BEHAVIOURS: &[Behaviour] = &[
     ("jitter only shortens lifetimes, within its fraction", |s| {
         Box::pin(jitter_spreads_expiry_within_bounds(s))
     }),
+    (
+        "get_many answers every key as a single read would, in order",
+        |s| Box::pin(get_many_answers_every_key_as_a_single_read_would(s)),
+    ),
 ];
 
 async fn a_miss_fetches_once_and_stores_fresh(suite: ClientSuite) {
@@ -185,4 +189,46 @@ async fn jitter_spreads_expiry_within_bounds(suite: ClientSuite) {
         lifetimes.insert(lifetime);
     }
     assert!(lifetimes.len() > 10, "expiries are spread: {lifetimes:?}");
+}
+
+async fn get_many_answers_every_key_as_a_single_read_would(suite: ClientSuite) {
+    let mut fx = Fx::new(&suite).await;
+    let squares = fx.job("squares", policy());
+    squares.set(1, "stale".to_owned()).await.expect("set works");
+    fx.clock.advance(LIFETIME);
+    squares.set(2, "fresh".to_owned()).await.expect("set works");
+    // Read twice: the second time through whatever the first one kept (a near cache's copies).
+    for round in 0..2 {
+        let answers = squares.get_many([2, 1, 3, 2]).await;
+        let seen: Vec<_> = answers
+            .iter()
+            .map(|a| {
+                let a = a.as_ref().expect("every read works");
+                (a.status, text(a.value.as_ref()).map(str::to_owned))
+            })
+            .collect();
+        let fetched = (
+            if round == 0 {
+                Status::MissFetched
+            } else {
+                Status::Hit
+            },
+            Some("value 3 #1".to_owned()),
+        );
+        assert_eq!(
+            seen,
+            [
+                (Status::Hit, Some("fresh".to_owned())),
+                (Status::Stale, Some("stale".to_owned())),
+                fetched,
+                (Status::Hit, Some("fresh".to_owned())),
+            ],
+            "round {round}"
+        );
+    }
+    assert_eq!(fx.upstream.calls(), 1, "one fetch, for the missing key");
+    fx.start_worker();
+    fx.upstream.called(2, "the stale key's refresh runs").await;
+    assert_eq!(fx.queue.enqueued(), 1, "one refresh for the stale key");
+    fx.stop_workers().await;
 }
