@@ -11,6 +11,9 @@ use crate::key::Key;
 /// A read that still needs the store: its place in the answer, its args and its digest.
 type Pending<J> = (usize, Args<J>, u128);
 
+/// A read that goes on as a single read: its place in the answer, and the rest of it.
+type Later<'a, J> = (usize, BoxFuture<'a, Result<Lookup<Value<J>>>>);
+
 impl<J: Job> JobHandle<J> {
     /// Reads many args at once, each as [`get_with_status`](Self::get_with_status) would, and
     /// returns their answers in the order given (one failed key does not fail the others).
@@ -45,7 +48,7 @@ impl<J: Job> JobHandle<J> {
     ) -> Vec<Result<Lookup<Value<J>>>> {
         let core = self.core();
         let mut answers: Vec<Option<Result<Lookup<Value<J>>>>> = Vec::new();
-        let mut slow: Vec<(usize, BoxFuture<'_, Result<Lookup<Value<J>>>>)> = Vec::new();
+        let mut slow: Vec<Later<'_, J>> = Vec::new();
         let mut pending: Vec<Pending<J>> = Vec::new();
         let now = core.clock.now();
         for (i, args) in args.into_iter().enumerate() {
@@ -88,7 +91,7 @@ impl<J: Job> JobHandle<J> {
         &'a self,
         pending: Vec<Pending<J>>,
         answers: &mut [Option<Result<Lookup<Value<J>>>>],
-        slow: &mut Vec<(usize, BoxFuture<'a, Result<Lookup<Value<J>>>>)>,
+        slow: &mut Vec<Later<'a, J>>,
     ) {
         if pending.is_empty() {
             return;
