@@ -11,6 +11,8 @@ use cacheback_test_support::RedisServer;
 
 use crate::report::Record;
 
+#[cfg(feature = "redis")]
+pub(crate) mod near;
 pub(crate) mod w1;
 pub(crate) mod w2;
 pub(crate) mod w3;
@@ -122,7 +124,7 @@ fn memory_entries() -> Vec<Workload> {
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 4] {
+fn redis_entries() -> [Workload; 6] {
     [
         Workload {
             id: "W1",
@@ -147,6 +149,18 @@ fn redis_entries() -> [Workload; 4] {
             title: "mixed Zipf workload, RedisStore + RedisQueue + worker",
             needs: Needs::Redis,
             run: w4::redis,
+        },
+        Workload {
+            id: "N1",
+            title: "near cache: invalidation propagation between clients, Redis",
+            needs: Needs::Redis,
+            run: near::propagation,
+        },
+        Workload {
+            id: "N2",
+            title: "batch read of 100 keys, Redis",
+            needs: Needs::Redis,
+            run: near::batch,
         },
     ]
 }
