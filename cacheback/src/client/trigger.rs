@@ -28,21 +28,35 @@ impl<J: Job> JobHandle<J> {
         generation: u64,
         now: Timestamp,
     ) -> bool {
-        let Some(hints) = &self.reads().claim_hints else {
-            return self.trigger(key, args, generation, now, true).await == Trigger::Started;
-        };
-        let window = ClaimHints::window(self.job.policy.lifetime);
-        if !hints.should_claim(key.digest(), now, window) {
-            self.job.metrics.claim_held.increment(1);
+        if !self.hint_says_claim(key.digest(), now) {
             return false;
         }
-        match self.trigger(key, args, generation, now, true).await {
-            Trigger::Started => true,
-            Trigger::Taken => false,
-            Trigger::Retry => {
-                hints.forget(key.digest());
-                false
-            }
+        let started = self.trigger(key, args, generation, now, true).await;
+        if started == Trigger::Retry {
+            self.forget_hint(key.digest());
+        }
+        started == Trigger::Started
+    }
+
+    /// Whether this read should ask the store for the claim of `digest`: always with an
+    /// in-process store, else when no other read of this process asked within the hint window
+    /// (the hint is then set; a read told no is counted as finding the claim held).
+    fn hint_says_claim(&self, digest: u128, now: Timestamp) -> bool {
+        let Some(hints) = &self.reads().claim_hints else {
+            return true;
+        };
+        let window = ClaimHints::window(self.job.policy.lifetime);
+        let ask = hints.should_claim(digest, now, window);
+        if !ask {
+            self.job.metrics.claim_held.increment(1);
+        }
+        ask
+    }
+
+    /// Forgets the hint of `digest`: nothing started, the next read asks again.
+    fn forget_hint(&self, digest: u128) {
+        if let Some(hints) = &self.reads().claim_hints {
+            hints.forget(digest);
         }
     }
 
@@ -61,20 +75,14 @@ impl<J: Job> JobHandle<J> {
         now: Timestamp,
     ) -> bool {
         let digest = key.digest();
-        if let Some(hints) = &self.reads().claim_hints {
-            let window = ClaimHints::window(self.job.policy.lifetime);
-            if !hints.should_claim(digest, now, window) {
-                self.job.metrics.claim_held.increment(1);
-                return false;
-            }
+        if !self.hint_says_claim(digest, now) {
+            return false;
         }
         let (this, args) = (self.clone(), args.clone());
         self.core().tasks.spawn(async move {
             let key = Key::new(&this.core().prefix, &this.job.name, digest);
-            if this.trigger(key, &args, generation, now, true).await == Trigger::Retry
-                && let Some(hints) = &this.reads().claim_hints
-            {
-                hints.forget(digest);
+            if this.trigger(key, &args, generation, now, true).await == Trigger::Retry {
+                this.forget_hint(digest);
             }
         });
         true
