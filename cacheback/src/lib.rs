@@ -186,6 +186,8 @@ pub use error::{BoxError, Error, Result};
 pub use job::{FnJob, Job, job_fn};
 pub use observe::Event;
 pub use policy::{Backoff, Freshness, Policy};
+#[cfg(feature = "amqp")]
+pub use queue::amqp::AmqpQueue;
 pub use queue::local::LocalQueue;
 #[cfg(feature = "redis")]
 pub use queue::redis::RedisQueue;

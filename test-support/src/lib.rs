@@ -24,6 +24,10 @@
 //! ```
 
 mod inspect;
+pub mod nats;
+pub mod process;
+pub mod rabbitmq;
+pub mod runner;
 mod server;
 mod tls;
 
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 pub use server::{RedisServer, RedisServerBuilder};
 
-/// Why a server could not be started, stopped or asked something.
+/// Why a server (or broker vhost) could not be started, stopped or asked something.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,6 +46,9 @@ pub enum Error {
     /// when it has one).
     #[error("redis-server: {0}")]
     Server(String),
+    /// A broker (RabbitMQ, `nats-server`) did not do as asked; the message says which and why.
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// A prefix unique to this call, so tests sharing a server never see each other's keys.

@@ -19,10 +19,16 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::ClaimToken;
 
+#[cfg(feature = "amqp")]
+pub(crate) mod amqp;
+#[cfg(any(feature = "amqp", feature = "nats"))]
+mod binding;
 pub(crate) mod local;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
+#[cfg(feature = "amqp")]
+pub use self::amqp::{AmqpDeadLetter, AmqpQueueBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisDeadLetter, RedisQueueBuilder};
 pub use local::DeadLetter;
