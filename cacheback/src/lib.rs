@@ -189,6 +189,8 @@ pub use policy::{Backoff, Freshness, Policy};
 #[cfg(feature = "amqp")]
 pub use queue::amqp::AmqpQueue;
 pub use queue::local::LocalQueue;
+#[cfg(feature = "nats")]
+pub use queue::nats::NatsQueue;
 #[cfg(feature = "redis")]
 pub use queue::redis::RedisQueue;
 pub use store::memory::MemoryStore;

@@ -107,7 +107,7 @@ impl Broker for Rabbit {
             .map_or(0, |(_, ready, _)| ready)
     }
 
-    fn outage(&self) -> Box<dyn std::any::Any> {
+    fn outage(&self) -> Box<dyn brokers::Guard + '_> {
         Box::new(self.vhost.outage())
     }
 

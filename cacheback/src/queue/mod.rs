@@ -24,11 +24,15 @@ pub(crate) mod amqp;
 #[cfg(any(feature = "amqp", feature = "nats"))]
 mod binding;
 pub(crate) mod local;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 #[cfg(feature = "amqp")]
 pub use self::amqp::{AmqpDeadLetter, AmqpQueueBuilder};
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsDeadLetter, NatsQueueBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisDeadLetter, RedisQueueBuilder};
 pub use local::DeadLetter;

@@ -30,6 +30,11 @@ const WITHIN: Duration = Duration::from_secs(20);
 const LIFETIME: Duration = Duration::from_secs(10);
 const T0: u64 = 1_704_067_200_000;
 
+/// Anything held for its `Drop` (an outage that ends when it drops).
+pub trait Guard {}
+
+impl<T> Guard for T {}
+
 /// What a broker's test binary provides to the shared scenarios.
 pub trait Broker {
     /// A queue under `prefix` consuming `routes`, polling every 100 ms, `max_len` bounding
@@ -47,7 +52,7 @@ pub trait Broker {
     fn waiting(&self, prefix: &str, route: &str) -> u64;
     /// Takes the broker away until the guard drops (which must bring it back, even while
     /// a test panics).
-    fn outage(&self) -> Box<dyn std::any::Any>;
+    fn outage(&self) -> Box<dyn Guard + '_>;
     /// Closes every client connection (the broker stays up).
     fn drop_connections(&self);
 }

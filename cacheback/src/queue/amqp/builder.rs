@@ -9,6 +9,7 @@ use lapin::uri::AMQPUri;
 use super::AmqpQueue;
 use crate::error::{Error, Result};
 use crate::queue::MAX_MESSAGE_BYTES;
+use crate::queue::binding::validate_route;
 
 /// Default bound on each route's queue (`x-max-length`, with `x-overflow=reject-publish`).
 pub(crate) const DEFAULT_MAX_LEN: u64 = 1_000_000;
@@ -209,23 +210,6 @@ impl AmqpQueueBuilder {
     }
 }
 
-/// Route names: 1 to 100 bytes of ASCII letters, digits, `_`, `.`, `-` (they end up in AMQP
-/// queue names, which are at most 255 bytes).
-pub(crate) fn validate_route(name: &str) -> std::result::Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "queue name `{name}` must be 1 to 100 ASCII letters, digits, `_`, `.` or `-`"
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,7 +229,5 @@ mod tests {
         let bad_route = AmqpQueue::builder("amqp://h").queues(["a b"]).build();
         assert!(bad_route.unwrap_err().to_string().contains("`a b`"));
         assert!(AmqpQueue::builder("amqp://h").prefetch(0).build().is_err());
-        assert!(validate_route("reports-2.v1").is_ok());
-        assert!(validate_route("").is_err());
     }
 }

@@ -9,17 +9,14 @@ use std::time::Duration;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{AmqpQueue, lock};
-use crate::error::{Chain, Error, Result};
+use crate::error::{Error, Result};
+use crate::queue::binding::ReconnectPause;
 
 /// The backend name in errors and metrics.
 pub(crate) const BACKEND: &str = "amqp";
-
-/// The first pause after a failed connection attempt; it doubles up to the configured maximum.
-const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
 /// What went wrong talking to the broker, with the client library's error as its source.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +64,7 @@ impl Link {
 pub(crate) struct LinkState {
     link: Option<Arc<Link>>,
     generation: u64,
-    failures: u32,
-    retry_at: Option<Instant>,
-    last_error: Option<Error>,
+    pause: ReconnectPause,
 }
 
 impl AmqpQueue {
@@ -88,38 +83,22 @@ impl AmqpQueue {
             );
             state.link = None;
         }
-        if let (Some(at), Some(last)) = (state.retry_at, &state.last_error)
-            && Instant::now() < at
-        {
-            return Err(Error::queue(
-                BACKEND,
-                format!(
-                    "the broker is unreachable (next attempt in {:?}): {}",
-                    at - Instant::now(),
-                    Chain(last)
-                ),
-            ));
-        }
+        state.pause.check(BACKEND)?;
         match self.connect(state.generation + 1).await {
             Ok(link) => {
                 let link = Arc::new(link);
-                if state.failures > 0 {
-                    info!(after_failures = state.failures, "reconnected to the broker");
+                let failures = state.pause.succeeded();
+                if failures > 0 {
+                    info!(after_failures = failures, "reconnected to the broker");
                 }
                 state.generation = link.generation;
-                state.failures = 0;
-                state.retry_at = None;
-                state.last_error = None;
                 state.link = Some(Arc::clone(&link));
                 Ok(link)
             }
             Err(error) => {
-                state.failures = state.failures.saturating_add(1);
-                let delay = FIRST_RECONNECT_DELAY
-                    .saturating_mul(1 << state.failures.min(16).saturating_sub(1))
-                    .min(inner.options.max_reconnect_delay);
-                state.retry_at = Some(Instant::now() + delay);
-                state.last_error = Some(error.clone());
+                state
+                    .pause
+                    .failed(&error, self.inner.options.max_reconnect_delay);
                 Err(error)
             }
         }

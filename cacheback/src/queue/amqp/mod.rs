@@ -23,11 +23,11 @@ use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Confirmation, ExchangeKind};
 
-use self::builder::{Options, validate_route};
+use self::builder::Options;
 use self::consume::{Held, Receiver};
 use self::link::{BACKEND, LinkState, failure, queue_name, short, timed_out};
 use crate::error::{Error, Result};
-use crate::queue::binding::PrefixBinding;
+use crate::queue::binding::{PrefixBinding, validate_route};
 use crate::queue::{Delivery, EnqueueError, Queue, RefreshRequest};
 
 /// A refresh queue on RabbitMQ, shared by the web processes (which enqueue) and the worker
