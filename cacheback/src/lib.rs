@@ -52,6 +52,10 @@
 //! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis (Cluster-ready hash tags) |
 //! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
 //!
+//! Refresh requests can also travel on a broker the fleet already runs, with any store:
+//! `AmqpQueue` (feature `amqp`: RabbitMQ quorum queues) or `NatsQueue` (feature `nats`: a
+//! NATS JetStream work-queue stream).
+//!
 //! ## Feature flags
 //!
 //! | feature | default | enables |
@@ -60,6 +64,8 @@
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
 //! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
+//! | `amqp` | no | `AmqpQueue` (lapin, tokio; `amqps://` TLS with rustls + ring) |
+//! | `nats` | no | `NatsQueue` (async-nats with JetStream; `tls://` with rustls + ring) |
 //!
 //! ## How it behaves
 //!

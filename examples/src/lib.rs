@@ -5,3 +5,4 @@
 //! `fleet_web` and `fleet_worker` pair.
 
 pub mod fleet;
+pub mod split;

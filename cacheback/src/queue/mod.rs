@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | [`LocalQueue`](crate::LocalQueue) | — | one process: a bounded in-memory channel drained by an in-process worker |
 //! | `RedisQueue` | `redis` | a fleet: Redis Streams with consumer groups, drained by worker processes |
+//! | `AmqpQueue` | `amqp` | a fleet on RabbitMQ: a quorum queue per route, publisher confirms, a dead-letter queue; a dead worker's requests come back at once |
+//! | `NatsQueue` | `nats` | a fleet on NATS JetStream: a work-queue stream, durable pull consumers, a dead-letter stream, duplicate enqueues dropped |
 
 use std::fmt;
 
