@@ -1,7 +1,8 @@
 //! `AmqpQueue` against the RabbitMQ running on this machine (127.0.0.1:5672, guest/guest), in
 //! a fresh vhost made for this test binary and deleted when it ends. The scenarios are those
-//! of every broker-backed queue (`support/brokers.rs`); they run one after the other (one of
-//! them restarts the broker), under this binary's own runner (`harness = false`).
+//! of every broker-backed queue (`support/brokers.rs`), plus acks after a lost connection;
+//! they run one after the other (one of them restarts the broker), under this binary's own
+//! runner (`harness = false`).
 //!
 //! Skipped loudly when the broker is unreachable, unless `CACHEBACK_REQUIRE_AMQP=1`.
 
@@ -14,28 +15,26 @@ use std::time::Duration;
 use cacheback::AmqpQueue;
 use cacheback::queue::Queue;
 use cacheback_test_support::rabbitmq::{RabbitVhost, rabbitmqctl};
-use cacheback_test_support::runner::{self, Test};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use support::brokers::{self, Broker};
-use support::fleet::{self, QueueKind};
+use support::brokers::{self, Broker, Guard, off_runtime, request, runtime, take_one};
+use support::fleet::QueueKind;
+use support::unique_prefix;
 
 struct Rabbit {
     vhost: RabbitVhost,
 }
 
-/// Runs `f` to completion on a runtime of its own, on a thread of its own (the scenarios call
-/// the broker's hooks from inside their runtime).
-fn off_runtime<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    })
-    .join()
-    .unwrap()
+impl Rabbit {
+    /// `(ready, unacknowledged)` of `route`'s queue.
+    fn counts(&self, prefix: &str, route: &str) -> (u64, u64) {
+        let name = format!("{prefix}:queue:{route}");
+        self.vhost
+            .queues()
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or((0, 0), |(_, ready, unacked)| (ready, unacked))
+    }
 }
 
 impl Broker for Rabbit {
@@ -56,25 +55,28 @@ impl Broker for Rabbit {
     }
 
     fn publish_raw(&self, prefix: &str, route: &str, bytes: &[u8]) {
-        let url = self.vhost.url();
-        let queue = format!("{prefix}:queue:{route}");
-        let bytes = bytes.to_vec();
+        let (url, queue, bytes) = (
+            self.vhost.url(),
+            format!("{prefix}:queue:{route}"),
+            bytes.to_vec(),
+        );
         off_runtime(async move {
             let conn = Connection::connect(&url, ConnectionProperties::default())
                 .await
                 .unwrap();
             let channel = conn.create_channel().await.unwrap();
+            let options = BasicPublishOptions::default();
+            let properties = BasicProperties::default();
             channel
                 .basic_publish(
                     "".into(),
                     queue.as_str().into(),
-                    BasicPublishOptions::default(),
+                    options,
                     &bytes,
-                    BasicProperties::default(),
+                    properties,
                 )
                 .await
                 .unwrap();
-            let _ = channel.close(200, "done".into()).await;
             let _ = conn.close(200, "done".into()).await;
         });
     }
@@ -90,103 +92,57 @@ impl Broker for Rabbit {
     }
 
     fn held(&self, prefix: &str, route: &str) -> u64 {
-        let name = format!("{prefix}:queue:{route}");
-        self.vhost
-            .queues()
-            .into_iter()
-            .find(|(n, _, _)| *n == name)
-            .map_or(0, |(_, _, unacked)| unacked)
+        self.counts(prefix, route).1
     }
 
     fn waiting(&self, prefix: &str, route: &str) -> u64 {
-        let name = format!("{prefix}:queue:{route}");
-        self.vhost
-            .queues()
-            .into_iter()
-            .find(|(n, _, _)| *n == name)
-            .map_or(0, |(_, ready, _)| ready)
+        self.counts(prefix, route).0
     }
 
-    fn outage(&self) -> Box<dyn brokers::Guard + '_> {
+    fn outage(&self) -> Box<dyn Guard + '_> {
         Box::new(self.vhost.outage())
     }
 
-    fn drop_connections(&self) {
-        rabbitmqctl(&[
-            "close_all_connections",
-            "-p",
-            self.vhost.name(),
-            "cacheback test",
-        ])
-        .unwrap();
+    fn redelivery_bound(&self) -> Duration {
+        // No visibility timeout: the broker redelivers as soon as the connection closes.
+        Duration::from_secs(10)
     }
 }
 
-fn conformance(r: &Rabbit) {
-    brokers::conformance(r);
-}
-
-fn fleet_exactly_one_fetch(r: &Rabbit) {
-    brokers::fleet_makes_exactly_one_fetch(r);
-}
-
-fn killed_worker_is_redelivered(r: &Rabbit) {
-    // No visibility timeout: the broker redelivers as soon as the connection closes.
-    brokers::killed_worker_is_redelivered(r, Duration::from_secs(10));
-}
-
-fn dead_letters_keep_their_reasons(r: &Rabbit) {
-    brokers::dead_letters_keep_their_reasons(r);
-}
-
-fn broker_restart_loses_no_request(r: &Rabbit) {
-    brokers::broker_restart_loses_no_request(r);
-}
-
+/// A delivery whose connection was closed is not acknowledged on the new one: the ack does
+/// nothing and the broker delivers the message again, counting the attempt.
 fn acks_of_a_lost_connection_do_nothing(r: &Rabbit) {
-    brokers::acks_of_a_lost_connection_do_nothing(r);
-}
-
-fn graceful_stop_leaves_nothing_pending(r: &Rabbit) {
-    brokers::graceful_stop_leaves_nothing_pending(r);
-}
-
-fn a_full_queue_refuses(r: &Rabbit) {
-    brokers::a_full_queue_refuses(r);
+    let prefix = unique_prefix("lost");
+    runtime().block_on(async {
+        let queue = r.queue(&prefix, &["default"], None);
+        queue.enqueue(request("a", 1)).await.unwrap();
+        let first = take_one(&queue).await;
+        assert_eq!(first.attempt, 1);
+        let vhost = r.vhost.name();
+        rabbitmqctl(&["close_all_connections", "-p", vhost, "cacheback test"]).unwrap();
+        queue
+            .ack(&first)
+            .await
+            .expect("an ack of a lost delivery is a no-op");
+        let again = take_one(&queue).await;
+        assert_eq!(again.attempt, 2, "redelivered, counted");
+        assert_eq!(again.message.as_ref().unwrap().generation, 1);
+        queue.ack(&again).await.unwrap();
+        queue.ack(&again).await.expect("a second ack does nothing");
+        queue.enqueue(request("a", 2)).await.unwrap();
+        let next = take_one(&queue).await;
+        let generation = next.message.as_ref().unwrap().generation;
+        assert_eq!(generation, 2, "the first one was acknowledged for good");
+        queue.ack(&next).await.unwrap();
+    });
 }
 
 fn main() -> ExitCode {
-    if fleet::child_main() {
-        return ExitCode::SUCCESS;
-    }
-    let tests: &[Test<Rabbit>] = &[
-        ("conformance", conformance),
-        ("fleet_exactly_one_fetch", fleet_exactly_one_fetch),
-        ("killed_worker_is_redelivered", killed_worker_is_redelivered),
-        (
-            "dead_letters_keep_their_reasons",
-            dead_letters_keep_their_reasons,
-        ),
-        (
+    brokers::main(
+        &[(
             "acks_of_a_lost_connection_do_nothing",
             acks_of_a_lost_connection_do_nothing,
-        ),
-        (
-            "graceful_stop_leaves_nothing_pending",
-            graceful_stop_leaves_nothing_pending,
-        ),
-        ("a_full_queue_refuses", a_full_queue_refuses),
-        (
-            "broker_restart_loses_no_request",
-            broker_restart_loses_no_request,
-        ),
-    ];
-    let selected = runner::select(tests);
-    if selected.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    let Some(vhost) = RabbitVhost::create() else {
-        return ExitCode::SUCCESS;
-    };
-    runner::run(&Rabbit { vhost }, &selected)
+        )],
+        || RabbitVhost::create().map(|vhost| Rabbit { vhost }),
+    )
 }

@@ -14,27 +14,12 @@ use std::time::Duration;
 use cacheback::NatsQueue;
 use cacheback::queue::Queue;
 use cacheback_test_support::nats::NatsServer;
-use cacheback_test_support::runner::{self, Test};
-use support::brokers::{self, Broker};
-use support::fleet::{self, QueueKind};
+use support::brokers::{self, Broker, Guard, off_runtime, request, runtime};
+use support::fleet::QueueKind;
 
 struct Nats {
     server: Mutex<NatsServer>,
     url: String,
-}
-
-/// Runs `f` to completion on a runtime of its own, on a thread of its own (the scenarios call
-/// the broker's hooks from inside their runtime).
-fn off_runtime<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    })
-    .join()
-    .unwrap()
 }
 
 impl Nats {
@@ -115,13 +100,14 @@ impl Broker for Nats {
         self.consumer_counts(prefix, route).0
     }
 
-    fn outage(&self) -> Box<dyn brokers::Guard + '_> {
+    fn outage(&self) -> Box<dyn Guard + '_> {
         self.server.lock().unwrap().stop();
         Box::new(Outage(self))
     }
 
-    fn drop_connections(&self) {
-        self.server.lock().unwrap().start_again();
+    fn redelivery_bound(&self) -> Duration {
+        // The fleet's workers use an ack_wait of 1 s.
+        Duration::from_secs(10)
     }
 }
 
@@ -134,55 +120,12 @@ impl Drop for Outage<'_> {
     }
 }
 
-fn conformance(n: &Nats) {
-    brokers::conformance(n);
-}
-
-fn fleet_exactly_one_fetch(n: &Nats) {
-    brokers::fleet_makes_exactly_one_fetch(n);
-}
-
-fn killed_worker_is_redelivered(n: &Nats) {
-    // The fleet's workers use an ack_wait of 1 s.
-    brokers::killed_worker_is_redelivered(n, Duration::from_secs(10));
-}
-
-fn dead_letters_keep_their_reasons(n: &Nats) {
-    brokers::dead_letters_keep_their_reasons(n);
-}
-
-fn graceful_stop_leaves_nothing_pending(n: &Nats) {
-    brokers::graceful_stop_leaves_nothing_pending(n);
-}
-
-fn a_full_queue_refuses(n: &Nats) {
-    brokers::a_full_queue_refuses(n);
-}
-
-fn server_restart_loses_no_request(n: &Nats) {
-    brokers::broker_restart_loses_no_request(n);
-}
-
 /// The same request enqueued twice within the duplicate window is stored once.
 fn a_duplicate_enqueue_is_dropped(n: &Nats) {
     let prefix = support::unique_prefix("dup");
     let queue = n.queue(&prefix, &["default"], None);
-    let request = cacheback::queue::RefreshRequest {
-        job: "a".to_owned(),
-        key: format!("{prefix}:a:00"),
-        args: vec![1],
-        codec: 1,
-        token: cacheback::store::ClaimToken::random(),
-        generation: 1,
-        enqueued_at: cacheback::clock::Timestamp::from_millis(1),
-        prior_failures: 0,
-        queue: "default".to_owned(),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    let request = request("a", 1);
+    runtime().block_on(async {
         queue.enqueue(request.clone()).await.unwrap();
         queue.enqueue(request.clone()).await.unwrap();
         let mut again = request.clone();
@@ -201,44 +144,18 @@ fn a_duplicate_enqueue_is_dropped(n: &Nats) {
 }
 
 fn main() -> ExitCode {
-    if fleet::child_main() {
-        return ExitCode::SUCCESS;
-    }
-    let tests: &[Test<Nats>] = &[
-        ("conformance", conformance),
-        ("fleet_exactly_one_fetch", fleet_exactly_one_fetch),
-        ("killed_worker_is_redelivered", killed_worker_is_redelivered),
-        (
-            "dead_letters_keep_their_reasons",
-            dead_letters_keep_their_reasons,
-        ),
-        (
-            "graceful_stop_leaves_nothing_pending",
-            graceful_stop_leaves_nothing_pending,
-        ),
-        ("a_full_queue_refuses", a_full_queue_refuses),
-        (
+    brokers::main(
+        &[(
             "a_duplicate_enqueue_is_dropped",
             a_duplicate_enqueue_is_dropped,
-        ),
-        (
-            "server_restart_loses_no_request",
-            server_restart_loses_no_request,
-        ),
-    ];
-    let selected = runner::select(tests);
-    if selected.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    let Some(server) = NatsServer::start() else {
-        return ExitCode::SUCCESS;
-    };
-    let url = server.url();
-    runner::run(
-        &Nats {
-            server: Mutex::new(server),
-            url,
+        )],
+        || {
+            let server = NatsServer::start()?;
+            let url = server.url();
+            Some(Nats {
+                server: Mutex::new(server),
+                url,
+            })
         },
-        &selected,
     )
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,13 +21,14 @@ use cacheback::{
     Cacheback, Freshness, Job, JobHandle, MemoryStore, Policy, QueueFallback, Status, Worker,
     WorkerOptions,
 };
+use cacheback_test_support::runner::{self, Test};
 use cacheback_test_support::{RedisServer, eventually, unique_prefix};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::fleet::{self, QueueKind};
 
-const WITHIN: Duration = Duration::from_secs(20);
+pub const WITHIN: Duration = Duration::from_secs(20);
 const LIFETIME: Duration = Duration::from_secs(10);
 const T0: u64 = 1_704_067_200_000;
 
@@ -53,11 +55,12 @@ pub trait Broker {
     /// Takes the broker away until the guard drops (which must bring it back, even while
     /// a test panics).
     fn outage(&self) -> Box<dyn Guard + '_>;
-    /// Closes every client connection (the broker stays up).
-    fn drop_connections(&self);
+    /// How soon after a worker's death its request must be refreshed by another.
+    fn redelivery_bound(&self) -> Duration;
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+/// A 2-thread runtime for one scenario.
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -171,7 +174,8 @@ fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
 }
 
-fn request(job: &str, n: u32) -> RefreshRequest {
+/// A request for `job` with generation `n`, on the default route.
+pub fn request(job: &str, n: u32) -> RefreshRequest {
     RefreshRequest {
         job: job.to_owned(),
         key: format!("x:{job}:{n:032x}"),
@@ -186,14 +190,14 @@ fn request(job: &str, n: u32) -> RefreshRequest {
 }
 
 /// `testing::queue_suite` on a fresh prefix.
-pub fn conformance(b: &dyn Broker) {
+pub fn conformance<B: Broker>(b: &B) {
     let queue = b.queue(&unique_prefix("suite"), &["default"], None);
     runtime().block_on(cacheback::testing::queue_suite(&*queue));
 }
 
 /// A Redis store and this queue: 4 reader processes and a worker process, one fetch per stale
 /// event.
-pub fn fleet_makes_exactly_one_fetch(b: &dyn Broker) {
+pub fn fleet_makes_exactly_one_fetch<B: Broker>(b: &B) {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -201,7 +205,8 @@ pub fn fleet_makes_exactly_one_fetch(b: &dyn Broker) {
 }
 
 /// A worker process killed mid-refresh: its message goes to another worker process.
-pub fn killed_worker_is_redelivered(b: &dyn Broker, within: Duration) {
+pub fn killed_worker_is_redelivered<B: Broker>(b: &B) {
+    let within = b.redelivery_bound();
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -212,7 +217,7 @@ pub fn killed_worker_is_redelivered(b: &dyn Broker, within: Duration) {
 
 /// An unknown job and a malformed message are dead-lettered with their reasons, and the worker
 /// goes on.
-pub fn dead_letters_keep_their_reasons(b: &dyn Broker) {
+pub fn dead_letters_keep_their_reasons<B: Broker>(b: &B) {
     let prefix = unique_prefix("dead");
     runtime().block_on(async {
         let queue = b.queue(&prefix, &["default"], None);
@@ -237,7 +242,7 @@ pub fn dead_letters_keep_their_reasons(b: &dyn Broker) {
 
 /// Requests confirmed before a broker restart are all refreshed after it; enqueue fails fast
 /// while the broker is away; a running worker reconnects by itself.
-pub fn broker_restart_loses_no_request(b: &dyn Broker) {
+pub fn broker_restart_loses_no_request<B: Broker>(b: &B) {
     let prefix = unique_prefix("restart");
     let rt = runtime();
     let (store, clock) = (memory(), TestClock::new());
@@ -301,37 +306,8 @@ pub fn broker_restart_loses_no_request(b: &dyn Broker) {
     });
 }
 
-/// A delivery whose connection was closed is not acknowledged on the new one: the ack does
-/// nothing and the broker delivers the message again, counting the attempt.
-pub fn acks_of_a_lost_connection_do_nothing(b: &dyn Broker) {
-    let prefix = unique_prefix("lost");
-    runtime().block_on(async {
-        let queue = b.queue(&prefix, &["default"], None);
-        queue.enqueue(request("a", 1)).await.unwrap();
-        let first = take_one(&queue).await;
-        assert_eq!(first.attempt, 1);
-        b.drop_connections();
-        queue
-            .ack(&first)
-            .await
-            .expect("an ack of a lost delivery is a no-op");
-        let again = take_one(&queue).await;
-        assert_eq!(again.attempt, 2, "redelivered, counted");
-        assert_eq!(again.message.as_ref().unwrap().generation, 1);
-        queue.ack(&again).await.unwrap();
-        queue.ack(&again).await.expect("a second ack does nothing");
-        queue.enqueue(request("a", 2)).await.unwrap();
-        let next = take_one(&queue).await;
-        assert_eq!(
-            next.message.as_ref().unwrap().generation,
-            2,
-            "acked for good"
-        );
-        queue.ack(&next).await.unwrap();
-    });
-}
-
-async fn take_one(queue: &Arc<dyn Queue>) -> cacheback::queue::Delivery {
+/// The next delivery, waiting for it (bounded).
+pub async fn take_one(queue: &Arc<dyn Queue>) -> cacheback::queue::Delivery {
     let deadline = Instant::now() + WITHIN;
     loop {
         if let Ok(mut got) = queue.receive(1).await
@@ -345,7 +321,7 @@ async fn take_one(queue: &Arc<dyn Queue>) -> cacheback::queue::Delivery {
 
 /// A stopped worker leaves nothing held: a request enqueued after it stopped waits for the
 /// next worker, which takes it at once; held deliveries are handed back, attempt counted.
-pub fn graceful_stop_leaves_nothing_pending(b: &dyn Broker) {
+pub fn graceful_stop_leaves_nothing_pending<B: Broker>(b: &B) {
     let prefix = unique_prefix("stop");
     runtime().block_on(async {
         let (store, clock) = (memory(), TestClock::new());
@@ -403,7 +379,7 @@ pub fn graceful_stop_leaves_nothing_pending(b: &dyn Broker) {
 
 /// A bounded queue refuses past its bound (a broker may take a few more first: RabbitMQ's
 /// quorum queues apply the bound asynchronously): `EnqueueError::Full`, at once.
-pub fn a_full_queue_refuses(b: &dyn Broker) {
+pub fn a_full_queue_refuses<B: Broker>(b: &B) {
     let prefix = unique_prefix("full");
     runtime().block_on(async {
         let queue = b.queue(&prefix, &["default"], Some(2));
@@ -424,4 +400,64 @@ pub fn a_full_queue_refuses(b: &dyn Broker) {
             "{accepted} requests accepted by a queue bounded at 2"
         );
     });
+}
+
+/// The scenarios every broker queue runs, in order (the broker restart last).
+pub fn scenarios<B: Broker>() -> Vec<Test<B>> {
+    vec![
+        ("conformance", conformance::<B>),
+        (
+            "fleet_makes_exactly_one_fetch",
+            fleet_makes_exactly_one_fetch::<B>,
+        ),
+        (
+            "killed_worker_is_redelivered",
+            killed_worker_is_redelivered::<B>,
+        ),
+        (
+            "dead_letters_keep_their_reasons",
+            dead_letters_keep_their_reasons::<B>,
+        ),
+        (
+            "graceful_stop_leaves_nothing_pending",
+            graceful_stop_leaves_nothing_pending::<B>,
+        ),
+        ("a_full_queue_refuses", a_full_queue_refuses::<B>),
+        (
+            "broker_restart_loses_no_request",
+            broker_restart_loses_no_request::<B>,
+        ),
+    ]
+}
+
+/// A broker test binary's `main`: runs the child role if this is a child process, else the
+/// selected tests (`scenarios` then `extra`) on the broker `start` makes (`None`: skipped).
+pub fn main<B: Broker>(extra: &[Test<B>], start: impl FnOnce() -> Option<B>) -> ExitCode {
+    if fleet::child_main() {
+        return ExitCode::SUCCESS;
+    }
+    let mut tests = scenarios::<B>();
+    tests.extend_from_slice(extra);
+    let selected = runner::select(&tests);
+    if selected.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    match start() {
+        Some(broker) => runner::run(&broker, &selected),
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own, on a thread of its own (the scenarios call
+/// the broker's hooks from inside their runtime).
+pub fn off_runtime<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+    .join()
+    .unwrap()
 }

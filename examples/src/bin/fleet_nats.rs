@@ -30,7 +30,11 @@ struct Args {
     #[arg(value_enum)]
     role: Role,
     /// The NATS server (JetStream enabled).
-    #[arg(long, env = "CACHEBACK_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "CACHEBACK_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
     /// An unacknowledged refresh (its worker died) is delivered again after this long.
     #[arg(long, default_value_t = 30)]
