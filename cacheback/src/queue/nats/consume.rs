@@ -58,8 +58,14 @@ impl NatsQueue {
                     .max_messages(max - out.len())
                     .expires(self.pull_share())
                     .messages()
-                    .await
-                    .map_err(|e| failure(format!("could not pull from `{route}`"), e))?;
+                    .await;
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        link.forget_setup().await;
+                        return Err(failure(format!("could not pull from `{route}`"), e));
+                    }
+                };
                 pulling.current = Some((route.clone(), batch));
             }
             let Some((route, batch)) = pulling.current.as_mut() else {
@@ -76,6 +82,9 @@ impl NatsQueue {
                     }
                     Some(Err(e)) => {
                         pulling.current = None;
+                        // The consumer or stream may be gone (a server that lost its storage):
+                        // the next receive makes sure they exist.
+                        link.forget_setup().await;
                         if out.is_empty() {
                             return Err(failure(format!("could not pull from `{route}`"), e));
                         }

@@ -53,6 +53,13 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Forgets the streams and consumers set up through this client, so the next call makes
+    /// sure they exist again (after a server lost its storage, or a consumer was deleted).
+    pub(crate) async fn forget_setup(&self) {
+        self.streams_ready.store(false, Ordering::Release);
+        self.consumers.lock().await.clear();
+    }
+
     /// `Err` while the client is reconnecting: a publish now would wait in the client's
     /// buffer, and could reach the stream after the caller was told it failed.
     pub(crate) fn check_connected(&self) -> Result<()> {
@@ -222,8 +229,7 @@ impl NatsQueue {
             Ok(Ok(_ack)) => Ok(()),
             Ok(Err(e)) => {
                 if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
-                    link.streams_ready.store(false, Ordering::Release);
-                    link.consumers.lock().await.clear();
+                    link.forget_setup().await;
                 }
                 Err(failure(format!("could not publish to `{subject}`"), e))
             }
