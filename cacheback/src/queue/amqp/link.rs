@@ -51,6 +51,8 @@ pub(crate) struct Link {
     pub(crate) publish: Channel,
     /// Routes whose queues were declared on this connection.
     declared: Mutex<HashSet<String>>,
+    /// One declaration at a time: a burst of first enqueues declares a route once.
+    declaring: tokio::sync::Mutex<()>,
 }
 
 impl Link {
@@ -139,6 +141,7 @@ impl AmqpQueue {
                 connection,
                 publish,
                 declared: Mutex::new(HashSet::new()),
+                declaring: tokio::sync::Mutex::new(()),
             })
         };
         tokio::time::timeout(o.connect_timeout, open)
@@ -152,6 +155,10 @@ impl AmqpQueue {
     pub(crate) async fn declare(&self, link: &Link, route: &str) -> Result<()> {
         if lock(&link.declared).contains(route) {
             return Ok(());
+        }
+        let _one_at_a_time = link.declaring.lock().await;
+        if lock(&link.declared).contains(route) {
+            return Ok(()); // declared while this call waited
         }
         let prefix = self.prefix();
         let (queue, dead) = (queue_name(prefix, route), dead_name(prefix, route));
