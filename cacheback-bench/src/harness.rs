@@ -22,7 +22,8 @@ pub(crate) struct WorkloadArgs {
     /// Where to write `results.jsonl`, `summary.md` and `latency.svg`.
     #[arg(long, default_value = "target/bench-results")]
     out: PathBuf,
-    /// The queue behind W3's refreshes through Redis (the store stays Redis).
+    /// The queue behind the refreshes of W3 through Redis and W2 across processes (the store
+    /// stays Redis).
     #[cfg(feature = "redis")]
     #[arg(long, value_enum, default_value_t)]
     queue: crate::queues::QueueChoice,

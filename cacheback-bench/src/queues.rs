@@ -1,5 +1,5 @@
 //! `--queue redis|amqp|nats`: which queue carries the refresh requests of the workloads that
-//! take the option (W3 through Redis). The store stays the harness's Redis; RabbitMQ is the
+//! take the option (W3 through Redis, W2 across processes). The store stays the harness's Redis; RabbitMQ is the
 //! broker on this machine (a vhost of the run's own, deleted at the end), NATS a `nats-server`
 //! the harness starts.
 
@@ -22,6 +22,15 @@ pub(crate) enum QueueChoice {
 }
 
 impl QueueChoice {
+    /// The command-line value naming this queue (`--queue`).
+    pub(crate) fn arg(self) -> &'static str {
+        match self {
+            QueueChoice::Redis => "redis",
+            QueueChoice::Amqp => "amqp",
+            QueueChoice::Nats => "nats",
+        }
+    }
+
     /// The queue's type name, for records.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -56,25 +65,64 @@ impl Brokers {
     /// A queue of the chosen kind; `redis_url` serves the Redis one. The queue takes the
     /// client's prefix.
     pub(crate) fn queue(&self, redis_url: &str) -> Result<Arc<dyn Queue>, String> {
-        let e = |e: cacheback::Error| e.to_string();
+        let url = self.url(redis_url)?;
+        Ok(AnyQueue::open(self.choice, &url)?.shared())
+    }
+
+    /// The URL of the chosen queue (starting its broker on first use), for child processes.
+    pub(crate) fn url(&self, redis_url: &str) -> Result<String, String> {
         Ok(match self.choice {
-            QueueChoice::Redis => Arc::new(cacheback::RedisQueue::from_url(redis_url).map_err(e)?),
-            QueueChoice::Amqp => {
-                let vhost = self
-                    .rabbit
-                    .get_or_init(|| RabbitVhost::try_create().map_err(|e| e.to_string()))
-                    .as_ref()
-                    .map_err(Clone::clone)?;
-                Arc::new(cacheback::AmqpQueue::from_url(&vhost.url()).map_err(e)?)
-            }
-            QueueChoice::Nats => {
-                let server = self
-                    .nats
-                    .get_or_init(|| NatsServer::try_start().map_err(|e| e.to_string()))
-                    .as_ref()
-                    .map_err(Clone::clone)?;
-                Arc::new(cacheback::NatsQueue::from_url(&server.url()).map_err(e)?)
-            }
+            QueueChoice::Redis => redis_url.to_owned(),
+            QueueChoice::Amqp => self
+                .rabbit
+                .get_or_init(|| RabbitVhost::try_create().map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(Clone::clone)?
+                .url(),
+            QueueChoice::Nats => self
+                .nats
+                .get_or_init(|| NatsServer::try_start().map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(Clone::clone)?
+                .url(),
         })
+    }
+}
+
+/// A queue of any kind, with what the workloads read from it.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyQueue {
+    Redis(cacheback::RedisQueue),
+    Amqp(cacheback::AmqpQueue),
+    Nats(cacheback::NatsQueue),
+}
+
+impl AnyQueue {
+    /// A queue of kind `choice` at `url`, under the prefix of the client it is given to.
+    pub(crate) fn open(choice: QueueChoice, url: &str) -> Result<AnyQueue, String> {
+        let e = |e: cacheback::Error| e.to_string();
+        Ok(match choice {
+            QueueChoice::Redis => AnyQueue::Redis(cacheback::RedisQueue::from_url(url).map_err(e)?),
+            QueueChoice::Amqp => AnyQueue::Amqp(cacheback::AmqpQueue::from_url(url).map_err(e)?),
+            QueueChoice::Nats => AnyQueue::Nats(cacheback::NatsQueue::from_url(url).map_err(e)?),
+        })
+    }
+
+    /// Requests this handle enqueued so far.
+    pub(crate) fn enqueued(&self) -> u64 {
+        match self {
+            AnyQueue::Redis(q) => q.enqueued(),
+            AnyQueue::Amqp(q) => q.enqueued(),
+            AnyQueue::Nats(q) => q.enqueued(),
+        }
+    }
+
+    /// The queue for a client builder.
+    pub(crate) fn shared(&self) -> Arc<dyn Queue> {
+        match self {
+            AnyQueue::Redis(q) => Arc::new(q.clone()),
+            AnyQueue::Amqp(q) => Arc::new(q.clone()),
+            AnyQueue::Nats(q) => Arc::new(q.clone()),
+        }
     }
 }

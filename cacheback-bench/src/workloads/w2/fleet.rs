@@ -6,12 +6,13 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cacheback::{Cacheback, Job, JobHandle, Policy, RedisQueue, RedisStore, Worker};
+use cacheback::{Cacheback, Job, JobHandle, Policy, RedisStore, Worker};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{FETCH, READERS};
 use crate::peers::W2_LIFETIME;
+use crate::queues::{AnyQueue, Brokers, QueueChoice};
 use crate::report::Record;
 use crate::stats;
 use crate::value::unix_ms;
@@ -62,7 +63,7 @@ fn counter(prefix: &str, key: u64) -> String {
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS`).
+/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
     /// The run's Redis.
@@ -73,6 +74,12 @@ pub(crate) struct Plan {
     t0_ms: u64,
     /// Trials (one key and one burst each).
     trials: usize,
+    /// The queue behind the refreshes.
+    #[arg(long, value_enum, default_value_t)]
+    queue: QueueChoice,
+    /// The queue's URL (the Redis URL for `redis`).
+    #[arg(long, default_value = "")]
+    queue_url: String,
 }
 
 impl Plan {
@@ -82,6 +89,10 @@ impl Plan {
             self.prefix.clone(),
             self.t0_ms.to_string(),
             self.trials.to_string(),
+            "--queue".to_owned(),
+            self.queue.arg().to_owned(),
+            "--queue-url".to_owned(),
+            self.queue_url.clone(),
         ]
     }
 
@@ -91,15 +102,12 @@ impl Plan {
     }
 
     /// A client of the fleet (no in-process worker), its job handle and its queue.
-    fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, RedisQueue), String> {
-        let queue = RedisQueue::builder(&self.url)
-            .prefix(&self.prefix)
-            .build()
-            .map_err(|e| e.to_string())?;
+    fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, AnyQueue), String> {
+        let queue = AnyQueue::open(self.queue, &self.queue_url)?;
         let client = Cacheback::builder()
             .prefix(&self.prefix)
             .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
-            .queue(queue.clone())
+            .shared_queue(queue.shared())
             .in_process_worker(false)
             .build()
             .map_err(|e| e.to_string())?;
@@ -138,6 +146,12 @@ async fn reader(plan: Plan) -> Result<(), String> {
         .peek(u64::MAX)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    // Likewise the queue's (a broker queue connects on first use).
+    queue
+        .shared()
+        .ping()
+        .await
+        .map_err(|e| format!("cannot reach the queue: {e}"))?;
     for trial in 0..plan.trials {
         let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
         let enqueued_before = queue.enqueued();
@@ -214,7 +228,7 @@ impl Drop for Children {
 }
 
 /// Runs the trials across processes.
-pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
+pub(super) fn run(url: &str, trials: usize, brokers: &Brokers) -> Result<Record, String> {
     let rt = runtime();
     let prefix = format!("w2fleet-{}", std::process::id());
     let mut plan = Plan {
@@ -222,6 +236,8 @@ pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
         prefix,
         t0_ms: 0,
         trials,
+        queue: brokers.choice(),
+        queue_url: brokers.url(url)?,
     };
     // Prime one key per trial (1 fetch each, counted), long before its burst.
     let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
@@ -238,7 +254,7 @@ pub(super) fn run(url: &str, trials: usize) -> Result<Record, String> {
         client.shutdown(Duration::from_secs(5)).await;
         fetches
     })?;
-    record(&fetches, &reports, trials)
+    record(&fetches, &reports, trials, plan.queue)
 }
 
 /// Starts the worker process and the reader processes, waits for them to finish, and returns
@@ -324,7 +340,12 @@ async fn count_fetches(plan: &Plan, handle: &JobHandle<CountingJob>) -> Result<V
 }
 
 /// The record of the trials: the readers' reports tallied per trial, next to its fetches.
-fn record(fetches: &[f64], reports: &[TrialReport], trials: usize) -> Result<Record, String> {
+fn record(
+    fetches: &[f64],
+    reports: &[TrialReport],
+    trials: usize,
+    queue: QueueChoice,
+) -> Result<Record, String> {
     let mut tally = super::Tally::default();
     let mut late_max = 0u64;
     for (trial, &trial_fetches) in fetches.iter().enumerate() {
@@ -340,13 +361,20 @@ fn record(fetches: &[f64], reports: &[TrialReport], trials: usize) -> Result<Rec
         }
         tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
     }
+    let name = queue.name();
+    let variant = match queue {
+        QueueChoice::Redis => "Redis, 4 processes × 16 readers + a worker process".to_owned(),
+        _ => format!("Redis + {name}, 4 processes × 16 readers + a worker process"),
+    };
+    let setup = format!(
+        "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + {name}, no worker) \
+         hit one stale key at the same Unix millisecond; a separate worker process refreshes; \
+         fetches counted with Redis INCR"
+    );
     let mut r = tally
-        .record(
-            "Redis, 4 processes × 16 readers + a worker process",
-            "cacheback",
-            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
-        )?
-        .param("processes", PROCESSES as u64);
+        .record(&variant, "cacheback", &setup)?
+        .param("processes", PROCESSES as u64)
+        .param("queue", name);
     r.figure("max_burst_start_skew_ms", late_max);
     super::check(
         &mut r,

@@ -246,7 +246,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         );
         Ok::<_, String>(r)
     })?;
-    let fleet = fleet::run(&url, trials)?;
+    let fleet = fleet::run(&url, trials, &ctx.brokers)?;
     Ok(vec![one, fleet])
 }
 
