@@ -9,7 +9,7 @@
 //! cargo run --release -p cacheback-bench -- quick        # every workload, small sizes (< 60 s)
 //! cargo run --release -p cacheback-bench -- W2 W4        # some workloads, full size
 //! cargo run --release -p cacheback-bench -- W4 --quick   # one workload, small size
-//! cargo run --release -p cacheback-bench -- W2 W3 --queue amqp   # on RabbitMQ (or nats)
+//! cargo run --release -p cacheback-bench -- W2 W3 --queue amqp   # on RabbitMQ (or nats); chaos too
 //! cargo run --release -p cacheback-bench -- all --out DIR
 //! cargo run --release -p cacheback-bench -- chaos        # reliability: faults across processes
 //! cargo run --release -p cacheback-bench -- soak         # reliability: 10 min, RSS + connections
