@@ -133,6 +133,10 @@ mod tests {
             assert_eq!(nats.workloads.queue(), queues::QueueChoice::Nats);
             assert_eq!(parse("W3").workloads.queue(), queues::QueueChoice::Redis);
             assert!(Cli::try_parse_from(["cacheback-bench", "W3", "--queue", "kafka"]).is_err());
+            assert!(matches!(
+                parse("chaos --seconds 10 --queue amqp").command,
+                Some(Command::Chaos(_))
+            ));
         }
         let none = parse("");
         assert!(none.command.is_none());
