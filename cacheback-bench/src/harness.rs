@@ -22,6 +22,19 @@ pub(crate) struct WorkloadArgs {
     /// Where to write `results.jsonl`, `summary.md` and `latency.svg`.
     #[arg(long, default_value = "target/bench-results")]
     out: PathBuf,
+    /// The queue behind the refreshes of W3 through Redis and W2 across processes (the store
+    /// stays Redis).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_enum, default_value_t)]
+    queue: crate::queues::QueueChoice,
+}
+
+#[cfg(feature = "redis")]
+impl WorkloadArgs {
+    /// The queue behind W3's refreshes through Redis.
+    pub(crate) fn queue(&self) -> crate::queues::QueueChoice {
+        self.queue
+    }
 }
 
 /// Runs the workloads `args` asks for, at small sizes when `quick` (or `args` says so).
@@ -46,6 +59,8 @@ pub(crate) fn run(args: &WorkloadArgs, quick: bool) -> Result<(), String> {
     let load_before = machine::load_average();
     let t0 = Instant::now();
     let ctx = Ctx::new(scale);
+    #[cfg(feature = "redis")]
+    let ctx = ctx.with_queue(args.queue());
     let jsonl_path = args.out.join("results.jsonl");
     run_workloads(&ctx, &selected, &run_facts, &jsonl_path)?;
     let records = ctx.records();

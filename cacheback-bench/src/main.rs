@@ -9,6 +9,7 @@
 //! cargo run --release -p cacheback-bench -- quick        # every workload, small sizes (< 60 s)
 //! cargo run --release -p cacheback-bench -- W2 W4        # some workloads, full size
 //! cargo run --release -p cacheback-bench -- W4 --quick   # one workload, small size
+//! cargo run --release -p cacheback-bench -- W2 W3 --queue amqp   # on RabbitMQ (or nats); chaos too
 //! cargo run --release -p cacheback-bench -- all --out DIR
 //! cargo run --release -p cacheback-bench -- chaos        # reliability: faults across processes
 //! cargo run --release -p cacheback-bench -- soak         # reliability: 10 min, RSS + connections
@@ -22,6 +23,8 @@ mod harness;
 mod machine;
 mod peers;
 mod plot;
+#[cfg(feature = "redis")]
+mod queues;
 mod reliability;
 mod report;
 mod stats;
@@ -124,6 +127,17 @@ mod tests {
             harness::targets(&quick.workloads, false),
             (vec!["W4".to_owned()], true)
         );
+        #[cfg(feature = "redis")]
+        {
+            let nats = parse("W3 --quick --queue nats");
+            assert_eq!(nats.workloads.queue(), queues::QueueChoice::Nats);
+            assert_eq!(parse("W3").workloads.queue(), queues::QueueChoice::Redis);
+            assert!(Cli::try_parse_from(["cacheback-bench", "W3", "--queue", "kafka"]).is_err());
+            assert!(matches!(
+                parse("chaos --seconds 10 --queue amqp").command,
+                Some(Command::Chaos(_))
+            ));
+        }
         let none = parse("");
         assert!(none.command.is_none());
         assert_eq!(harness::targets(&none.workloads, false), (vec![], false));

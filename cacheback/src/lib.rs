@@ -56,6 +56,9 @@
 //! claims by `add` and compare-and-swap, nothing kept through eviction or a restart. In front of
 //! a `RedisStore`, a [`NearCache`] keeps copies of hot entries in process memory, coherent
 //! across the fleet.
+//! Refresh requests can also travel on a broker the fleet already runs, with any store:
+//! `AmqpQueue` (feature `amqp`: RabbitMQ quorum queues) or `NatsQueue` (feature `nats`: a
+//! NATS JetStream work-queue stream).
 //!
 //! ## Feature flags
 //!
@@ -68,6 +71,8 @@
 //! | `memcached` | no | `MemcachedStore` (async-memcached, meta protocol) |
 //! | `http` | no | [`CachebackLayer`](crate::http::CachebackLayer): a tower layer that serves whole responses stale-while-revalidate |
 //! | `axum` | no | [`CachedJson`](crate::axum::CachedJson) and `IntoResponse` for [`Error`]: a job read as a response |
+//! | `amqp` | no | `AmqpQueue` (lapin, tokio; `amqps://` TLS with rustls + ring) |
+//! | `nats` | no | `NatsQueue` (async-nats with JetStream; `tls://` with rustls + ring) |
 //!
 //! ## How it behaves
 //!
@@ -211,7 +216,11 @@ pub use job::{FnJob, Job, job_fn};
 pub use observe::Event;
 pub use policy::Lifespan;
 pub use policy::{Backoff, Freshness, Policy};
+#[cfg(feature = "amqp")]
+pub use queue::amqp::AmqpQueue;
 pub use queue::local::LocalQueue;
+#[cfg(feature = "nats")]
+pub use queue::nats::NatsQueue;
 #[cfg(feature = "redis")]
 pub use queue::redis::RedisQueue;
 #[cfg(feature = "memcached")]

@@ -130,6 +130,14 @@ pub struct Fleet {
 }
 
 impl FleetArgs {
+    /// The job, with this process's lifetime and upstream delay.
+    pub fn job(&self) -> UserTweets {
+        UserTweets {
+            lifetime: Duration::from_secs(self.lifetime_secs),
+            upstream: Duration::from_millis(self.upstream_ms),
+        }
+    }
+
     /// Connects to the shared Redis and registers the job. `queue` adds a role's own queue
     /// options (a worker's streams and visibility timeout); the prefix is set after it, from
     /// the one setting the store's client uses too, so the two cannot differ.
@@ -148,10 +156,7 @@ impl FleetArgs {
             .store(store.clone())
             .queue(queue.clone())
             .build()?;
-        let tweets = cache.try_job(UserTweets {
-            lifetime: Duration::from_secs(self.lifetime_secs),
-            upstream: Duration::from_millis(self.upstream_ms),
-        })?;
+        let tweets = cache.try_job(self.job())?;
         Ok(Fleet {
             cache,
             store,

@@ -7,3 +7,4 @@
 
 pub mod fleet;
 pub mod pg;
+pub mod split;

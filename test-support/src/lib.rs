@@ -29,6 +29,10 @@
 
 mod inspect;
 mod memcached;
+pub mod nats;
+pub mod process;
+pub mod rabbitmq;
+pub mod runner;
 mod server;
 mod tls;
 
@@ -37,7 +41,7 @@ use std::time::Duration;
 pub use memcached::{MemcachedServer, MemcachedServerBuilder};
 pub use server::{RedisServer, RedisServerBuilder};
 
-/// Why a server could not be started, stopped or asked something.
+/// Why a server (or broker vhost) could not be started, stopped or asked something.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,6 +57,9 @@ pub enum Error {
     /// it has one).
     #[error("memcached: {0}")]
     Memcached(String),
+    /// A broker (RabbitMQ, `nats-server`) did not do as asked; the message says which and why.
+    #[error("{0}")]
+    Broker(String),
 }
 
 /// A prefix unique to this call, so tests sharing a server never see each other's keys.

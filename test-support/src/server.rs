@@ -159,12 +159,12 @@ fn binary() -> Option<PathBuf> {
 }
 
 /// Whether a missing program fails instead of skipping (`CACHEBACK_REQUIRE_REDIS=1`).
-fn required() -> bool {
+pub(crate) fn required() -> bool {
     std::env::var("CACHEBACK_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// A loopback port nothing listens on right now (the OS picks it).
-fn free_port() -> Result<u16, Error> {
+pub(crate) fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::Server(format!("cannot find a free port: {e}")))?;
     let port = listener

@@ -182,6 +182,9 @@ pub(crate) struct Ctx {
     pub(crate) scale: Scale,
     redis: OnceLock<Result<RedisServer, String>>,
     records: Mutex<Vec<Record>>,
+    /// The queue of the workloads that take `--queue`.
+    #[cfg(feature = "redis")]
+    pub(crate) brokers: crate::queues::Brokers,
 }
 
 impl Ctx {
@@ -190,7 +193,16 @@ impl Ctx {
             scale,
             redis: OnceLock::new(),
             records: Mutex::new(Vec::new()),
+            #[cfg(feature = "redis")]
+            brokers: crate::queues::Brokers::default(),
         }
+    }
+
+    /// The same context with `queue` behind the workloads that take `--queue`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_queue(mut self, queue: crate::queues::QueueChoice) -> Self {
+        self.brokers = crate::queues::Brokers::new(queue);
+        self
     }
 
     /// Runs one entry; a failure becomes a record that says so (the run goes on).

@@ -155,21 +155,25 @@ async fn end_to_end(n: u64, concurrency: usize) -> Result<(f64, Duration), Strin
     Ok((n as f64 / took.as_secs_f64(), took))
 }
 
-/// W3 through Redis: `RedisStore` + `RedisQueue` and a [`Worker`](cacheback::Worker) in this
-/// process, the same N distinct keys; a fresh key prefix per variant so runs do not mix.
+/// W3 through Redis: `RedisStore` + the `--queue` (default `RedisQueue`) and a
+/// [`Worker`](cacheback::Worker) in this process, the same N distinct keys; a fresh key prefix
+/// per variant so runs do not mix.
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let url = ctx.redis()?.url();
     let sizes: &[u64] = ctx.scale.pick(&[5_000, 50_000], &[1_000]);
     let rt = runtime();
+    let queue_name = ctx.brokers.choice().name();
     let mut records = Vec::new();
     for &n in sizes {
         for concurrency in [2usize, 64] {
             let prefix = format!("w3-{n}-{concurrency}-{}", std::process::id());
+            // Built inside the runtime: the Redis queue's connections need one.
+            let queue = rt.block_on(async { ctx.brokers.queue(&url) })?;
             let (rate, took, enqueue_rate) =
-                rt.block_on(redis_end_to_end(&url, &prefix, n, concurrency))?;
+                rt.block_on(redis_end_to_end(&url, queue, &prefix, n, concurrency))?;
             let r = record(
-                format!("RedisQueue, {n} keys, worker concurrency {concurrency}"),
+                format!("{queue_name}, {n} keys, worker concurrency {concurrency}"),
                 n,
                 concurrency,
                 Rates {
@@ -179,7 +183,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
                 },
             )
             .param("store", "RedisStore")
-            .param("queue", "RedisQueue");
+            .param("queue", queue_name);
             records.push(r);
         }
     }
@@ -192,11 +196,12 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
 #[cfg(feature = "redis")]
 async fn redis_end_to_end(
     url: &str,
+    queue: std::sync::Arc<dyn cacheback::queue::Queue>,
     prefix: &str,
     n: u64,
     concurrency: usize,
 ) -> Result<(f64, Duration, f64), String> {
-    use cacheback::{Cacheback, RedisQueue, RedisStore, Worker, WorkerOptions};
+    use cacheback::{Cacheback, RedisStore, Worker, WorkerOptions};
 
     let refreshed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
@@ -214,7 +219,7 @@ async fn redis_end_to_end(
     let client = Cacheback::builder()
         .prefix(prefix)
         .store(RedisStore::from_url(url).map_err(|e| e.to_string())?)
-        .queue(RedisQueue::from_url(url).map_err(|e| e.to_string())?)
+        .shared_queue(queue)
         .on_event(hook)
         .build()
         .map_err(|e| e.to_string())?;

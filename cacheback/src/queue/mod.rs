@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | [`LocalQueue`](crate::LocalQueue) | — | one process: a bounded in-memory channel drained by an in-process worker |
 //! | `RedisQueue` | `redis` | a fleet: Redis Streams with consumer groups, drained by worker processes |
+//! | `AmqpQueue` | `amqp` | a fleet on RabbitMQ: a quorum queue per route, publisher confirms, a dead-letter queue; a dead worker's requests come back at once |
+//! | `NatsQueue` | `nats` | a fleet on NATS JetStream: a work-queue stream, durable pull consumers, a dead-letter stream, duplicate enqueues dropped |
 
 use std::any::Any;
 use std::fmt;
@@ -20,10 +22,20 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::store::ClaimToken;
 
+#[cfg(feature = "amqp")]
+pub(crate) mod amqp;
+#[cfg(any(feature = "amqp", feature = "nats"))]
+mod binding;
 pub(crate) mod local;
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
+#[cfg(feature = "amqp")]
+pub use self::amqp::{AmqpDeadLetter, AmqpQueueBuilder};
+#[cfg(feature = "nats")]
+pub use self::nats::{NatsDeadLetter, NatsQueueBuilder};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisDeadLetter, RedisQueueBuilder};
 pub use local::DeadLetter;

@@ -9,3 +9,11 @@ pub use cacheback_test_support::{
     Error, RedisServer, RedisServerBuilder, eventually, unique_prefix,
 };
 pub use cacheback_test_support::{MemcachedServer, MemcachedServerBuilder};
+
+/// Fleets of OS processes on one Redis store and any queue.
+#[cfg(feature = "redis")]
+pub mod fleet;
+
+/// The scenarios every broker-backed queue passes.
+#[cfg(all(feature = "redis", feature = "testing"))]
+pub mod brokers;

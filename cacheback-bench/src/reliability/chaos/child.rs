@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::logs::LogFile;
+use crate::queues::QueueChoice;
+use cacheback::queue::Queue;
 
 /// The job's name.
 pub(super) const JOB_NAME: &str = "chaos";
@@ -168,28 +170,66 @@ impl Job for ChaosJob {
     }
 }
 
-/// The client every process of the run builds: Redis store, Redis Streams queue, no
-/// in-process worker (web processes only enqueue; worker processes run a `Worker`).
-pub(super) fn client(url: &str, prefix: &str) -> Result<Cacheback, String> {
+/// The client every process of the run builds: Redis store, the run's queue (Redis Streams by
+/// default) with [`VISIBILITY`] as its redelivery delay, no in-process worker (web processes
+/// only enqueue; worker processes run a `Worker`).
+pub(super) fn client(url: &str, prefix: &str, queue: &QueueArgs) -> Result<Cacheback, String> {
     let store = RedisStore::from_url(url).map_err(|e| format!("RedisStore: {e}"))?;
-    let queue = RedisQueue::builder(url)
-        .prefix(prefix)
-        .visibility_timeout(VISIBILITY)
-        .poll_interval(Duration::from_millis(200))
-        .build()
-        .map_err(|e| format!("RedisQueue: {e}"))?;
+    let poll = Duration::from_millis(200);
+    let queue_url = if queue.queue_url.is_empty() {
+        url
+    } else {
+        &queue.queue_url
+    };
+    let e = |e: cacheback::Error| format!("{}: {e}", queue.queue.name());
+    let queue: Arc<dyn Queue> = match queue.queue {
+        QueueChoice::Redis => Arc::new(
+            RedisQueue::builder(queue_url)
+                .visibility_timeout(VISIBILITY)
+                .poll_interval(poll)
+                .build()
+                .map_err(e)?,
+        ),
+        // RabbitMQ redelivers as soon as a consumer's connection closes.
+        QueueChoice::Amqp => Arc::new(
+            cacheback::AmqpQueue::builder(queue_url)
+                .poll_interval(poll)
+                .build()
+                .map_err(e)?,
+        ),
+        QueueChoice::Nats => Arc::new(
+            cacheback::NatsQueue::builder(queue_url)
+                .ack_wait(VISIBILITY)
+                .poll_interval(poll)
+                .build()
+                .map_err(e)?,
+        ),
+    };
     Cacheback::builder()
         .prefix(prefix)
         .store(store)
-        .queue(queue)
+        .shared_queue(queue)
         .in_process_worker(false)
         .build()
         .map_err(|e| format!("client: {e}"))
 }
 
+/// The queue of a run: its kind and, for a broker, its URL.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct QueueArgs {
+    /// The queue behind the refreshes.
+    #[arg(long, value_enum, default_value_t)]
+    pub(super) queue: QueueChoice,
+    /// The queue's URL; empty: the run's Redis.
+    #[arg(long, default_value = "")]
+    pub(super) queue_url: String,
+}
+
 /// The arguments of a child process (the driver passes all of them).
 #[derive(Debug, clap::Args)]
 pub(crate) struct ChildArgs {
+    #[command(flatten)]
+    queue: QueueArgs,
     /// The process's name in the run (`web-1`, `worker-3`, ...).
     #[arg(long)]
     name: String,
@@ -383,7 +423,7 @@ async fn reader(
 
 /// A web process: `readers` reader tasks until `until_ms`, then one `SUMMARY` line.
 async fn web(args: ChildArgs, log: Arc<LogFile>) -> Result<(), String> {
-    let cache = client(&args.url, &args.prefix)?;
+    let cache = client(&args.url, &args.prefix, &args.queue)?;
     let job = cache.job(ChaosJob::new(
         (args.start_ms, args.faults_until_ms),
         Some(Arc::clone(&log)),
@@ -455,7 +495,7 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 /// <processed> <last queue poll ms> <now ms>`) every 20 ms, so the driver can kill it while a
 /// refresh runs (the driver keeps the heartbeats in `logs/<name>.hb`).
 async fn worker(args: ChildArgs, log: Arc<LogFile>) -> Result<(), String> {
-    let cache = client(&args.url, &args.prefix)?;
+    let cache = client(&args.url, &args.prefix, &args.queue)?;
     let job = cache.job(ChaosJob::new(
         (args.start_ms, args.faults_until_ms),
         Some(log),

@@ -9,11 +9,13 @@ use cacheback_test_support::RedisServer;
 
 use super::Args;
 use super::analysis::{self, KeyWatch, Kill, Plan, Restart, ms};
+use super::child::QueueArgs;
 use super::child::{
     BACKOFF_MAX, ChaosJob, FETCH_TIMEOUT, LIFETIME, REFRESH_TIMEOUT, VISIBILITY, client, now_ms,
 };
 use super::fleet::Fleet;
 use super::report::{self, Facts, Report};
+use crate::queues::Brokers;
 
 /// Children get this long to start before the fault window opens.
 const STARTUP_MS: u64 = 2_000;
@@ -122,7 +124,12 @@ pub(super) fn run(args: &Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let cache = rt.block_on(async { client(&url, &prefix) })?;
+    let brokers = Brokers::new(args.queue);
+    let queue = QueueArgs {
+        queue: args.queue,
+        queue_url: brokers.url(&url)?,
+    };
+    let cache = rt.block_on(async { client(&url, &prefix, &queue) })?;
     let job = cache.job(ChaosJob::new((0, 0), None));
     let warm = rt.block_on(job.refresh_many(0..args.keys, 32, |_| {}));
     if warm.failed > 0 {
@@ -144,7 +151,7 @@ pub(super) fn run(args: &Args) -> Result<(), String> {
         job,
         timeline,
         fleet: Fleet::new(),
-        common: child_args(args, &timeline, &url, &prefix),
+        common: child_args(args, &timeline, &url, &prefix, &queue),
         log_dir,
         victim: 0,
         ready_at: 0,
@@ -183,8 +190,16 @@ fn clean_log_dir(out: &Path) -> Result<PathBuf, String> {
 }
 
 /// The arguments every child gets: Redis, the keys, the timeline.
-fn child_args(args: &Args, timeline: &Timeline, url: &str, prefix: &str) -> Vec<String> {
+fn child_args(
+    args: &Args,
+    timeline: &Timeline,
+    url: &str,
+    prefix: &str,
+    queue: &QueueArgs,
+) -> Vec<String> {
     [
+        ("--queue", queue.queue.arg().to_owned()),
+        ("--queue-url", queue.queue_url.clone()),
         ("--url", url.to_owned()),
         ("--prefix", prefix.to_owned()),
         ("--keys", args.keys.to_string()),

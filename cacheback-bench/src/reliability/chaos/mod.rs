@@ -8,7 +8,7 @@
 //!
 //! The driver (this process) starts its own `redis-server`, warms 200 keys of one job, then
 //! runs 2 web processes (8 reader tasks each, steady reads of every key) and 2 worker processes
-//! (draining the Redis Streams queue) — all children of this binary (`__child chaos-web`,
+//! (draining the Redis Streams queue, or the `--queue`) — all children of this binary (`__child chaos-web`,
 //! `__child chaos-worker`). For `--seconds` the job's fetch fails 30% of the time and hangs 5%
 //! of the time (the job's `fetch_timeout` cuts it); at a quarter of the window a worker is
 //! `kill -9`ed while refreshes run in it (a replacement starts 2 s later, as an orchestrator
@@ -53,6 +53,10 @@ pub(crate) struct Args {
     /// Reader tasks per web process.
     #[arg(long, default_value_t = 8)]
     readers: usize,
+    /// The queue behind the refreshes (the store stays Redis, which the run restarts).
+    #[cfg(feature = "redis")]
+    #[arg(long, value_enum, default_value_t)]
+    queue: crate::queues::QueueChoice,
 }
 
 /// `cacheback-bench chaos [ARGS]`.

@@ -99,6 +99,7 @@ fn to_json(f: &Facts<'_>, failures: &[String]) -> Json {
         "keys": args.keys,
         "processes": { "web": 2, "readers_per_web": args.readers, "workers": 2,
                        "worker_concurrency": WORKER_CONCURRENCY, "redis": 1 },
+        "queue": args.queue.name(),
         "policy": {
             "job": JOB_NAME,
             "lifetime_ms": ms(LIFETIME), "fetch_timeout_ms": ms(FETCH_TIMEOUT),
@@ -248,13 +249,15 @@ fn markdown(f: &Facts<'_>, failures: &[String]) -> String {
     let args = plan.args;
     let mut md = format!(
         "## Chaos run: {} s of faults\n\n2 web processes × {} readers (steady reads of {} keys), \
-         2 worker processes (concurrency {}), 1 Redis; job `{JOB_NAME}`: lifetime {} s, \
+         2 worker processes (concurrency {}), 1 Redis, refreshes on {}; job `{JOB_NAME}`: \
+         lifetime {} s, \
          fetch_timeout {} s, refresh_timeout {} s, retry backoff {}–{} ms, visibility timeout \
          {} s. In the fault window the fetch fails {:.0}% and hangs {:.0}% of the time.\n\n",
         args.seconds,
         args.readers,
         args.keys,
         WORKER_CONCURRENCY,
+        args.queue.name(),
         LIFETIME.as_secs_f64(),
         FETCH_TIMEOUT.as_secs_f64(),
         REFRESH_TIMEOUT.as_secs_f64(),

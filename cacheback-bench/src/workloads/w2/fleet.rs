@@ -6,12 +6,13 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cacheback::{Cacheback, Job, JobHandle, NearCache, Policy, RedisQueue, RedisStore, Worker};
+use cacheback::{Cacheback, Job, JobHandle, NearCache, Policy, RedisStore, Worker};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{FETCH, READERS};
 use crate::peers::W2_LIFETIME;
+use crate::queues::{AnyQueue, Brokers, QueueChoice};
 use crate::report::Record;
 use crate::stats;
 use crate::value::unix_ms;
@@ -68,7 +69,7 @@ fn counter(prefix: &str, key: u64) -> String {
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS [--near]`).
+/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--near]`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
     /// The run's Redis.
@@ -79,6 +80,12 @@ pub(crate) struct Plan {
     t0_ms: u64,
     /// Trials (one key and one burst each).
     trials: usize,
+    /// The queue behind the refreshes.
+    #[arg(long, value_enum, default_value_t)]
+    queue: QueueChoice,
+    /// The queue's URL (the Redis URL for `redis`).
+    #[arg(long, default_value = "")]
+    queue_url: String,
     /// Every client reads through a near cache.
     #[arg(long)]
     near: bool,
@@ -91,6 +98,10 @@ impl Plan {
             self.prefix.clone(),
             self.t0_ms.to_string(),
             self.trials.to_string(),
+            "--queue".to_owned(),
+            self.queue.arg().to_owned(),
+            "--queue-url".to_owned(),
+            self.queue_url.clone(),
         ];
         if self.near {
             args.push("--near".to_owned());
@@ -104,15 +115,12 @@ impl Plan {
     }
 
     /// A client of the fleet (no in-process worker), its job handle and its queue.
-    fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, RedisQueue), String> {
-        let queue = RedisQueue::builder(&self.url)
-            .prefix(&self.prefix)
-            .build()
-            .map_err(|e| e.to_string())?;
+    fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, AnyQueue), String> {
+        let queue = AnyQueue::open(self.queue, &self.queue_url)?;
         let mut builder = Cacheback::builder()
             .prefix(&self.prefix)
             .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
-            .queue(queue.clone())
+            .shared_queue(queue.shared())
             .in_process_worker(false);
         if self.near {
             builder = builder.near_cache(NearCache::new());
@@ -153,6 +161,12 @@ async fn reader(plan: Plan) -> Result<(), String> {
         .peek(u64::MAX)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    // Likewise the queue's (a broker queue connects on first use).
+    queue
+        .shared()
+        .ping()
+        .await
+        .map_err(|e| format!("cannot reach the queue: {e}"))?;
     while plan.near && client.near_cache_live() != Some(true) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -252,7 +266,12 @@ impl Drop for Children {
 }
 
 /// Runs the trials across processes, with or without near caches.
-pub(super) fn run(url: &str, trials: usize, near: bool) -> Result<Record, String> {
+pub(super) fn run(
+    url: &str,
+    trials: usize,
+    brokers: &Brokers,
+    near: bool,
+) -> Result<Record, String> {
     let rt = runtime();
     let prefix = format!("w2fleet-{}-{near}", std::process::id());
     let mut plan = Plan {
@@ -260,6 +279,8 @@ pub(super) fn run(url: &str, trials: usize, near: bool) -> Result<Record, String
         prefix,
         t0_ms: unix_ms() + STARTUP.as_millis() as u64,
         trials,
+        queue: brokers.choice(),
+        queue_url: brokers.url(url)?,
         near,
     };
     // Prime one key per trial (1 fetch each, counted): long before its burst, or, for near
@@ -408,20 +429,27 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         }
         tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
     }
-    let (variant, how) = if plan.near {
-        (
-            "Redis + near cache, 4 processes × 16 readers + a worker process",
-            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue + NearCache::new(), no worker) hit one stale key at the same Unix millisecond, each process holding a copy it read 400 ms before while fresh; a separate worker process refreshes; fetches counted with Redis INCR",
-        )
-    } else {
-        (
-            "Redis, 4 processes × 16 readers + a worker process",
-            "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + RedisQueue, no worker) hit one stale key at the same Unix millisecond; a separate worker process refreshes; fetches counted with Redis INCR",
-        )
+    let name = plan.queue.name();
+    let near = if plan.near { " + near cache" } else { "" };
+    let variant = match plan.queue {
+        QueueChoice::Redis => format!("Redis{near}, 4 processes × 16 readers + a worker process"),
+        _ => format!("Redis + {name}{near}, 4 processes × 16 readers + a worker process"),
     };
+    let warmed = if plan.near {
+        ", each process holding a copy in its near cache (NearCache::new()) read 650 ms before \
+         while fresh"
+    } else {
+        ""
+    };
+    let setup = format!(
+        "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + {name}, no worker) \
+         hit one stale key at the same Unix millisecond{warmed}; a separate worker process \
+         refreshes; fetches counted with Redis INCR"
+    );
     let mut r = tally
-        .record(variant, "cacheback", how)?
-        .param("processes", PROCESSES as u64);
+        .record(&variant, "cacheback", &setup)?
+        .param("processes", PROCESSES as u64)
+        .param("queue", name);
     r.figure("max_burst_start_skew_ms", late_max);
     if plan.near {
         super::check(

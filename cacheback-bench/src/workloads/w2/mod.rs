@@ -246,8 +246,8 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         );
         Ok::<_, String>(r)
     })?;
-    let fleet = fleet::run(&url, trials, false)?;
-    let near = fleet::run(&url, trials, true)?;
+    let fleet = fleet::run(&url, trials, &ctx.brokers, false)?;
+    let near = fleet::run(&url, trials, &ctx.brokers, true)?;
     Ok(vec![one, fleet, near])
 }
 
