@@ -4,6 +4,8 @@
 //! - 4 reader processes × 16 concurrent readers hit one stale key at the same moment, with a
 //!   separate worker process: exactly 1 fetch, in each of 10 trials, and every reader gets the
 //!   stale value at once.
+//! - The same with a near cache in every reader process, each holding a copy of the key read
+//!   while it was fresh: still exactly 1 fetch per stale event.
 //! - A worker process `kill -9`ed in the middle of a fetch: another worker process completes
 //!   the refresh after the visibility timeout.
 //!
@@ -29,6 +31,14 @@ fn four_reader_processes_and_a_worker_process_make_exactly_one_fetch() {
         return;
     };
     fleet::exactly_one_fetch(&server, QueueKind::Redis, &unique_prefix("fleet"));
+}
+
+#[test]
+fn four_reader_processes_with_near_caches_still_make_exactly_one_fetch() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    fleet::exactly_one_fetch_with_near_caches(&server, &unique_prefix("fleetnear"));
 }
 
 #[test]

@@ -134,17 +134,25 @@ struct Fleet {
     redis_url: String,
     prefix: String,
     queue: QueueKind,
+    /// The reader processes read through near caches.
+    near: bool,
 }
 
 impl Fleet {
     fn client(&self, now: Timestamp, redelivery: Duration) -> Cacheback {
-        Cacheback::builder()
+        self.client_on(TestClock::at(now), redelivery, false)
+    }
+
+    fn client_on(&self, clock: TestClock, redelivery: Duration, near: bool) -> Cacheback {
+        let mut builder = Cacheback::builder()
             .prefix(&self.prefix)
-            .clock(TestClock::at(now))
+            .clock(clock)
             .store(RedisStore::from_url(&self.redis_url).unwrap())
-            .shared_queue(self.queue.build(&self.redis_url, &self.prefix, redelivery))
-            .build()
-            .unwrap()
+            .shared_queue(self.queue.build(&self.redis_url, &self.prefix, redelivery));
+        if near {
+            builder = builder.near_cache(cacheback::NearCache::new());
+        }
+        builder.build().unwrap()
     }
 
     fn job(&self, cache: &Cacheback, sleep: Duration) -> JobHandle<FleetJob> {
@@ -166,6 +174,7 @@ impl Fleet {
             ("CB_NOW", now.as_millis().to_string()),
         ];
         v.extend(self.queue.vars());
+        v.push(("CB_NEAR", u8::from(self.near).to_string()));
         v.extend_from_slice(extra);
         v
     }
@@ -189,6 +198,7 @@ pub fn child_main() -> bool {
         redis_url: env("CB_URL"),
         prefix: env("CB_PREFIX"),
         queue: QueueKind::from_env(),
+        near: env("CB_NEAR") == "1",
     };
     let now = Timestamp::from_millis(env("CB_NOW").parse().unwrap());
     runtime.block_on(async move {
@@ -208,8 +218,24 @@ pub fn child_main() -> bool {
 /// the stale key and prints what they saw.
 async fn reader_process(fleet: &Fleet, now: Timestamp) {
     let n: u64 = env("CB_ARGS").parse().unwrap();
-    let cache = fleet.client(now, Duration::from_secs(30));
+    // With a near cache, the process first reads the key while it is fresh (its copy is
+    // kept), then its clock moves on to when the key is stale.
+    let clock = TestClock::at(if fleet.near {
+        Timestamp::from_millis(T0)
+    } else {
+        now
+    });
+    let cache = fleet.client_on(clock.clone(), Duration::from_secs(30), fleet.near);
     let job = fleet.job(&cache, Duration::ZERO);
+    if fleet.near {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache.near_cache_live() != Some(true) {
+            assert!(Instant::now() < deadline, "the near cache never went live");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        job.get(n).await.unwrap();
+        clock.set(now);
+    }
     let redis = redis::Client::open(fleet.redis_url.as_str()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     // Warm the store's connection (another key), so the burst is not a connection race.
@@ -251,6 +277,9 @@ async fn reader_process(fleet: &Fleet, now: Timestamp) {
         triggered += usize::from(read.refresh_triggered);
         slowest = slowest.max(took);
     }
+    // A near cache's stale readers ask for the claim in the background: let that finish, as
+    // a service's graceful stop would.
+    cache.shutdown(Duration::from_secs(10)).await;
     println!(
         "READER triggered={triggered} stale={stale} slowest_us={}",
         slowest.as_micros()
@@ -316,10 +345,21 @@ fn current_thread() -> tokio::runtime::Runtime {
 
 /// 4 reader processes and a worker process, 10 stale events: exactly one fetch each.
 pub fn exactly_one_fetch(server: &RedisServer, queue: QueueKind, prefix: &str) {
+    exactly_one_fetch_of(server, queue, prefix, false);
+}
+
+/// The same with near caches in the reader processes, each holding a copy of the key taken
+/// while it was fresh: still exactly one fetch per stale event, and no reader waits for Redis.
+pub fn exactly_one_fetch_with_near_caches(server: &RedisServer, prefix: &str) {
+    exactly_one_fetch_of(server, QueueKind::Redis, prefix, true);
+}
+
+fn exactly_one_fetch_of(server: &RedisServer, queue: QueueKind, prefix: &str, near: bool) {
     let fleet = Fleet {
         redis_url: server.url(),
         prefix: prefix.to_owned(),
         queue,
+        near,
     };
     let stale_now = Timestamp::from_millis(T0).saturating_add(LIFETIME);
     let worker = spawn_self(
@@ -367,7 +407,16 @@ pub fn exactly_one_fetch(server: &RedisServer, queue: QueueKind, prefix: &str) {
             triggered += field(&lines[0], "triggered");
             slowest_us.push(field(&lines[0], "slowest_us"));
         }
-        assert_eq!(triggered, 1, "trial {trial}: exactly one reader enqueued");
+        if near {
+            // Each process's first stale reader asks (in the background); the claim lets one
+            // of them enqueue.
+            assert!(
+                (1..=READER_PROCESSES as u64).contains(&triggered),
+                "trial {trial}: at most one reader per process asked, {triggered} did"
+            );
+        } else {
+            assert_eq!(triggered, 1, "trial {trial}: exactly one reader enqueued");
+        }
         // Polled with `peek`: a polling read could trigger a refresh of its own.
         wait_for("the worker's refresh", Duration::from_secs(30), || {
             is_fresh(&runtime, &results, trial)
@@ -394,6 +443,7 @@ pub fn killed_worker_is_replaced(server: &RedisServer, queue: QueueKind, prefix:
         redis_url: server.url(),
         prefix: prefix.to_owned(),
         queue,
+        near: false,
     };
     let stale_now = Timestamp::from_millis(T0).saturating_add(LIFETIME);
     let vars = |fetch_ms: &str| fleet.vars(stale_now, &[("CB_FETCH_MS", fetch_ms.to_owned())]);
