@@ -104,6 +104,9 @@ struct Copy {
     epoch: u64,
     /// Served until then (client clock).
     until: Timestamp,
+    /// A newer value was written: never served, except while the store cannot be read (then
+    /// as a Stale value).
+    superseded: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -179,12 +182,14 @@ impl NearTier {
     #[inline]
     pub(crate) fn get(&self, digest: u128, now: Timestamp) -> Option<Entry> {
         let copy = self.copies.get(&digest)?;
-        let current =
-            self.live.load(Ordering::Acquire) && copy.epoch == self.epoch.load(Ordering::Acquire);
+        let current = self.live.load(Ordering::Acquire)
+            && copy.epoch == self.epoch.load(Ordering::Acquire)
+            && !copy.superseded;
         (current && now < copy.until).then(|| Entry::new(copy.meta, Payload::live(copy.value)))
     }
 
-    /// The copy of `digest` whatever its age, for a read while the store cannot be reached.
+    /// The copy of `digest` whatever its age, for a read while the store cannot be reached
+    /// (one a newer write superseded reads as Stale).
     pub(crate) fn get_any(&self, digest: u128) -> Option<Entry> {
         let copy = self.copies.get(&digest)?;
         Some(Entry::new(copy.meta, Payload::live(copy.value)))
@@ -223,6 +228,7 @@ impl NearTier {
             value,
             epoch: ticket.epoch,
             until: now.saturating_add(self.ttl),
+            superseded: false,
         };
         self.copies.insert(digest, copy);
         // A change applied between the check above and the insert bumped the shard first and
@@ -242,10 +248,18 @@ impl NearTier {
     /// Applies an announced change.
     pub(crate) fn apply(&self, change: Change) {
         match change {
-            Change::Written { digest, generation } => {
+            Change::Written {
+                digest,
+                generation,
+                deleted,
+            } => {
                 self.seq(digest).fetch_add(1, Ordering::SeqCst);
-                self.copies
-                    .remove_if(&digest, |c| c.meta.generation < generation);
+                if deleted {
+                    self.copies
+                        .remove_if(&digest, |c| c.meta.generation < generation);
+                } else {
+                    self.supersede(digest, generation);
+                }
             }
             Change::Lost => {
                 self.live.store(false, Ordering::SeqCst);
@@ -256,6 +270,20 @@ impl NearTier {
                 self.live.store(true, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Keeps an older copy of `digest` only to stand in while the store cannot be read, as a
+    /// Stale value (a newer one was written).
+    fn supersede(&self, digest: u128, generation: u64) {
+        let Some(mut copy) = self.copies.peek(&digest) else {
+            return;
+        };
+        if copy.meta.generation >= generation || copy.superseded {
+            return;
+        }
+        copy.superseded = true;
+        copy.meta.fresh_until = copy.meta.fresh_until.min(copy.meta.fetched_at);
+        self.copies.insert(digest, copy);
     }
 
     /// Whether the subscription is live.
@@ -288,6 +316,14 @@ mod tests {
 
     fn value() -> Arc<dyn Any + Send + Sync> {
         Arc::new(1u8)
+    }
+
+    fn written(digest: u128, generation: u64, deleted: bool) -> Change {
+        Change::Written {
+            digest,
+            generation,
+            deleted,
+        }
     }
 
     fn live() -> NearTier {
@@ -325,30 +361,24 @@ mod tests {
     fn announcements_drop_older_copies_only() {
         let near = live();
         near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), T0);
-        near.apply(Change::Written {
-            digest: 1,
-            generation: 3,
-        });
+        near.apply(written(1, 3, false));
         assert!(
             near.get(1, T0).is_some(),
             "a copy as new as the write stays"
         );
-        near.apply(Change::Written {
-            digest: 1,
-            generation: 4,
-        });
+        near.apply(written(1, 4, false));
         assert!(near.get(1, T0).is_none());
-        assert_eq!(near.len(), 0);
+        let stand_in = near.get_any(1).expect("kept to stand in for the store");
+        assert!(stand_in.meta.fresh_until <= T0, "as a Stale value");
+        near.apply(written(1, 5, true));
+        assert_eq!(near.len(), 0, "a delete leaves nothing to stand in");
     }
 
     #[test]
     fn a_read_that_raced_a_change_is_not_kept() {
         let near = live();
         let ticket = near.ticket(1).unwrap();
-        near.apply(Change::Written {
-            digest: 1,
-            generation: 4,
-        });
+        near.apply(written(1, 4, false));
         near.keep(ticket, 1, meta(3), value(), T0);
         assert!(near.get(1, T0).is_none());
         let ticket = near.ticket(1).unwrap();

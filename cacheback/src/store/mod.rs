@@ -193,6 +193,9 @@ pub enum Change {
         digest: u128,
         /// The generation the write gave the entry.
         generation: u64,
+        /// Whether the write was a delete (a tombstone): an older copy must not even stand in
+        /// for the store while it is unreachable.
+        deleted: bool,
     },
     /// The subscription was lost: changes may go unannounced until the next
     /// [`Watching`](Change::Watching).

@@ -174,6 +174,16 @@ impl Job for ChaosJob {
 /// default) with [`VISIBILITY`] as its redelivery delay, no in-process worker (web processes
 /// only enqueue; worker processes run a `Worker`).
 pub(super) fn client(url: &str, prefix: &str, queue: &QueueArgs) -> Result<Cacheback, String> {
+    client_with(url, prefix, queue, false)
+}
+
+/// [`client`], with a near cache when `near`.
+pub(super) fn client_with(
+    url: &str,
+    prefix: &str,
+    queue: &QueueArgs,
+    near: bool,
+) -> Result<Cacheback, String> {
     let store = RedisStore::from_url(url).map_err(|e| format!("RedisStore: {e}"))?;
     let poll = Duration::from_millis(200);
     let queue_url = if queue.queue_url.is_empty() {
@@ -205,13 +215,15 @@ pub(super) fn client(url: &str, prefix: &str, queue: &QueueArgs) -> Result<Cache
                 .map_err(e)?,
         ),
     };
-    Cacheback::builder()
+    let mut builder = Cacheback::builder()
         .prefix(prefix)
         .store(store)
         .shared_queue(queue)
-        .in_process_worker(false)
-        .build()
-        .map_err(|e| format!("client: {e}"))
+        .in_process_worker(false);
+    if near {
+        builder = builder.near_cache(cacheback::NearCache::new());
+    }
+    builder.build().map_err(|e| format!("client: {e}"))
 }
 
 /// The queue of a run: its kind and, for a broker, its URL.
@@ -260,6 +272,9 @@ pub(crate) struct ChildArgs {
     /// The process's fetch/read log.
     #[arg(long)]
     log: PathBuf,
+    /// Reads go through a near cache (web).
+    #[arg(long)]
+    near_cache: bool,
 }
 
 /// Writes one line to stdout (the driver reads it). The driver being gone is the signal to
@@ -423,7 +438,7 @@ async fn reader(
 
 /// A web process: `readers` reader tasks until `until_ms`, then one `SUMMARY` line.
 async fn web(args: ChildArgs, log: Arc<LogFile>) -> Result<(), String> {
-    let cache = client(&args.url, &args.prefix, &args.queue)?;
+    let cache = client_with(&args.url, &args.prefix, &args.queue, args.near_cache)?;
     let job = cache.job(ChaosJob::new(
         (args.start_ms, args.faults_until_ms),
         Some(Arc::clone(&log)),

@@ -210,6 +210,7 @@ fn child_args(
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_owned(), v])
+    .chain(args.near_cache.then(|| "--near-cache".to_owned()))
     .collect()
 }
 

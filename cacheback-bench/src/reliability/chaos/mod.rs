@@ -53,6 +53,9 @@ pub(crate) struct Args {
     /// Reader tasks per web process.
     #[arg(long, default_value_t = 8)]
     readers: usize,
+    /// Web processes read through a near cache (`NearCache::new()`).
+    #[arg(long)]
+    near_cache: bool,
     /// The queue behind the refreshes (the store stays Redis, which the run restarts).
     #[cfg(feature = "redis")]
     #[arg(long, value_enum, default_value_t)]

@@ -25,8 +25,9 @@ pub(super) fn channel(prefix: &str) -> String {
     format!("cacheback:changes:{prefix}")
 }
 
-/// An announcement: the 16-byte digest, then the 8-byte generation, both big-endian.
-const MESSAGE_LEN: usize = 24;
+/// An announcement: a byte (1 for a delete), the 16-byte digest, then the 8-byte generation,
+/// both big-endian.
+const MESSAGE_LEN: usize = 25;
 
 /// How often an idle subscription is checked with a `PING` (a connection that died without
 /// closing would otherwise go unnoticed until the next write).
@@ -41,13 +42,19 @@ pub(super) fn decode(message: &[u8]) -> Option<Change> {
     if message.len() != MESSAGE_LEN {
         return None;
     }
+    let deleted = match message[0] {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     let mut digest = [0u8; 16];
-    digest.copy_from_slice(&message[..16]);
+    digest.copy_from_slice(&message[1..17]);
     let mut generation = [0u8; 8];
-    generation.copy_from_slice(&message[16..]);
+    generation.copy_from_slice(&message[17..]);
     Some(Change::Written {
         digest: u128::from_be_bytes(digest),
         generation: u64::from_be_bytes(generation),
+        deleted,
     })
 }
 
@@ -149,16 +156,20 @@ mod tests {
 
     #[test]
     fn announcements_decode_and_others_do_not() {
-        let mut message = 0x0102_u128.to_be_bytes().to_vec();
+        let mut message = vec![1];
+        message.extend_from_slice(&0x0102_u128.to_be_bytes());
         message.extend_from_slice(&7u64.to_be_bytes());
         assert_eq!(
             decode(&message),
             Some(Change::Written {
                 digest: 0x0102,
-                generation: 7
+                generation: 7,
+                deleted: true,
             })
         );
-        assert_eq!(decode(&message[..23]), None);
+        assert_eq!(decode(&message[..24]), None);
+        message[0] = 2;
+        assert_eq!(decode(&message), None);
         assert_eq!(decode(b""), None);
         assert_eq!(channel("app"), "cacheback:changes:app");
     }

@@ -417,9 +417,10 @@ impl RedisStore {
         };
         let px = px(ttl.saturating_add(self.expiry_grace));
         let channel = self.announce.then(|| changes::channel(key.prefix()));
+        let announce = channel.as_deref().map(|c| (c, entry.is_tombstone()));
         let invocation = self
             .scripts
-            .put(key, expected, envelope, px, channel.as_deref(), release);
+            .put(key, expected, envelope, px, announce, release);
         Ok(
             match self.run(invocation, "put script", PutReply::decode).await? {
                 PutReply::Written(generation) => PutOutcome::Written { generation },

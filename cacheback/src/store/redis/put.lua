@@ -9,8 +9,8 @@
 -- ARGV[5] = the envelope header's length
 -- ARGV[6] = the generation's byte offset in the header (0-based; the generation is 8 bytes)
 -- ARGV[7] = the channel that announces changes ('' = announce nothing)
--- ARGV[8] = the key's digest, 16 big-endian bytes (the announcement is the digest, then the new
---           generation)
+-- ARGV[8] = what the announcement starts with: 1 byte (1 for a delete, 0 otherwise), then the
+--           key's digest, 16 big-endian bytes; the new generation (8 bytes) follows it
 -- ARGV[9] = put-and-release only: the claim token
 --
 -- The layout comes from the Rust side, so this script never disagrees with the envelope codec.

@@ -35,14 +35,15 @@ impl Scripts {
     }
 
     /// `put`, or with `release` put-and-release: writes `envelope` if the stored generation is
-    /// `expected` (any generation when `None`), and announces the write on `channel` if given.
+    /// `expected` (any generation when `None`), and announces the write on the channel of
+    /// `announce`, if given, saying whether it deletes.
     pub(super) fn put(
         &self,
         key: Key<'_>,
         expected: Option<u64>,
         envelope: Vec<u8>,
         px: u64,
-        channel: Option<&str>,
+        announce: Option<(&str, bool)>,
         release: Option<ClaimToken>,
     ) -> ScriptInvocation<'_> {
         let mut invocation = self.put.key(entry_key(key));
@@ -57,8 +58,11 @@ impl Scripts {
             .arg(&ENVELOPE_PREFIX[..])
             .arg(ENVELOPE_HEADER_LEN)
             .arg(GENERATION_OFFSET)
-            .arg(channel.unwrap_or(""))
-            .arg(&key.digest().to_be_bytes()[..]);
+            .arg(announce.map_or("", |(channel, _)| channel))
+            .arg(announcement_head(
+                key,
+                announce.is_some_and(|(_, deleted)| deleted),
+            ));
         if let Some(token) = release {
             invocation.arg(token.to_string());
         }
@@ -101,6 +105,14 @@ impl Scripts {
             .arg(failure.1);
         invocation
     }
+}
+
+/// The start of a write's announcement: whether it deletes, then the key's digest.
+fn announcement_head(key: Key<'_>, deleted: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(17);
+    head.push(u8::from(deleted));
+    head.extend_from_slice(&key.digest().to_be_bytes());
+    head
 }
 
 /// What the `release` script does with the failure state.
