@@ -140,7 +140,8 @@
 //! `set`, `delete`, `invalidate`, refresh) and at once by the process that wrote; it is served
 //! only while the subscription to the announcements is live and has been since the copy was
 //! taken, and never past the near cache's TTL. While the store cannot be read, a copy stands in
-//! (as its windows say) instead of the store fallback.
+//! (as its windows say; one a newer write superseded as Stale, none for a deleted key) instead
+//! of the store fallback.
 //!
 //! **Values and keys.** Keys are `prefix:job:digest` with a 128-bit hash of a canonical
 //! encoding of the args (never the args themselves). Values are encoded with the client's

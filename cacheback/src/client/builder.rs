@@ -251,7 +251,8 @@ impl CachebackBuilder {
     ///   overwritten value in use;
     /// - while the store cannot be read at all, a copy this process still holds is served
     ///   instead of following [`StoreFallback`] (Fresh or Stale as its windows say; past
-    ///   them the fallback applies).
+    ///   them the fallback applies). A copy a newer write superseded is kept for that alone,
+    ///   and served as Stale; a copy of a deleted key is dropped.
     ///
     /// [`build`](Self::build) fails with [`Error::Config`] for an in-process store (which needs
     /// no near cache) and for a store that does not announce its writes.
