@@ -176,6 +176,11 @@ async fn reader(plan: Plan) -> Result<(), String> {
             sleep_until_unix(plan.burst_at(trial) - WARM_BEFORE.as_millis() as u64).await;
             handle.get(trial as u64).await.map_err(|e| e.to_string())?;
         }
+        // The previous burst's report, now that its refresh request is enqueued (a near
+        // cache's stale readers enqueue in the background; this is 350 ms after it).
+        if let Some((report, before)) = pending.take() {
+            print_report(report, queue.enqueued() - before);
+        }
         let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
         let enqueued_before = queue.enqueued();
         let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
@@ -208,9 +213,7 @@ async fn reader(plan: Plan) -> Result<(), String> {
             "latencies_ns": latencies,
             "stale": stale,
         });
-        if let Some((report, before)) = pending.replace((report, enqueued_before)) {
-            print_report(report, queue.enqueued() - before);
-        }
+        pending = Some((report, enqueued_before));
     }
     // Background work (a near cache's stale readers ask for the claim in the background)
     // finishes before the process exits, as a service's graceful stop would let it.
