@@ -81,7 +81,7 @@ async fn concurrent_stale_readers_cause_one_refresh(suite: ClientSuite) {
     })
     .await;
     assert_eq!(fx.upstream.calls(), 1, "exactly one fetch");
-    let after = squares.get_with_status(7).await.expect("the read works");
+    let after = fx.read_written(&squares, 7, "value 7 #1").await;
     assert_eq!(
         (after.status, text(after.value.as_ref())),
         (Status::Hit, Some("value 7 #1"))

@@ -13,7 +13,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::ClientSuite;
 use super::recorded::Recorded;
-use crate::client::{Cacheback, CachebackBuilder, JobHandle};
+use crate::client::{Cacheback, CachebackBuilder, JobHandle, Lookup};
 use crate::clock::TestClock;
 use crate::job::Job;
 use crate::observe::Event;
@@ -230,6 +230,26 @@ impl Fx {
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
         }
+    }
+
+    /// Reads `n` once another client's write (a worker's refresh) has reached this fixture's
+    /// web client, and returns that read: through a near cache the old copy is dropped when
+    /// the write's announcement arrives (milliseconds later), so it waits (bounded) for a read
+    /// showing `value`; otherwise the first read must show it.
+    pub(super) async fn read_written(
+        &self,
+        job: &JobHandle<SuiteJob>,
+        n: u64,
+        value: &str,
+    ) -> Lookup<String> {
+        let read = || async { job.get_with_status(n).await.expect("the read works") };
+        if self.near() {
+            eventually("the write reaches the near cache", || async {
+                text(read().await.value.as_ref()) == Some(value)
+            })
+            .await;
+        }
+        read().await
     }
 
     /// Whether the main client reads through a near cache.

@@ -131,7 +131,7 @@ async fn invalidate_is_soft(suite: ClientSuite) {
         matches!(e, Event::Refreshed { .. })
     })
     .await;
-    let after = squares.get_with_status(13).await.expect("the read works");
+    let after = fx.read_written(&squares, 13, "value 13 #1").await;
     assert_eq!(
         (after.status, text(after.value.as_ref())),
         (Status::Hit, Some("value 13 #1"))
