@@ -100,8 +100,10 @@
 //! store, atomically (a Lua script on Redis): only the reader that wins it enqueues a refresh
 //! request; everyone else serves the stale value and moves on. A claim lasts
 //! [`Policy::refresh_timeout`]: a refresh lost with a crashed process is retried by the first
-//! reader after that. Behind a remote store the readers of one process ask for a key's claim
-//! at most once per short window. A worker process refreshes one key at a time, so a request
+//! reader after that. Behind a remote store a read never waits for the claim's and the
+//! enqueue's round trips (they finish in a background task, so the stale value is served after
+//! one store read), and the readers of one process ask for a key's claim at most once per short
+//! window. A worker process refreshes one key at a time, so a request
 //! enqueued again because a claim vanished early (evicted by Redis) waits for the running
 //! refresh and is then skipped.
 //!

@@ -12,7 +12,10 @@ use cacheback::clock::{TestClock, Timestamp};
 use cacheback::store::{Entry, EntryMeta, Key, Payload, Store};
 use cacheback::store::{Put, PutCondition};
 use cacheback::{Cacheback, Policy, RedisQueue, RedisStore, Status, job_fn, testing};
-use support::{RedisServer, unique_prefix};
+use support::{RedisServer, eventually, unique_prefix};
+
+/// How long a test waits for what a read finishes in the background.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn redis_store_conforms() {
@@ -223,6 +226,15 @@ async fn a_stale_burst_costs_one_claim_script() {
     squares.set(50, 0).await.unwrap();
     clock.advance(lifetime);
     assert!(squares.get_with_status(50).await.unwrap().refresh_triggered);
+    // A read never waits for the claim: it finishes in the background.
+    let queued = |n: u64| {
+        let queue = queue.clone();
+        move || {
+            let queue = queue.clone();
+            async move { queue.len("default").await.unwrap() == n }
+        }
+    };
+    eventually("the first key's refresh is enqueued", WAIT, queued(1)).await;
     let claims_before = server.command_calls("evalsha");
     let reads = (0..64).map(|_| {
         let squares = squares.clone();
@@ -237,7 +249,8 @@ async fn a_stale_burst_costs_one_claim_script() {
         );
         triggered += usize::from(read.refresh_triggered);
     }
-    assert_eq!(triggered, 1, "exactly one reader enqueues");
+    assert_eq!(triggered, 1, "exactly one reader asks for the refresh");
+    eventually("the burst's refresh is enqueued", WAIT, queued(2)).await;
     assert_eq!(
         server.command_calls("evalsha") - claims_before,
         1,

@@ -67,10 +67,12 @@ pub struct Lookup<V> {
     pub status: Status,
     /// How long ago the served value was fetched.
     pub age: Option<Duration>,
-    /// Whether this read enqueued (or ran) a refresh. With a
-    /// [near cache](crate::CachebackBuilder::near_cache), a stale read asks for the key's
-    /// claim in the background instead of waiting for it: there this says the read asked, and
-    /// the claim decides whether a refresh is enqueued.
+    /// Whether this read started a refresh. With the in-process memory store the claim is
+    /// decided during the read, and this says a refresh was enqueued (or ran). With a remote
+    /// store (Redis, memcached, and through a near cache) a read never waits for the claim's
+    /// and the enqueue's round trips: they finish in the background, this says the read asked
+    /// for the refresh, and the claim decides whether it is enqueued (at most one per stale
+    /// event across the fleet either way).
     pub refresh_triggered: bool,
 }
 

@@ -87,11 +87,9 @@ impl<J: Job> JobHandle<J> {
                 }
             }
         } else {
-            let triggered = if self.core().near.is_some() {
-                self.trigger_in_background(key, &args, meta.generation, now)
-            } else {
-                self.trigger_on_read(key, &args, meta.generation, now).await
-            };
+            let triggered = self
+                .trigger_for_read(key, &args, meta.generation, now)
+                .await;
             job.metrics.stale.increment(1);
             job.metrics.served_age.record(age.as_secs_f64());
             return Ok(Lookup {
@@ -125,7 +123,7 @@ impl<J: Job> JobHandle<J> {
             let fetched = self.fetch_coalesced(key.digest(), args, condition).await?;
             Ok(self.fetched(&fetched, Status::MissFetched))
         } else {
-            let triggered = self.trigger_on_read(key, &args, generation, now).await;
+            let triggered = self.trigger_for_read(key, &args, generation, now).await;
             job.metrics.miss.increment(1);
             Ok(Lookup {
                 value: None,
@@ -207,7 +205,7 @@ impl<J: Job> JobHandle<J> {
                 .early_refresh_probability(now, meta.fresh_until, meta.fetch_duration);
         p > 0.0
             && fastrand::f64() < p
-            && self.trigger_on_read(key, args, meta.generation, now).await
+            && self.trigger_for_read(key, args, meta.generation, now).await
     }
 
     /// One fetch per key per process: runs (or joins) the fetch in a task and, when

@@ -18,6 +18,24 @@ use crate::queue::{EnqueueError, RefreshRequest};
 use crate::store::{ClaimToken, Release};
 
 impl<J: Job> JobHandle<J> {
+    /// Triggers a refresh for a read that serves a stale value or nothing: with the in-process
+    /// store the claim is decided at once (no round trip to wait for); with a remote store the
+    /// read never waits for the claim's and the enqueue's round trips, which finish in the
+    /// background. Returns whether a refresh was enqueued (in-process) or asked for (remote).
+    pub(super) async fn trigger_for_read(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+    ) -> bool {
+        if self.core().memory.is_some() {
+            self.trigger_on_read(key, args, generation, now).await
+        } else {
+            self.trigger_in_background(key, args, generation, now)
+        }
+    }
+
     /// [`trigger`](Self::trigger) for a read: with a remote store, asks for the claim at most
     /// once per hint window per process (see `client::hints`). Returns whether a refresh was
     /// enqueued or run.
@@ -60,8 +78,8 @@ impl<J: Job> JobHandle<J> {
         }
     }
 
-    /// [`trigger_on_read`](Self::trigger_on_read) without waiting for it, for a stale copy of
-    /// the near cache: its reader must not pay for the claim's round trips. Returns whether
+    /// [`trigger_on_read`](Self::trigger_on_read) without waiting for it, for a read of a
+    /// remote store: its reader must not pay for the claim's round trips. Returns whether
     /// this read asked for the refresh (the claim itself is decided in the background). While
     /// an attempt is in flight its hint keeps the other reads of the key from starting one, so
     /// an outage costs at most one attempt at a time per key; when nothing started (the store

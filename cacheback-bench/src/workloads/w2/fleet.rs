@@ -176,12 +176,12 @@ async fn reader(plan: Plan) -> Result<(), String> {
             sleep_until_unix(plan.burst_at(trial) - WARM_BEFORE.as_millis() as u64).await;
             handle.get(trial as u64).await.map_err(|e| e.to_string())?;
         }
-        // The previous burst's report, now that its refresh request is enqueued (a near
-        // cache's stale readers enqueue in the background; this is 350 ms after it).
+        let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
+        // The previous burst's report, now that its refresh request is enqueued (a stale
+        // reader of a remote store enqueues in the background; this is a burst interval later).
         if let Some((report, before)) = pending.take() {
             print_report(report, queue.enqueued() - before);
         }
-        let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
         let enqueued_before = queue.enqueued();
         let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
         let readers: Vec<_> = (0..PER_PROCESS)
@@ -205,7 +205,7 @@ async fn reader(plan: Plan) -> Result<(), String> {
             latencies.push(took);
             stale += usize::from(was_stale);
         }
-        // A near cache's stale reader enqueues in the background: count what this burst
+        // A stale reader of a remote store enqueues in the background: count what this burst
         // enqueued just before the next burst (or once the process stopped).
         let report = json!({
             "trial": trial,
@@ -215,7 +215,7 @@ async fn reader(plan: Plan) -> Result<(), String> {
         });
         pending = Some((report, enqueued_before));
     }
-    // Background work (a near cache's stale readers ask for the claim in the background)
+    // Background work (stale readers ask for the claim in the background)
     // finishes before the process exits, as a service's graceful stop would let it.
     client.shutdown(Duration::from_secs(5)).await;
     if let Some((report, before)) = pending {

@@ -252,6 +252,12 @@ impl Fx {
         read().await
     }
 
+    /// Whether a read asks for a key's claim in the background (a remote store) instead of
+    /// deciding it during the read (the in-process memory store).
+    pub(super) fn background_claims(&self) -> bool {
+        self.store.backend() != "memory"
+    }
+
     /// Whether the main client reads through a near cache.
     pub(super) fn near(&self) -> bool {
         self.web.near_cache_live().is_some()
@@ -333,6 +339,12 @@ impl Fx {
         tokio::time::timeout(WITHIN, wait)
             .await
             .unwrap_or_else(|_| panic!("{what}: the expected event never came"))
+    }
+
+    /// Waits until `n` refresh requests went through the queue (with a remote store a read asks
+    /// for its claim, and enqueues, in the background).
+    pub(super) async fn enqueued(&self, n: u64, what: &str) {
+        eventually(what, || async { self.queue.enqueued() == n }).await;
     }
 
     /// Waits until every request that went through the queue was acknowledged or

@@ -89,7 +89,7 @@ async fn a_miss_without_fetch_enqueues_one_refresh(suite: ClientSuite) {
         !second.refresh_triggered,
         "a second read while the refresh is claimed enqueues nothing"
     );
-    assert_eq!(fx.queue.enqueued(), 1, "exactly one refresh enqueued");
+    fx.enqueued(1, "exactly one refresh enqueued").await;
     assert_eq!(fx.upstream.calls(), 0, "the reader never fetches");
 
     fx.start_worker();
@@ -229,6 +229,6 @@ async fn get_many_answers_every_key_as_a_single_read_would(suite: ClientSuite) {
     assert_eq!(fx.upstream.calls(), 1, "one fetch, for the missing key");
     fx.start_worker();
     fx.upstream.called(2, "the stale key's refresh runs").await;
-    assert_eq!(fx.queue.enqueued(), 1, "one refresh for the stale key");
+    fx.enqueued(1, "one refresh for the stale key").await;
     fx.stop_workers().await;
 }
