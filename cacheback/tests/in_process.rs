@@ -439,3 +439,84 @@ async fn a_stale_read_overtaken_by_its_refresh_enqueues_nothing() {
         (Status::Hit, Some("refreshed"))
     );
 }
+
+/// Starts a worker on the fixture's queue with `options`; returns its health and a stop handle.
+fn start_worker(
+    fx: &Fixture,
+    options: cacheback::WorkerOptions,
+) -> (
+    cacheback::worker::WorkerHealth,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let worker = cacheback::Worker::builder(&fx.cache)
+        .options(options)
+        .build()
+        .expect("the worker builds");
+    let health = worker.health();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (health, stop)
+}
+
+/// Enqueues a refresh of each of `keys` (reads of missing keys, without fetch_on_miss).
+async fn enqueue_misses(squares: &JobHandle<TestJob>, keys: std::ops::Range<u64>) {
+    for n in keys {
+        assert!(squares.get_with_status(n).await.unwrap().refresh_triggered);
+    }
+}
+
+// Requests that wait in the queue while every refresh slot is taken make the worker double its
+// concurrency, up to its maximum: with I/O-bound fetches a worker that changes nothing keeps up.
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_requests_wait_grows_up_to_its_maximum() {
+    let fx = Fixture::with(LocalQueue::new(1000), |b| b.in_process_worker(false));
+    let squares = fx.job(policy().fetch_on_miss(false));
+    fx.upstream.close_gate();
+    enqueue_misses(&squares, 0..100).await;
+    // The requests have waited a second when the worker starts.
+    fx.clock.advance(Duration::from_secs(1));
+    let options = cacheback::WorkerOptions::default()
+        .concurrency(16)
+        .max_concurrency(64);
+    let (health, _stop) = start_worker(&fx, options);
+    // Paused time: the sleep returns once every task waits (the fetches at their gate).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        (
+            fx.upstream.calls(),
+            health.in_flight(),
+            health.concurrency()
+        ),
+        (64, 64, 64),
+        "16 → 32 → 64, then the maximum holds"
+    );
+    fx.upstream.open_gate();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fx.upstream.calls(), 100, "the rest ran as slots came free");
+}
+
+// Requests taken as soon as they come (younger than grow_after) do not grow the worker, and
+// neither does a maximum equal to the start.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_keeps_up_or_is_capped_does_not_grow() {
+    for (age, max) in [(Duration::ZERO, 512), (Duration::from_secs(1), 16)] {
+        let fx = Fixture::with(LocalQueue::new(1000), |b| b.in_process_worker(false));
+        let squares = fx.job(policy().fetch_on_miss(false));
+        fx.upstream.close_gate();
+        enqueue_misses(&squares, 0..40).await;
+        fx.clock.advance(age);
+        let options = cacheback::WorkerOptions::default()
+            .concurrency(16)
+            .max_concurrency(max);
+        let (health, _stop) = start_worker(&fx, options);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            (fx.upstream.calls(), health.concurrency()),
+            (16, 16),
+            "requests {age:?} old, maximum {max}"
+        );
+        fx.upstream.open_gate();
+    }
+}

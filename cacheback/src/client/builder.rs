@@ -84,6 +84,7 @@ const ENV_PREFIX: &str = "CACHEBACK_PREFIX";
 const ENV_REDIS_URL: &str = "CACHEBACK_REDIS_URL";
 const ENV_IN_PROCESS_WORKER: &str = "CACHEBACK_IN_PROCESS_WORKER";
 const ENV_WORKER_CONCURRENCY: &str = "CACHEBACK_WORKER_CONCURRENCY";
+const ENV_WORKER_MAX_CONCURRENCY: &str = "CACHEBACK_WORKER_MAX_CONCURRENCY";
 const ENV_MAX_VALUE_BYTES: &str = "CACHEBACK_MAX_VALUE_BYTES";
 const ENV_NEAR_CACHE_ENTRIES: &str = "CACHEBACK_NEAR_CACHE_ENTRIES";
 
@@ -97,6 +98,7 @@ impl CachebackBuilder {
     /// | `CACHEBACK_REDIS_URL` | a `RedisStore` and a `RedisQueue` at that URL (feature `redis`) | `redis://:secret@redis:6379/0` |
     /// | `CACHEBACK_IN_PROCESS_WORKER` | [`in_process_worker`](Self::in_process_worker): `true`/`false`/`1`/`0` | `false` on web processes |
     /// | `CACHEBACK_WORKER_CONCURRENCY` | the in-process worker's [`WorkerOptions::concurrency`] | `64` |
+    /// | `CACHEBACK_WORKER_MAX_CONCURRENCY` | the in-process worker's [`WorkerOptions::max_concurrency`] | `256` |
     /// | `CACHEBACK_MAX_VALUE_BYTES` | [`max_value_bytes`](Self::max_value_bytes) | `1048576` |
     /// | `CACHEBACK_NEAR_CACHE_ENTRIES` | a [`near_cache`](Self::near_cache) of that many copies | `50000` |
     ///
@@ -134,6 +136,10 @@ impl CachebackBuilder {
         if let Some(text) = var(ENV_WORKER_CONCURRENCY) {
             let n = parse_count(ENV_WORKER_CONCURRENCY, &text)?;
             builder.worker_options = builder.worker_options.clone().concurrency(n);
+        }
+        if let Some(text) = var(ENV_WORKER_MAX_CONCURRENCY) {
+            let n = parse_count(ENV_WORKER_MAX_CONCURRENCY, &text)?;
+            builder.worker_options = builder.worker_options.clone().max_concurrency(n);
         }
         if let Some(text) = var(ENV_MAX_VALUE_BYTES) {
             builder = builder.max_value_bytes(parse_count(ENV_MAX_VALUE_BYTES, &text)?);
@@ -450,12 +456,14 @@ mod tests {
             ("CACHEBACK_PREFIX", "shop"),
             ("CACHEBACK_IN_PROCESS_WORKER", "false"),
             ("CACHEBACK_WORKER_CONCURRENCY", "64"),
+            ("CACHEBACK_WORKER_MAX_CONCURRENCY", "256"),
             ("CACHEBACK_MAX_VALUE_BYTES", "1024"),
         ]))
         .unwrap();
         assert_eq!(builder.prefix, "shop");
         assert_eq!(builder.worker, Some(false));
         assert_eq!(builder.worker_options.concurrency, 64);
+        assert_eq!(builder.worker_options.max_concurrency, 256);
         assert_eq!(builder.max_value_bytes, 1024);
         let defaults = CachebackBuilder::from_vars(vars(&[])).unwrap();
         assert_eq!(defaults.prefix, "cacheback");
@@ -467,6 +475,7 @@ mod tests {
         for (name, value) in [
             ("CACHEBACK_IN_PROCESS_WORKER", "maybe"),
             ("CACHEBACK_WORKER_CONCURRENCY", "0"),
+            ("CACHEBACK_WORKER_MAX_CONCURRENCY", "-1"),
             ("CACHEBACK_MAX_VALUE_BYTES", "lots"),
         ] {
             let err = CachebackBuilder::from_vars(vars(&[(name, value)])).unwrap_err();

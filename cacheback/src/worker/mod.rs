@@ -25,12 +25,30 @@ use crate::error::{Chain, Error, Result};
 use crate::observe::{Event, dead_letter_metric};
 use crate::queue::{Delivery, Queue};
 
+mod adaptive;
+
+use adaptive::Concurrency;
+
 /// How a [`Worker`] runs.
+///
+/// **Concurrency adapts.** A worker starts with [`concurrency`](Self::concurrency) refreshes at
+/// a time and doubles it, up to [`max_concurrency`](Self::max_concurrency), whenever a request
+/// it receives while every refresh slot is taken has waited in the queue longer than
+/// [`grow_after`](Self::grow_after) — unless the runtime is busy (a refresh task started more
+/// than 5 ms after it was spawned: the fetches are not I/O-bound, and more of them at once would
+/// slow every read down). It never shrinks while the worker runs. To fix the concurrency, set
+/// `max_concurrency` to `concurrency`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerOptions {
-    /// Refreshes run at the same time (default 16).
+    /// Refreshes run at the same time to start with (default 16).
     pub concurrency: usize,
+    /// The most refreshes run at the same time once grown (default 512; never below
+    /// `concurrency`).
+    pub max_concurrency: usize,
+    /// How long a request may wait in the queue, while every refresh slot is taken, before the
+    /// worker grows its concurrency (default 20 ms).
+    pub grow_after: Duration,
     /// Messages taken from the queue per receive, at most (default 32).
     pub batch: usize,
     /// A message delivered more often than this is dead-lettered (default 5).
@@ -46,6 +64,8 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             concurrency: 16,
+            max_concurrency: 512,
+            grow_after: Duration::from_millis(20),
             batch: 32,
             max_deliveries: 5,
             drain_timeout: Duration::from_secs(30),
@@ -59,6 +79,20 @@ impl WorkerOptions {
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// Sets [`WorkerOptions::max_concurrency`].
+    #[must_use]
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// Sets [`WorkerOptions::grow_after`].
+    #[must_use]
+    pub fn grow_after(mut self, d: Duration) -> Self {
+        self.grow_after = d;
         self
     }
 
@@ -127,6 +161,7 @@ struct HealthInner {
     running: AtomicBool,
     last_poll_ms: AtomicU64,
     in_flight: AtomicUsize,
+    concurrency: AtomicUsize,
     processed: AtomicU64,
     dead_lettered: AtomicU64,
 }
@@ -150,6 +185,12 @@ impl WorkerHealth {
         self.inner.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Refreshes the worker lets run at the same time now (it grows while requests wait; see
+    /// [`WorkerOptions`]); 0 before the worker runs.
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency.load(Ordering::Relaxed)
+    }
+
     /// Requests processed so far.
     pub fn processed(&self) -> u64 {
         self.inner.processed.load(Ordering::Relaxed)
@@ -167,6 +208,7 @@ impl fmt::Debug for WorkerHealth {
             .field("running", &self.is_running())
             .field("last_poll", &self.last_poll())
             .field("in_flight", &self.in_flight())
+            .field("concurrency", &self.concurrency())
             .field("processed", &self.processed())
             .finish()
     }
@@ -282,12 +324,21 @@ impl Worker {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
         let health = &self.health.inner;
         health.running.store(true, Ordering::Relaxed);
-        let permits = Arc::new(Semaphore::new(self.options.concurrency));
+        let concurrency = Arc::new(Concurrency::new(
+            self.options.concurrency,
+            self.options.max_concurrency,
+            self.options.grow_after,
+        ));
+        let permits = Arc::clone(concurrency.permits());
+        health
+            .concurrency
+            .store(concurrency.limit(), Ordering::Relaxed);
         let mut running: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
         info!(
             queue = self.queue.backend(),
             concurrency = self.options.concurrency,
+            max_concurrency = self.options.max_concurrency.max(self.options.concurrency),
             "worker started"
         );
         loop {
@@ -299,7 +350,7 @@ impl Worker {
                 Step::Retry => continue,
                 Step::Batch(first, deliveries) => {
                     if !self
-                        .spawn_all(&permits, first, deliveries, &mut running)
+                        .spawn_all(&concurrency, first, deliveries, &mut running)
                         .await
                     {
                         break;
@@ -361,11 +412,12 @@ impl Worker {
     /// closing (no permit can be had).
     async fn spawn_all(
         &self,
-        permits: &Arc<Semaphore>,
+        concurrency: &Arc<Concurrency>,
         first: OwnedSemaphorePermit,
         deliveries: Vec<Delivery>,
         running: &mut JoinSet<()>,
     ) -> bool {
+        let permits = concurrency.permits();
         let mut first = Some(first);
         for delivery in deliveries {
             let permit = match first.take() {
@@ -385,9 +437,16 @@ impl Worker {
                 Arc::clone(&self.queue),
                 self.health.clone(),
             );
+            if let Ok(request) = &delivery.message
+                && let Some(grown) = concurrency.on_received(request.enqueued_at, core.clock.now())
+            {
+                health.inner.concurrency.store(grown, Ordering::Relaxed);
+            }
             let max_deliveries = self.options.max_deliveries;
             health.inner.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (concurrency, spawned) = (Arc::clone(concurrency), tokio::time::Instant::now());
             running.spawn(async move {
+                concurrency.started_after(spawned.elapsed());
                 handle_delivery(&core, &*queue, &health, delivery, max_deliveries).await;
                 health.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
