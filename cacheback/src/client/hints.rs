@@ -16,7 +16,7 @@
 //! hint at once. In-process stores need none of this: their claim is as cheap as the hint.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -30,7 +30,7 @@ const PURGE_AT: usize = 4096;
 /// The claim hints of one client.
 #[derive(Debug, Default)]
 pub(crate) struct ClaimHints {
-    until: Mutex<HashMap<u128, Timestamp>>,
+    until: RwLock<HashMap<u128, Timestamp>>,
 }
 
 impl ClaimHints {
@@ -38,6 +38,10 @@ impl ClaimHints {
     /// the hint is set for `window` (the request is now in flight): concurrent readers of this
     /// process skip it.
     pub(crate) fn should_claim(&self, digest: u128, now: Timestamp, window: Duration) -> bool {
+        // Every reader of a stale key but the first finds its hint: under the shared lock.
+        if self.read().get(&digest).is_some_and(|&u| u > now) {
+            return false;
+        }
         let mut until = self.lock();
         if until.get(&digest).is_some_and(|&u| u > now) {
             return false;
@@ -65,8 +69,12 @@ impl ClaimHints {
         WINDOW.min(lifetime / 4)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u128, Timestamp>> {
-        self.until.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, HashMap<u128, Timestamp>> {
+        self.until.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<u128, Timestamp>> {
+        self.until.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 

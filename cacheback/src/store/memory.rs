@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,7 +52,7 @@ pub struct MemoryStore {
 
 struct Inner {
     entries: Cache<u128, MemEntry, EntryWeighter, DigestHasher>,
-    claims: Mutex<Claims>,
+    claims: RwLock<Claims>,
     /// The store's own monotonic time base for TTLs (store TTLs only reclaim memory; freshness
     /// is the client's, on its `Clock`).
     epoch: Instant,
@@ -195,6 +195,22 @@ struct ClaimRecord {
 }
 
 impl ClaimRecord {
+    /// Why a claim at `now` is refused (a backoff, or a claim still held), if it is; reads the
+    /// record as [`expire`](Self::expire) would leave it, without changing it.
+    fn refusal(&self, now: Timestamp) -> Option<ClaimOutcome> {
+        let forgotten = matches!(self.forget_at, Some(at) if at <= now);
+        if let Some(retry_after) = self.retry_after.filter(|&at| at > now && !forgotten) {
+            return Some(ClaimOutcome::BackingOff {
+                retry_after,
+                failures: self.failures,
+            });
+        }
+        match self.claim {
+            Some((_, until)) if until > now => Some(ClaimOutcome::Held { until }),
+            _ => None,
+        }
+    }
+
     /// Drops whatever has expired at `now`; true if nothing is left.
     fn expire(&mut self, now: Timestamp) -> bool {
         if matches!(self.claim, Some((_, until)) if until <= now) {
@@ -264,7 +280,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             inner: Arc::new(Inner {
                 entries,
-                claims: Mutex::new(Claims::default()),
+                claims: RwLock::new(Claims::default()),
                 epoch: Instant::now(),
                 writes: AtomicU64::new(0),
             }),
@@ -299,12 +315,21 @@ impl MemoryStore {
         crate::clock::duration_millis(self.inner.epoch.elapsed())
     }
 
-    fn claims(&self) -> MutexGuard<'_, Claims> {
+    fn claims(&self) -> RwLockWriteGuard<'_, Claims> {
         // A panic while holding this lock cannot leave a record half-written (every update is a
         // plain field assignment), so a poisoned lock is safe to keep using.
         self.inner
             .claims
-            .lock()
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The claim records for reading: the readers of a key whose claim is taken (every reader
+    /// of a stale key but the first) only read, and do not wait for one another.
+    fn claims_read(&self) -> RwLockReadGuard<'_, Claims> {
+        self.inner
+            .claims
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -375,18 +400,22 @@ impl MemoryStore {
 
     /// Takes a claim without awaiting: what [`Store::claim`] does, for the client's stale path.
     pub(crate) fn claim_sync(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> ClaimOutcome {
+        // Most claims of a stale key are refused (its first reader took it): decide those under
+        // the shared lock.
+        if let Some(refused) = self
+            .claims_read()
+            .records
+            .get(&key.digest())
+            .and_then(|record| record.refusal(now))
+        {
+            return refused;
+        }
         let mut claims = self.claims();
         claims.sweep(now);
         let record = claims.records.entry(key.digest()).or_default();
         record.expire(now);
-        if let Some(retry_after) = record.retry_after.filter(|&at| at > now) {
-            return ClaimOutcome::BackingOff {
-                retry_after,
-                failures: record.failures,
-            };
-        }
-        if let Some((_, until)) = record.claim {
-            return ClaimOutcome::Held { until };
+        if let Some(refused) = record.refusal(now) {
+            return refused;
         }
         let token = ClaimToken::random();
         record.claim = Some((token, now.saturating_add(ttl)));
@@ -489,7 +518,7 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<ClaimState>> {
         let state = {
-            let claims = self.claims();
+            let claims = self.claims_read();
             claims
                 .records
                 .get(&key.digest())
