@@ -63,6 +63,48 @@ pub trait Job: Send + Sync + 'static {
         args: Self::Args,
     ) -> impl Future<Output = Result<Self::Value, Self::Error>> + Send;
 
+    /// Computes the values of many args in one call, for the misses of
+    /// [`JobHandle::get_many`](crate::JobHandle::get_many) (with
+    /// [`Policy::fetch_on_miss`]): override it when the upstream answers a list in one request
+    /// (one SQL `WHERE id = ANY($1)`, one batch API call) instead of one per item.
+    ///
+    /// Returns one result per args, in the order given; a list of another length fails every
+    /// key of the batch. The batch runs under one [`Policy::fetch_timeout`], and a panic fails
+    /// all of it. Keys of the batch that another read of this process is fetching already are
+    /// not asked for again, and reads of the batch's keys that come while it runs wait for it.
+    /// By default each args is fetched with [`fetch`](Self::fetch), all at the same time.
+    ///
+    /// ```
+    /// use cacheback::Job;
+    ///
+    /// struct Users;
+    ///
+    /// impl Job for Users {
+    ///     type Args = u64;
+    ///     type Value = String;
+    ///     type Error = std::io::Error;
+    ///
+    ///     fn name(&self) -> &str {
+    ///         "user"
+    ///     }
+    ///
+    ///     async fn fetch(&self, id: u64) -> Result<String, std::io::Error> {
+    ///         Ok(format!("user {id}"))
+    ///     }
+    ///
+    ///     async fn fetch_many(&self, ids: Vec<u64>) -> Vec<Result<String, std::io::Error>> {
+    ///         // One round trip to the upstream for the whole list.
+    ///         ids.into_iter().map(|id| Ok(format!("user {id}"))).collect()
+    ///     }
+    /// }
+    /// ```
+    fn fetch_many(
+        &self,
+        args: Vec<Self::Args>,
+    ) -> impl Future<Output = Vec<Result<Self::Value, Self::Error>>> + Send {
+        futures_util::future::join_all(args.into_iter().map(|args| self.fetch(args)))
+    }
+
     /// How long one fetched `value` lives: by default the policy's
     /// [`lifespan`](Policy::lifespan) for every value. Override it when the value says itself
     /// how long it may be served: an HTTP response's `Cache-Control`, a token's expiry. Called

@@ -520,3 +520,73 @@ async fn a_worker_that_keeps_up_or_is_capped_does_not_grow() {
         fx.upstream.open_gate();
     }
 }
+
+/// A job whose `fetch_many` misbehaves as told.
+struct Batchy {
+    how: &'static str,
+}
+
+impl Job for Batchy {
+    type Args = u64;
+    type Value = u64;
+    type Error = std::io::Error;
+
+    fn name(&self) -> &str {
+        "batchy"
+    }
+
+    async fn fetch(&self, n: u64) -> Result<u64, std::io::Error> {
+        Ok(n)
+    }
+
+    async fn fetch_many(&self, ns: Vec<u64>) -> Vec<Result<u64, std::io::Error>> {
+        match self.how {
+            "short" => ns.into_iter().skip(1).map(Ok).collect(),
+            "panic" => panic!("the batch exploded"),
+            _ => ns
+                .into_iter()
+                .map(|n| {
+                    if n % 2 == 0 {
+                        Ok(n * 10)
+                    } else {
+                        Err(std::io::Error::other(format!("no {n}")))
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+// A batch that answers with the wrong number of values, or panics, fails each of its keys with
+// an error that says so; a key's own error fails that key only; nothing is stored for a failed
+// key, and the next read fetches it again.
+#[tokio::test(start_paused = true)]
+async fn a_misbehaving_fetch_many_fails_its_keys_with_a_clear_error() {
+    for (how, expected) in [
+        ("short", "fetch_many returned 2 results for 3 args"),
+        ("panic", "the batch exploded"),
+    ] {
+        let fx = Fixture::new();
+        let batchy = fx.cache.job(Batchy { how });
+        for answer in batchy.get_many([1, 2, 3]).await {
+            let error = answer.expect_err("the batch failed").to_string();
+            assert!(error.contains(expected), "{how}: {error}");
+        }
+        assert_eq!(
+            batchy.peek(2).await.unwrap().map(|p| p.value.is_some()),
+            None
+        );
+    }
+    let fx = Fixture::new();
+    let batchy = fx.cache.job(Batchy { how: "odd" });
+    let answers = batchy.get_many([1, 2]).await;
+    assert!(
+        answers[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("no 1")
+    );
+    assert_eq!(answers[1].as_ref().unwrap().value.as_deref(), Some(&20));
+    assert_eq!(*batchy.get(2).await.unwrap(), 20, "stored");
+}

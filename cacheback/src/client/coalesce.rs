@@ -73,6 +73,80 @@ impl Coalescer {
         (shared.await, joined)
     }
 
+    /// [`run`](Self::run) for many keys at once: the keys not in flight already (each once) are
+    /// fetched together by `fetch`, given their places in `digests`, which returns one result
+    /// per place in that order; the others join the fetches in flight. Returns, per digest,
+    /// the result and whether it joined someone else's fetch.
+    pub(crate) async fn run_many<F>(
+        self: &Arc<Self>,
+        digests: &[u128],
+        tasks: &TaskTracker,
+        fetch: impl FnOnce(Vec<usize>) -> F,
+    ) -> Vec<(Result<AnyValue>, bool)>
+    where
+        F: Future<Output = Vec<Result<AnyValue>>> + Send + 'static,
+    {
+        let shared: Vec<(SharedFetch, bool)> = {
+            let mut inflight = self.lock();
+            let mut first_of: HashMap<u128, usize> = HashMap::new();
+            let mut mine = Vec::new();
+            for (place, &digest) in digests.iter().enumerate() {
+                if !inflight.contains_key(&digest) && !first_of.contains_key(&digest) {
+                    first_of.insert(digest, place);
+                    mine.push(place);
+                }
+            }
+            if !mine.is_empty() {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let (this, fetched) = (Arc::clone(self), mine.len());
+                let keys: Vec<u128> = mine.iter().map(|&place| digests[place]).collect();
+                let fut = fetch(mine.clone());
+                let task = tasks.spawn(async move {
+                    let results = fut.await;
+                    for digest in keys {
+                        this.finish(digest, id);
+                    }
+                    results
+                });
+                let batch = async move {
+                    match task.await {
+                        Ok(results) => Arc::new(results),
+                        Err(_) => Arc::new(vec![Err(Error::Shutdown); fetched]),
+                    }
+                }
+                .boxed()
+                .shared();
+                for (position, &place) in mine.iter().enumerate() {
+                    let batch = batch.clone();
+                    let one = async move {
+                        batch
+                            .await
+                            .get(position)
+                            .cloned()
+                            .unwrap_or(Err(Error::Shutdown))
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(digests[place], (id, one));
+                }
+            }
+            digests
+                .iter()
+                .enumerate()
+                .map(|(place, digest)| {
+                    let (_, one) = &inflight[digest];
+                    (one.clone(), first_of.get(digest) != Some(&place))
+                })
+                .collect()
+        };
+        futures_util::future::join_all(
+            shared
+                .into_iter()
+                .map(|(one, joined)| async move { (one.await, joined) }),
+        )
+        .await
+    }
+
     fn finish(&self, digest: u128, id: u64) {
         let mut inflight = self.lock();
         if matches!(inflight.get(&digest), Some((current, _)) if *current == id) {

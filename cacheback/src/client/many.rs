@@ -1,15 +1,25 @@
 //! Batch reads: many args of one job in one call, their entries read in one round trip.
 
-use futures_util::future::{BoxFuture, Either, join_all};
+use std::sync::Arc;
 
+use futures_util::future::{BoxFuture, Either, join, join_all};
+
+use crate::client::coalesce::AnyValue;
 use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
-use crate::client::lookup::Lookup;
-use crate::error::Result;
+use crate::client::lookup::{Lookup, Status};
+use crate::engine::registry::JobEntry;
+use crate::engine::{Core, backoff, fetch};
+use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::key::Key;
+use crate::store::PutCondition;
 
 /// A read that still needs the store: its place in the answer, its args and its digest.
 type Pending<J> = (usize, Args<J>, u128);
+
+/// A missing key to fetch with the batch: its place in the answer, its args, its digest and
+/// the generation it was missing at.
+type Missing<J> = (usize, Args<J>, u128, u64);
 
 /// A read that goes on as a single read: its place in the answer, and the rest of it.
 type Later<'a, J> = (usize, BoxFuture<'a, Result<Lookup<Value<J>>>>);
@@ -21,9 +31,12 @@ impl<J: Job> JobHandle<J> {
     /// Keys the process answers by itself (the memory store, copies of a
     /// [near cache](crate::CachebackBuilder::near_cache)) cost no round trip; the entries of all
     /// the others are read from the store together (one `MGET` on Redis). Hits are answered from
-    /// that one read; stale and missing keys then go on concurrently, each as a single read
-    /// would (one refresh per stale key, misses fetched with the job's coalesced fetch, or
-    /// answered empty without [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss)).
+    /// that one read; stale keys then go on concurrently, each as a single read would (one
+    /// refresh per stale key). The missing keys are fetched together, with one call of the
+    /// job's [`fetch_many`](Job::fetch_many) (keys another read of this process is fetching
+    /// already wait for that fetch instead), and stored as single fetches are; without
+    /// [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss) they are answered empty while
+    /// one refresh each is enqueued.
     ///
     /// ```
     /// # use cacheback::{Cacheback, job_fn, Policy};
@@ -50,6 +63,8 @@ impl<J: Job> JobHandle<J> {
         let mut answers: Vec<Option<Result<Lookup<Value<J>>>>> = Vec::new();
         let mut slow: Vec<Later<'_, J>> = Vec::new();
         let mut pending: Vec<Pending<J>> = Vec::new();
+        let mut missing: Vec<Missing<J>> = Vec::new();
+        let fetches = self.fetches_misses(Mode::Policy);
         let now = core.clock.now();
         for (i, args) in args.into_iter().enumerate() {
             answers.push(None);
@@ -69,14 +84,26 @@ impl<J: Job> JobHandle<J> {
                 pending.push((i, args, digest));
                 continue;
             }
+            if let Some(memory) = &core.memory {
+                let key = Key::new(&core.prefix, &self.job.name, digest);
+                if let Classified::Missing { generation, .. } =
+                    self.classify(key, memory.get_sync(key), now, None)
+                    && fetches
+                {
+                    missing.push((i, args, digest, generation));
+                    continue;
+                }
+            }
             match self.lookup(args, Mode::Policy) {
                 Either::Left(answer) => answers[i] = Some(answer),
                 Either::Right(later) => slow.push((i, later)),
             }
         }
-        self.read_pending(pending, &mut answers, &mut slow).await;
+        self.read_pending(pending, &mut answers, &mut slow, &mut missing)
+            .await;
         let (places, reads): (Vec<usize>, Vec<_>) = slow.into_iter().unzip();
-        for (i, answer) in places.into_iter().zip(join_all(reads).await) {
+        let (read, fetched) = join(join_all(reads), self.fetch_missing(missing)).await;
+        for (i, answer) in places.into_iter().zip(read).chain(fetched) {
             answers[i] = Some(answer);
         }
         answers
@@ -85,13 +112,14 @@ impl<J: Job> JobHandle<J> {
             .collect()
     }
 
-    /// Reads the entries of `pending` in one store call: hits go into `answers`, the rest into
-    /// `slow` to go on as single reads do.
+    /// Reads the entries of `pending` in one store call: hits go into `answers`, missing keys
+    /// to fetch into `missing`, the rest into `slow` to go on as single reads do.
     async fn read_pending<'a>(
         &'a self,
         pending: Vec<Pending<J>>,
         answers: &mut [Option<Result<Lookup<Value<J>>>>],
         slow: &mut Vec<Later<'a, J>>,
+        missing: &mut Vec<Missing<J>>,
     ) {
         if pending.is_empty() {
             return;
@@ -116,6 +144,11 @@ impl<J: Job> JobHandle<J> {
                 for (((i, args, digest), entry), (&key, ticket)) in reads {
                     match self.classify(key, entry, now, ticket) {
                         Classified::Hit(lookup) => answers[i] = Some(Ok(lookup)),
+                        Classified::Missing { generation, .. }
+                            if self.fetches_misses(Mode::Policy) =>
+                        {
+                            missing.push((i, args, digest, generation));
+                        }
                         read => {
                             let rest = self.finish(args, digest, read, Mode::Policy);
                             slow.push((i, Box::pin(rest)));
@@ -139,5 +172,94 @@ impl<J: Job> JobHandle<J> {
                 }
             }
         }
+    }
+    /// Fetches the `missing` keys with one call of the job's `fetch_many` (through the
+    /// coalescer: keys in flight already join their fetch), and stores each value as a single
+    /// fetch would. Returns each key's place in the answer and its answer.
+    async fn fetch_missing(
+        &self,
+        missing: Vec<Missing<J>>,
+    ) -> Vec<(usize, Result<Lookup<Value<J>>>)> {
+        if missing.is_empty() {
+            return Vec::new();
+        }
+        let (core, job) = (Arc::clone(self.core()), Arc::clone(&self.job));
+        let digests: Vec<u128> = missing.iter().map(|&(_, _, digest, _)| digest).collect();
+        let keys: Vec<(Args<J>, u128, u64)> = missing
+            .iter()
+            .map(|(_, args, digest, generation)| (args.clone(), *digest, *generation))
+            .collect();
+        let results = self
+            .reads()
+            .coalescer
+            .run_many(&digests, &self.core().tasks, move |places| {
+                let batch = places.into_iter().map(|p| keys[p].clone()).collect();
+                Box::pin(Self::fetch_many_and_store(core, job, batch))
+            })
+            .await;
+        missing
+            .into_iter()
+            .zip(results)
+            .map(|((i, ..), (result, joined))| {
+                if joined {
+                    self.job.metrics.coalesced.increment(1);
+                }
+                let answer = result.and_then(|any| {
+                    any.downcast()
+                        .map_err(|_| Error::codec("batch fetch produced a value of another type"))
+                });
+                (
+                    i,
+                    answer.map(|fetched| self.fetched(&fetched, Status::MissFetched)),
+                )
+            })
+            .collect()
+    }
+
+    /// The body of a batch fetch, run in its own task: keys that back off are refused, the rest
+    /// fetched with one `fetch_many`, each value stored under its generation.
+    async fn fetch_many_and_store(
+        core: Arc<Core>,
+        job: Arc<JobEntry<J>>,
+        batch: Vec<(Args<J>, u128, u64)>,
+    ) -> Vec<Result<AnyValue>> {
+        let now = core.clock.now();
+        let befores = join_all(batch.iter().map(|&(_, digest, _)| {
+            let key = Key::new(&core.prefix, &job.name, digest);
+            backoff::before_fetch(&core, &job, key, now, true)
+        }))
+        .await;
+        let asked: Vec<Args<J>> = batch
+            .iter()
+            .zip(&befores)
+            .filter(|(_, before)| before.is_ok())
+            .map(|((args, ..), _)| args.clone())
+            .collect();
+        let (fetched, took) = fetch::run_fetch_many(&job, asked).await;
+        let mut fetched = fetched.into_iter();
+        let kept = batch
+            .iter()
+            .zip(befores)
+            .map(|(&(_, digest, generation), before)| {
+                let fetched = before.as_ref().ok().and_then(|_| fetched.next());
+                let (core, job) = (&core, &job);
+                async move {
+                    let before = before?;
+                    let key = Key::new(&core.prefix, &job.name, digest);
+                    match fetched {
+                        Some(Ok(value)) => {
+                            backoff::record_success(core, job, key, before).await;
+                            let condition = Some(PutCondition::IfGeneration(generation));
+                            Ok(Self::keep_fetched(core, job, key, value, took, condition).await)
+                        }
+                        Some(Err(error)) => {
+                            backoff::record_failure(core, job, key, before, &error, true).await;
+                            Err(error)
+                        }
+                        None => Err(Error::fetch(&job.name, "the batch fetch gave no result")),
+                    }
+                }
+            });
+        join_all(kept.collect::<Vec<_>>()).await
     }
 }

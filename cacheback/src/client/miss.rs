@@ -267,6 +267,19 @@ impl<J: Job> JobHandle<J> {
             }
         };
         backoff::record_success(&core, &job, key, before).await;
+        Ok(Self::keep_fetched(&core, &job, key, value, took, condition).await)
+    }
+
+    /// Stores a fetched value under `condition` (`None`: the store is unreachable), and says
+    /// so when it could not be cached.
+    pub(super) async fn keep_fetched(
+        core: &Arc<Core>,
+        job: &Arc<JobEntry<J>>,
+        key: Key<'_>,
+        value: Value<J>,
+        took: Duration,
+        condition: Option<PutCondition>,
+    ) -> AnyValue {
         let value = Arc::new(value);
         let uncached = match condition {
             None => Some(Error::store(
@@ -274,8 +287,7 @@ impl<J: Job> JobHandle<J> {
                 "the store is unreachable; the value was fetched without the cache",
             )),
             Some(condition) => {
-                match value::store_value(&core, &job, key, Arc::clone(&value), took, condition)
-                    .await
+                match value::store_value(core, job, key, Arc::clone(&value), took, condition).await
                 {
                     Ok(_) => None,
                     Err(error) => {
@@ -295,6 +307,6 @@ impl<J: Job> JobHandle<J> {
                 error: error.clone(),
             });
         }
-        Ok(Arc::new(Fetched { value, uncached }) as AnyValue)
+        Arc::new(Fetched { value, uncached }) as AnyValue
     }
 }

@@ -54,6 +54,7 @@ pub(super) enum Mode {
 #[derive(Debug)]
 pub(super) struct Upstream {
     calls: AtomicUsize,
+    batches: Mutex<Vec<usize>>,
     mode: Mutex<Mode>,
     padding: AtomicUsize,
     gate: Mutex<Option<Arc<Notify>>>,
@@ -64,6 +65,7 @@ impl Default for Upstream {
     fn default() -> Self {
         Upstream {
             calls: AtomicUsize::new(0),
+            batches: Mutex::new(Vec::new()),
             mode: Mutex::new(Mode::Ok),
             padding: AtomicUsize::new(0),
             gate: Mutex::new(None),
@@ -75,6 +77,11 @@ impl Default for Upstream {
 impl Upstream {
     pub(super) fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// The sizes of the batches `fetch_many` was called with, in order.
+    pub(super) fn batches(&self) -> Vec<usize> {
+        lock(&self.batches).clone()
     }
 
     pub(super) fn set_mode(&self, mode: Mode) {
@@ -164,6 +171,11 @@ impl Job for SuiteJob {
 
     async fn fetch(&self, n: u64) -> Result<String, std::io::Error> {
         self.upstream.fetch(n).await
+    }
+
+    async fn fetch_many(&self, ns: Vec<u64>) -> Vec<Result<String, std::io::Error>> {
+        lock(&self.upstream.batches).push(ns.len());
+        futures_util::future::join_all(ns.into_iter().map(|n| self.upstream.fetch(n))).await
     }
 }
 

@@ -36,6 +36,10 @@ pub(super) const BEHAVIOURS: &[Behaviour] = &[
         "get_many answers every key as a single read would, in order",
         |s| Box::pin(get_many_answers_every_key_as_a_single_read_would(s)),
     ),
+    (
+        "get_many fetches its missing keys with one fetch_many, joined by single reads",
+        |s| Box::pin(get_many_fetches_missing_keys_in_one_batch(s)),
+    ),
 ];
 
 async fn a_miss_fetches_once_and_stores_fresh(suite: ClientSuite) {
@@ -231,4 +235,69 @@ async fn get_many_answers_every_key_as_a_single_read_would(suite: ClientSuite) {
     fx.upstream.called(2, "the stale key's refresh runs").await;
     fx.enqueued(1, "one refresh for the stale key").await;
     fx.stop_workers().await;
+}
+
+async fn get_many_fetches_missing_keys_in_one_batch(suite: ClientSuite) {
+    let mut fx = Fx::new(&suite).await;
+    let squares = fx.job("squares", policy());
+    squares.set(14, "kept".to_owned()).await.expect("set works");
+    fx.upstream.close_gate();
+    // A single read of 12 is fetching when the batch starts: the batch does not ask for it.
+    let single = tokio::spawn({
+        let squares = squares.clone();
+        async move { squares.get(12).await }
+    });
+    fx.upstream
+        .called(1, "the single read's fetch starts")
+        .await;
+    let batch = tokio::spawn({
+        let squares = squares.clone();
+        async move { squares.get_many([10, 11, 12, 13, 14, 11]).await }
+    });
+    fx.upstream.called(4, "the batch's fetches start").await;
+    // A single read of a key of the batch waits for the batch.
+    let joiner = tokio::spawn({
+        let squares = squares.clone();
+        async move { squares.get(13).await }
+    });
+    fx.upstream.open_gate();
+    let answers = batch.await.expect("the batch does not panic");
+    let seen: Vec<_> = answers
+        .iter()
+        .map(|a| {
+            let a = a.as_ref().expect("every read works");
+            (a.status, text(a.value.as_ref()).map(str::to_owned))
+        })
+        .collect();
+    let fetched = |v: &str| (Status::MissFetched, Some(v.to_owned()));
+    assert_eq!(
+        seen[..5],
+        [
+            fetched("value 10 #2"),
+            fetched("value 11 #3"),
+            fetched("value 12 #1"),
+            fetched("value 13 #4"),
+            (Status::Hit, Some("kept".to_owned())),
+        ]
+    );
+    assert_eq!(seen[5], seen[1], "a key asked twice is fetched once");
+    assert_eq!(
+        fx.upstream.batches(),
+        [3],
+        "one batch, of the keys nobody was fetching"
+    );
+    let single = single.await.expect("no panic").expect("the read works");
+    let joined = joiner.await.expect("no panic").expect("the read works");
+    assert_eq!(
+        (single.as_str(), joined.as_str()),
+        ("value 12 #1", "value 13 #4")
+    );
+    assert_eq!(fx.upstream.calls(), 4, "one fetch per key");
+    let again = squares.get_many([10, 11, 12, 13]).await;
+    assert!(
+        again
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|a| a.status == Status::Hit)),
+        "the batch's values were stored: {again:?}"
+    );
 }
