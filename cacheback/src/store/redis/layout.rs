@@ -24,10 +24,12 @@ fn tagged(key: Key<'_>, suffix: &str) -> Vec<u8> {
     out.push(b':');
     out.extend_from_slice(job);
     out.push(b':');
-    let digest = key.digest();
-    for shift in (0..32).rev() {
-        out.push(HEX[((digest >> (shift * 4)) & 0xf) as usize]);
+    let mut hex = [0u8; 32];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(key.digest().to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
+    out.extend_from_slice(&hex);
     out.push(b'}');
     out.extend_from_slice(suffix.as_bytes());
     out
