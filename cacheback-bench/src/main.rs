@@ -1,7 +1,8 @@
 //! # cacheback-bench
 //!
-//! The workload harness of `shared/bench/WORKLOADS.md`: runs W1–W7 against cacheback, next to the
-//! raw baselines (in the same process run) and the peers (moka, cached), and writes JSON lines,
+//! The workload harness of `shared/bench/WORKLOADS.md`: runs W1–W7 and W11 against cacheback,
+//! next to the raw baselines (in the same process run) and the peers (moka, cached,
+//! amalgam-cache; hitbox and http-cache-tower-server for the HTTP layer), and writes JSON lines,
 //! a Markdown table and an SVG plot of the read-latency distributions.
 //!
 //! ```text
@@ -167,6 +168,9 @@ mod tests {
         for line in [
             "__child w2-reader redis://127.0.0.1:1/ w2fleet-1 1700000000000 3",
             "__child w2-worker redis://127.0.0.1:1/ w2fleet-1 1700000000000 3",
+            "__child w2-reader redis://127.0.0.1:1/ w2fleet-1 1700000000000 3 --queue redis \
+             --queue-url redis://127.0.0.1:1/ --memcached memcache://127.0.0.1:2",
+            "__child w2-reader redis://127.0.0.1:1/ w2amalgam-1 1700000000000 3 --near --amalgam",
             "__child chaos-web --name web-1 --log x.log --url redis://127.0.0.1:1/ --prefix p \
              --keys 200 --readers 8 --start-ms 1 --faults-until-ms 2 --until-ms 3",
             "__child chaos-worker --name worker-1 --log x.log --url redis://127.0.0.1:1/ \

@@ -1,5 +1,6 @@
 //! The SVG plot of a run: read-latency percentile curves of cacheback and the peers on W2 (the
-//! stale burst) and W4 (the mixed workload), log-scaled so the tail shows.
+//! stale burst, in one process and across 4 processes on Redis) and W4 (the mixed workload),
+//! log-scaled so the tail shows.
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
@@ -8,29 +9,47 @@ use crate::report::Record;
 
 /// Percentiles are plotted on a "nines" axis: x = log10(1 / (1 - q)), 0 → p0, 3 → p99.9.
 const MAX_NINES: f64 = 3.0;
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(0, 114, 178),   // cacheback: blue
     RGBColor(213, 94, 0),    // moka: vermilion
     RGBColor(0, 158, 115),   // cached plain: green
     RGBColor(204, 121, 167), // cached SWR: purple
+    RGBColor(230, 159, 0),   // amalgam-cache: orange
+    RGBColor(86, 180, 233),  // cacheback with near caches: sky blue
+    RGBColor(120, 80, 0),    // amalgam-cache, processes that never read the key: brown
 ];
 
-/// One panel: a title and a curve per subject.
+/// One panel: a title and a curve per subject (its label).
 struct Panel<'a> {
     title: String,
-    curves: Vec<(&'a str, &'a Histogram<u64>)>,
+    curves: Vec<(String, &'a Histogram<u64>)>,
+}
+
+/// The label of a W2 curve across processes: the subject and what sets the variant apart.
+fn fleet_label(r: &Record) -> String {
+    if r.variant.contains("near cache") {
+        format!("{} (near caches)", r.subject)
+    } else if r.variant.contains("already serving") {
+        format!("{} (processes serving the key)", r.subject)
+    } else if r.variant.contains("never read") {
+        format!("{} (processes that never read it)", r.subject)
+    } else {
+        r.subject.clone()
+    }
 }
 
 /// The SVG, or `None` when the run has no W2/W4 latencies.
 pub(crate) fn latency_svg(records: &[Record]) -> Option<String> {
-    let panel = |title: &str, pick: &dyn Fn(&Record) -> bool| Panel {
-        title: title.to_owned(),
-        curves: records
-            .iter()
-            .filter(|r| pick(r))
-            .filter_map(|r| Some((r.subject.as_str(), r.latencies.as_ref()?)))
-            .collect(),
-    };
+    let panel =
+        |title: &str, pick: &dyn Fn(&Record) -> bool, label: &dyn Fn(&Record) -> String| Panel {
+            title: title.to_owned(),
+            curves: records
+                .iter()
+                .filter(|r| pick(r))
+                .filter_map(|r| Some((label(r), r.latencies.as_ref()?)))
+                .collect(),
+        };
+    let subject = |r: &Record| r.subject.clone();
     let is = |r: &Record, variant: &str| {
         matches!(r.workload, "W2" | "W4" | "W6") && r.variant == variant
     };
@@ -38,10 +57,24 @@ pub(crate) fn latency_svg(records: &[Record]) -> Option<String> {
         panel(
             "W2: 64 readers of a key that just turned stale (200 ms fetch)",
             &|r| is(r, "memory, one process") && (r.workload != "W6" || r.subject != "cacheback"),
+            &subject,
+        ),
+        panel(
+            "W2 on Redis: 4 processes × 16 readers of a stale key",
+            &|r| {
+                matches!(r.workload, "W2" | "W6")
+                    && r.variant.starts_with("Redis")
+                    && r.variant.contains("4 processes")
+                    && (r.subject != "cacheback"
+                        || r.variant.starts_with("Redis,")
+                        || r.variant.starts_with("Redis + near cache,"))
+            },
+            &fleet_label,
         ),
         panel(
             "W4 prewarmed: Zipf reads, 2 s lifetime, 20 ms fetch",
             &|r| is(r, "memory, prewarmed") && (r.workload != "W6" || r.subject != "cacheback"),
+            &subject,
         ),
     ]
     .into_iter()
@@ -67,8 +100,11 @@ pub(crate) fn latency_svg(records: &[Record]) -> Option<String> {
 fn subject_color(subject: &str) -> RGBColor {
     match subject {
         "cacheback" => COLORS[0],
+        s if s.starts_with("cacheback (near") => COLORS[5],
+        s if s.starts_with("amalgam") && s.contains("never read") => COLORS[6],
         s if s.starts_with("moka") => COLORS[1],
         s if s.starts_with("cached #") => COLORS[2],
+        s if s.starts_with("amalgam") => COLORS[4],
         _ => COLORS[3],
     }
 }
@@ -92,7 +128,7 @@ fn draw_panel<DB: DrawingBackend>(
     let curves: Vec<_> = panel
         .curves
         .iter()
-        .map(|(name, h)| (*name, percentile_curve(h)))
+        .map(|(name, h)| (name.as_str(), percentile_curve(h)))
         .collect();
     let max = curves
         .iter()
@@ -179,5 +215,38 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("cacheback"));
         assert!(latency_svg(&[]).is_none());
+    }
+
+    /// The W2 runs across processes get a panel of their own, a curve per case.
+    #[test]
+    fn fleet_runs_get_their_panel() {
+        let record = |workload, variant: &str, subject| {
+            let mut h = stats::latency_histogram();
+            stats::record(&mut h, Duration::from_micros(300));
+            let mut r = Record::new(workload, variant, subject);
+            r.latencies = Some(h);
+            r
+        };
+        let records = [
+            record(
+                "W2",
+                "Redis, 4 processes × 16 readers + a worker process",
+                "cacheback",
+            ),
+            record(
+                "W2",
+                "Redis + near cache, 4 processes × 16 readers + a worker process",
+                "cacheback",
+            ),
+            record(
+                "W6",
+                "Redis, 4 processes × 16 readers, processes that never read the key",
+                "amalgam-cache",
+            ),
+        ];
+        let svg = latency_svg(&records).expect("a plot");
+        assert!(svg.contains("4 processes"));
+        assert!(svg.contains("cacheback (near caches)"));
+        assert!(svg.contains("amalgam-cache (processes that never read it)"));
     }
 }

@@ -79,6 +79,14 @@ impl Record {
     }
 }
 
+/// The record of a variant that could not be measured (a server missing, say), saying why.
+pub(crate) fn not_measured(workload: &'static str, variant: &str, why: &str) -> Record {
+    let mut r = Record::new(workload, variant, "cacheback");
+    r.figure("error", why);
+    r.summary = format!("not measured: {why}");
+    r
+}
+
 /// A raw baseline measured in the same run, and how cacheback compares with it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Baseline {

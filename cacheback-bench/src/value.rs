@@ -184,13 +184,27 @@ pub(crate) fn redis_client(
     setup: &ClientSetup,
     fetcher: Arc<Fetcher>,
 ) -> Result<(Cacheback, JobHandle<BenchJob>, cacheback::RedisQueue), String> {
+    let store = cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?;
+    queued_client(store, url, prefix, setup, fetcher)
+}
+
+/// A cacheback client on `store` with a `RedisQueue` on the Redis at `url` (keys under
+/// `prefix`), otherwise as [`redis_client`].
+#[cfg(feature = "redis")]
+pub(crate) fn queued_client(
+    store: impl cacheback::store::Store,
+    url: &str,
+    prefix: &str,
+    setup: &ClientSetup,
+    fetcher: Arc<Fetcher>,
+) -> Result<(Cacheback, JobHandle<BenchJob>, cacheback::RedisQueue), String> {
     let queue = cacheback::RedisQueue::builder(url)
         .prefix(prefix)
         .build()
         .map_err(|e| e.to_string())?;
     let mut builder = Cacheback::builder()
         .prefix(prefix)
-        .store(cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?)
+        .store(store)
         .queue(queue.clone())
         .in_process_worker(setup.worker.is_some());
     if let Some(concurrency) = setup.worker {

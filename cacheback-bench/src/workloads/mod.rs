@@ -7,6 +7,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
+#[cfg(feature = "redis")]
+use cacheback_test_support::MemcachedServer;
 use cacheback_test_support::RedisServer;
 
 use crate::report::Record;
@@ -14,6 +16,7 @@ use crate::report::Record;
 #[cfg(feature = "redis")]
 pub(crate) mod near;
 pub(crate) mod w1;
+pub(crate) mod w11;
 pub(crate) mod w2;
 pub(crate) mod w3;
 pub(crate) mod w4;
@@ -119,12 +122,18 @@ fn memory_entries() -> Vec<Workload> {
             needs: Needs::Nothing,
             run: w7::footprint,
         },
+        Workload {
+            id: "W11",
+            title: "HTTP layer: a 50 ms handler, 64 keep-alive clients, Zipf URLs",
+            needs: Needs::Nothing,
+            run: w11::memory,
+        },
     ]
 }
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 6] {
+fn redis_entries() -> [Workload; 8] {
     [
         Workload {
             id: "W1",
@@ -149,6 +158,18 @@ fn redis_entries() -> [Workload; 6] {
             title: "mixed Zipf workload, RedisStore + RedisQueue + worker",
             needs: Needs::Redis,
             run: w4::redis,
+        },
+        Workload {
+            id: "W6",
+            title: "amalgam-cache on Redis on W2 and W4",
+            needs: Needs::Redis,
+            run: w6::redis,
+        },
+        Workload {
+            id: "W11",
+            title: "HTTP layer on Redis: a 50 ms handler, 64 keep-alive clients, Zipf URLs",
+            needs: Needs::Redis,
+            run: w11::redis,
         },
         Workload {
             id: "N1",
@@ -181,6 +202,8 @@ fn insert_after_its_workload(entries: &mut Vec<Workload>, entry: Workload) {
 pub(crate) struct Ctx {
     pub(crate) scale: Scale,
     redis: OnceLock<Result<RedisServer, String>>,
+    #[cfg(feature = "redis")]
+    memcached: OnceLock<Result<MemcachedServer, String>>,
     records: Mutex<Vec<Record>>,
     /// The queue of the workloads that take `--queue`.
     #[cfg(feature = "redis")]
@@ -192,6 +215,8 @@ impl Ctx {
         Ctx {
             scale,
             redis: OnceLock::new(),
+            #[cfg(feature = "redis")]
+            memcached: OnceLock::new(),
             records: Mutex::new(Vec::new()),
             #[cfg(feature = "redis")]
             brokers: crate::queues::Brokers::default(),
@@ -215,10 +240,11 @@ impl Ctx {
             Needs::Nothing => (workload.run)(self),
         };
         result.unwrap_or_else(|error| {
-            let mut r = Record::new(workload.id, workload.title, "cacheback");
-            r.figure("error", error.clone());
-            r.summary = format!("not measured: {error}");
-            vec![r]
+            vec![crate::report::not_measured(
+                workload.id,
+                workload.title,
+                &error,
+            )]
         })
     }
 
@@ -226,6 +252,15 @@ impl Ctx {
     pub(crate) fn redis(&self) -> Result<&RedisServer, String> {
         self.redis
             .get_or_init(|| RedisServer::try_start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The run's `memcached`, started on first use and stopped when the run ends.
+    #[cfg(feature = "redis")]
+    pub(crate) fn memcached(&self) -> Result<&MemcachedServer, String> {
+        self.memcached
+            .get_or_init(|| MemcachedServer::try_start().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(Clone::clone)
     }

@@ -1,6 +1,7 @@
 //! W5, the miss path: the first read of a missing key (the fetch sleeps 50 ms) with
 //! `fetch_on_miss` on and off, and 64 concurrent first reads of one missing key — for cacheback,
-//! and for the peers on the 64 concurrent misses (moka `get_with`, plain `#[cached]`).
+//! and for the peers on the 64 concurrent misses (moka `get_with`, plain `#[cached]`,
+//! amalgam-cache `get_or_set`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,10 +51,12 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
             }
             records.push(r);
         }
-        for peer in ["moka", "cached"] {
+        for peer in ["moka", "cached", "amalgam"] {
             let fetcher = Fetcher::new(FETCH);
+            let hour = Duration::from_secs(3600);
             let subject = Arc::new(match peer {
-                "moka" => Subject::moka(Duration::from_secs(3600), Arc::clone(&fetcher)),
+                "moka" => Subject::moka(hour, Arc::clone(&fetcher)),
+                "amalgam" => Subject::amalgam(hour, Arc::clone(&fetcher))?,
                 _ => Subject::cached(false, Lifetime::W2, Arc::clone(&fetcher)).await,
             });
             records.push(concurrent(&subject, &fetcher, trials, true).await?);

@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Map, Value as Json};
 use tokio::runtime::Runtime;
 
+use crate::peers::amalgam::{self, AmalgamCache, KeyText};
 use crate::report::{self, Baseline, Record};
 use crate::stats::{self, Spread};
 use crate::value::{BenchJob, ClientSetup, Fetcher, Value, memory_client};
@@ -53,6 +54,33 @@ struct MokaHit(moka::future::Cache<u64, Arc<Value>>);
 impl HitRead for MokaHit {
     async fn read(&self) {
         black_box(self.0.get(&black_box(KEY)).await);
+    }
+}
+
+/// amalgam-cache's read-through hit: `Cache::get_or_set` of the fresh key (its factory, which
+/// captures nothing, is never called).
+#[derive(Clone)]
+pub(super) struct AmalgamHit(pub(super) AmalgamCache);
+
+impl HitRead for AmalgamHit {
+    async fn read(&self) {
+        let read = self.0.get_or_set(
+            KeyText::new(black_box(KEY)),
+            ::amalgam::source::factory(|_| async {
+                Ok::<_, std::convert::Infallible>(Arc::new(Value::new(KEY)))
+            }),
+        );
+        black_box(read.await.ok());
+    }
+}
+
+/// amalgam-cache's plain read: `Cache::try_get` of the fresh key.
+#[derive(Clone)]
+struct AmalgamTryGet(AmalgamCache);
+
+impl HitRead for AmalgamTryGet {
+    async fn read(&self) {
+        black_box(self.0.try_get(KeyText::new(black_box(KEY))).await.ok());
     }
 }
 
@@ -227,6 +255,10 @@ struct MemorySubjects {
     moka: MokaHit,
     /// The `RwLock<HashMap>` floor.
     floor: FloorHit,
+    /// amalgam-cache's `get_or_set`.
+    amalgam: AmalgamHit,
+    /// amalgam-cache's `try_get`.
+    amalgam_try: AmalgamTryGet,
 }
 
 /// W1 on the memory store.
@@ -237,8 +269,11 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let overhead = timer_overhead_ns();
     let mut records = Vec::new();
     for tasks in [1usize, 64] {
-        let measured = measure_memory(&rt, &subjects, tasks, reads);
-        records.push(memory_record(tasks, reads, overhead, &value, measured));
+        let [cb, mk, fl, am, am_try] = measure_memory(&rt, &subjects, tasks, reads);
+        let variant = format!("memory, {tasks} task{}", if tasks == 1 { "" } else { "s" });
+        let peer = amalgam_record(variant, tasks, reads, &am, Some(&am_try), &cb, "cacheback");
+        records.push(memory_record(tasks, reads, overhead, &value, [cb, mk, fl]));
+        records.push(peer);
     }
     Ok(records)
 }
@@ -255,23 +290,45 @@ fn memory_subjects(rt: &Runtime) -> Result<(MemorySubjects, Arc<Value>), String>
     let moka: moka::future::Cache<u64, Arc<Value>> = moka::future::Cache::new(100_000);
     rt.block_on(moka.insert(KEY, Arc::clone(&value)));
     let floor = Arc::new(RwLock::new(HashMap::from([(KEY, Arc::clone(&value))])));
+    let cache = rt.block_on(async {
+        let cache = amalgam::memory(Duration::from_secs(3600))?;
+        amalgam_fill(&cache, &value).await?;
+        Ok::<_, String>(cache)
+    })?;
     let subjects = MemorySubjects {
         cacheback: CachebackHit(handle),
         moka: MokaHit(moka),
         floor: FloorHit(floor),
+        amalgam: AmalgamHit(cache.clone()),
+        amalgam_try: AmalgamTryGet(cache),
     };
     Ok((subjects, value))
 }
 
-/// The throughput trials, then the latency pass, of the three memory subjects at `tasks` tasks:
-/// cacheback, moka and the floor, in that order.
-fn measure_memory(rt: &Runtime, s: &MemorySubjects, tasks: usize, reads: u64) -> [Measured; 3] {
-    let [cb_rates, mk_rates, fl_rates] = rt.block_on(memory_trials(s, tasks, reads));
-    let [cb, mk, fl] = rt.block_on(async {
+/// Writes `value` under `KEY` in an amalgam cache and checks it reads back (W1 measures hits).
+pub(super) async fn amalgam_fill(cache: &AmalgamCache, value: &Arc<Value>) -> Result<(), String> {
+    cache
+        .set(KeyText::new(KEY), Arc::clone(value))
+        .await
+        .map_err(|e| e.to_string())?;
+    match cache.try_get(KeyText::new(KEY)).await {
+        Ok(Some(_)) => Ok(()),
+        other => Err(format!("amalgam-cache should hold the key: {other:?}")),
+    }
+}
+
+/// The throughput trials, then the latency pass, of the memory subjects at `tasks` tasks:
+/// cacheback, moka, the floor, amalgam's `get_or_set` and its `try_get`, in that order.
+fn measure_memory(rt: &Runtime, s: &MemorySubjects, tasks: usize, reads: u64) -> [Measured; 5] {
+    let [cb_rates, mk_rates, fl_rates, am_rates, at_rates] =
+        rt.block_on(memory_trials(s, tasks, reads));
+    let [cb, mk, fl, am, at] = rt.block_on(async {
         [
             latencies(&s.cacheback, tasks, reads).await,
             latencies(&s.moka, tasks, reads).await,
             latencies(&s.floor, tasks, reads).await,
+            latencies(&s.amalgam, tasks, reads).await,
+            latencies(&s.amalgam_try, tasks, reads).await,
         ]
     });
     let measured = |rates: &[f64], latency| Measured::new(rates, latency).expect("trials ran");
@@ -279,22 +336,70 @@ fn measure_memory(rt: &Runtime, s: &MemorySubjects, tasks: usize, reads: u64) ->
         measured(&cb_rates, cb),
         measured(&mk_rates, mk),
         measured(&fl_rates, fl),
+        measured(&am_rates, am),
+        measured(&at_rates, at),
     ]
 }
 
-/// A warm-up, then `TRIALS` throughput passes of the three memory subjects, interleaved so they
+/// A warm-up, then `TRIALS` throughput passes of the memory subjects, interleaved so they
 /// share the machine's noise; each subject's reads per second.
-async fn memory_trials(s: &MemorySubjects, tasks: usize, reads: u64) -> [Vec<f64>; 3] {
+async fn memory_trials(s: &MemorySubjects, tasks: usize, reads: u64) -> [Vec<f64>; 5] {
     throughput(&s.cacheback, tasks, reads / 10).await;
     throughput(&s.moka, tasks, reads / 10).await;
     throughput(&s.floor, tasks, reads / 10).await;
-    let mut rates: [Vec<f64>; 3] = Default::default();
+    throughput(&s.amalgam, tasks, reads / 10).await;
+    throughput(&s.amalgam_try, tasks, reads / 10).await;
+    let mut rates: [Vec<f64>; 5] = Default::default();
     for _ in 0..TRIALS {
         rates[0].push(throughput(&s.cacheback, tasks, reads).await);
         rates[1].push(throughput(&s.moka, tasks, reads).await);
         rates[2].push(throughput(&s.floor, tasks, reads).await);
+        rates[3].push(throughput(&s.amalgam, tasks, reads).await);
+        rates[4].push(throughput(&s.amalgam_try, tasks, reads).await);
     }
     rates
+}
+
+/// The record of amalgam-cache on W1: its `get_or_set` hits (and `try_get`, when measured),
+/// next to `ours` (cacheback, described by `ours_name`) measured interleaved with it.
+pub(super) fn amalgam_record(
+    variant: String,
+    tasks: usize,
+    reads: u64,
+    peer: &Measured,
+    try_get: Option<&Measured>,
+    ours: &Measured,
+    ours_name: &str,
+) -> Record {
+    let mut r = Record::new("W1", variant, amalgam::NAME)
+        .param("reads_per_pass", reads)
+        .param("tasks", tasks as u64)
+        .param("trials", TRIALS as u64)
+        .param(
+            "what_it_does",
+            "Cache::get_or_set of a fresh key (factory never called)",
+        );
+    r.figures.extend(peer.figures());
+    if let Some(t) = try_get {
+        r.figure("try_get", t.figures());
+    }
+    let ratio = ours.rate.median / peer.rate.median;
+    r.figure("cacheback_same_run", ours.figures());
+    r.figure("cacheback_over_peer_ops_per_sec", stats::round3(ratio));
+    r.summary = format!(
+        "get_or_set {}{}; p50/p99 {}/{}; {ours_name} {} in the same run ({} amalgam's throughput)",
+        report::rate(peer.rate.median),
+        try_get.map_or(String::new(), |t| format!(
+            " (try_get {}, p50 {})",
+            report::rate(t.rate.median),
+            report::micros(t.p50_us())
+        )),
+        report::micros(peer.p50_us()),
+        report::micros(stats::ns_to_us(peer.latency.value_at_quantile(0.99))),
+        report::rate(ours.rate.median),
+        report::times(ratio),
+    );
+    r
 }
 
 /// The record of W1 on the memory store at `tasks` tasks: moka is the baseline, the floor and

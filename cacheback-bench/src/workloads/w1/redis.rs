@@ -8,8 +8,8 @@ use std::sync::Arc;
 use cacheback::JobHandle;
 
 use super::{
-    BaselineName, CachebackHit, HitRead, KEY, Measured, TRIALS, baseline, expect_fresh_hit,
-    hit_job, latencies, throughput, w1_record,
+    AmalgamHit, BaselineName, CachebackHit, HitRead, KEY, Measured, TRIALS, amalgam_fill,
+    amalgam_record, baseline, expect_fresh_hit, hit_job, latencies, throughput, w1_record,
 };
 use crate::report::{self, Record};
 use crate::stats::{self, Spread};
@@ -141,7 +141,132 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             commands_per_read,
         ));
     }
+    match ctx.memcached() {
+        Ok(mc) => records.extend(memcached(&rt, mc, &ours, reads)?),
+        Err(e) => records.push(crate::report::not_measured("W1", "memcached", &e)),
+    }
+    let peer = AmalgamHit(rt.block_on(amalgam_subject(&url))?);
+    for tasks in [1usize, 64] {
+        let (rates, commands_per_read) =
+            rt.block_on(redis_trials(server, &peer, &near, tasks, reads))?;
+        let hists = rt.block_on(async {
+            (
+                latencies(&peer, tasks, reads).await,
+                latencies(&near, tasks, reads).await,
+            )
+        });
+        let am = Measured::new(&rates[0], hists.0).ok_or("no trials")?;
+        let with_near = Measured::new(&rates[1], hists.1).ok_or("no trials")?;
+        let variant = format!(
+            "Redis (L1 + Redis L2), {tasks} task{}",
+            if tasks == 1 { "" } else { "s" }
+        );
+        let mut r = amalgam_record(
+            variant,
+            tasks,
+            reads,
+            &am,
+            None,
+            &with_near,
+            "cacheback + near cache",
+        )
+        .param("what_it_does", crate::peers::amalgam::DESCRIBE_REDIS);
+        r.figure("redis_commands_per_read", stats::round3(commands_per_read));
+        r.summary = format!(
+            "{}; {} Redis commands per read",
+            r.summary,
+            stats::round3(commands_per_read)
+        );
+        records.push(r);
+    }
     Ok(records)
+}
+
+/// The baseline of W1 on memcached: cacheback on the run's Redis.
+const ON_REDIS: BaselineName = BaselineName {
+    name: "cacheback on the run's Redis (RedisStore), same client settings",
+    ratio_of: "ops/s, memcached ÷ Redis",
+};
+
+/// W1 with cacheback on `MemcachedStore` (the run's memcached), interleaved with cacheback on
+/// the run's Redis (`on_redis`); memcached get commands per read from its `stats`.
+fn memcached(
+    rt: &tokio::runtime::Runtime,
+    server: &cacheback_test_support::MemcachedServer,
+    on_redis: &CachebackHit,
+    reads: u64,
+) -> Result<Vec<Record>, String> {
+    let ours = CachebackHit(rt.block_on(async {
+        let store =
+            cacheback::MemcachedStore::from_url(&server.url()).map_err(|e| e.to_string())?;
+        let client = cacheback::Cacheback::builder()
+            .store(store)
+            .prefix("w1")
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (policy, fetcher) = hit_job();
+        let handle = client.job(BenchJob { fetcher, policy });
+        handle.get(KEY).await.map_err(|e| e.to_string())?;
+        expect_fresh_hit(&handle).await?;
+        Ok::<_, String>(handle)
+    })?);
+    let gets = || server.stat("cmd_get").map_err(|e| e.to_string());
+    let mut records = Vec::new();
+    for tasks in [1usize, 64] {
+        rt.block_on(throughput(&ours, tasks, reads / 10));
+        rt.block_on(throughput(on_redis, tasks, reads / 10));
+        let mut rates: [Vec<f64>; 2] = Default::default();
+        let mut gets_per_read = f64::NAN;
+        for trial in 0..TRIALS {
+            let before = gets()?;
+            rates[0].push(rt.block_on(throughput(&ours, tasks, reads)));
+            if trial == 0 {
+                let per_task = reads / tasks as u64;
+                gets_per_read = (gets()? - before) as f64 / (per_task * tasks as u64) as f64;
+            }
+            rates[1].push(rt.block_on(throughput(on_redis, tasks, reads)));
+        }
+        let hists = rt.block_on(async {
+            (
+                latencies(&ours, tasks, reads).await,
+                latencies(on_redis, tasks, reads).await,
+            )
+        });
+        let mc = Measured::new(&rates[0], hists.0).ok_or("no trials")?;
+        let redis = Measured::new(&rates[1], hists.1).ok_or("no trials")?;
+        let ratio = mc.rate.median / redis.rate.median;
+        let mut r = w1_record("memcached", tasks, reads, &mc)
+            .param("store", "MemcachedStore, default options")
+            .param("memcached", "memcached on loopback, started by the harness");
+        r.figure("memcached_gets_per_read", stats::round3(gets_per_read));
+        r.baseline = Some(baseline(&ON_REDIS, &redis, ratio));
+        r.summary = format!(
+            "{} (on Redis {}); p50/p99 {}/{} (on Redis p50 {}); {} memcached gets per read",
+            report::rate(mc.rate.median),
+            report::rate(redis.rate.median),
+            report::micros(mc.p50_us()),
+            report::micros(stats::ns_to_us(mc.latency.value_at_quantile(0.99))),
+            report::micros(redis.p50_us()),
+            stats::round3(gets_per_read),
+        );
+        r.check(
+            "exactly 1 memcached get per hit",
+            format!("{gets_per_read:.3}"),
+            (gets_per_read - 1.0).abs() < 0.001,
+        );
+        r.latencies = Some(mc.latency);
+        records.push(r);
+    }
+    Ok(records)
+}
+
+/// amalgam-cache on the same Redis (L1 + L2 + backplane + locker), `KEY` written through it.
+async fn amalgam_subject(url: &str) -> Result<crate::peers::amalgam::AmalgamCache, String> {
+    let cache =
+        crate::peers::amalgam::redis(url, "w1amalgam", std::time::Duration::from_secs(3600))
+            .await?;
+    amalgam_fill(&cache, &std::sync::Arc::new(crate::value::Value::new(KEY))).await?;
+    Ok(cache)
 }
 
 /// A client with a near cache on the same Redis and key, once its copy serves the reads.
@@ -234,9 +359,9 @@ async fn redis_subjects(url: &str) -> Result<(JobHandle<BenchJob>, RedisGet), St
 
 /// A warm-up, then `TRIALS` throughput passes of cacheback and raw `GET`, interleaved; each
 /// one's reads per second, and the Redis commands per cacheback read of the first trial.
-async fn redis_trials<R: HitRead>(
+async fn redis_trials<A: HitRead, R: HitRead>(
     server: &cacheback_test_support::RedisServer,
-    ours: &CachebackHit,
+    ours: &A,
     raw: &R,
     tasks: usize,
     reads: u64,

@@ -1,12 +1,14 @@
 //! W2 across processes: 4 reader processes × 16 readers and a separate worker process, all on
-//! one `redis-server`; fetches count themselves with a Redis `INCR`.
+//! one `redis-server` (or the store on a `memcached`, the queue on Redis); fetches count
+//! themselves with a Redis `INCR`. The amalgam-cache peer's reader processes are in
+//! `amalgam.rs` (it has no worker: its readers' processes run the refresh).
 
 use std::io::Read as _;
 use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cacheback::{Cacheback, Job, JobHandle, NearCache, Policy, RedisStore, Worker};
+use cacheback::{Cacheback, Job, JobHandle, MemcachedStore, NearCache, Policy, RedisStore, Worker};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,24 +20,24 @@ use crate::stats;
 use crate::value::unix_ms;
 use crate::workloads::runtime;
 
-const PROCESSES: usize = 4;
-const PER_PROCESS: usize = READERS / PROCESSES;
+pub(super) const PROCESSES: usize = 4;
+pub(super) const PER_PROCESS: usize = READERS / PROCESSES;
 /// Time between two trials' bursts (the 200 ms fetch lands well within it).
-const PERIOD: Duration = Duration::from_millis(1_000);
+pub(super) const PERIOD: Duration = Duration::from_millis(1_000);
 /// Time for the children to start before the first burst.
-const STARTUP: Duration = Duration::from_millis(3_000);
+pub(super) const STARTUP: Duration = Duration::from_millis(3_000);
 /// With near caches: each trial's key is refreshed this long before its burst (its 200 ms
 /// fetch lands about 800 ms before), and every reader process reads it (and keeps its copy)
 /// [`WARM_BEFORE`] before the burst, while it is still fresh (300 ms lifetime); the burst then
 /// finds the copy stale.
-const PRIME_BEFORE: Duration = Duration::from_millis(1_000);
+pub(super) const PRIME_BEFORE: Duration = Duration::from_millis(1_000);
 const WARM_BEFORE: Duration = Duration::from_millis(650);
 
 /// Fetches count themselves in Redis (`INCR`), then sleep [`FETCH`].
 #[derive(Debug)]
-struct CountingJob {
-    redis: redis::Client,
-    prefix: String,
+pub(super) struct CountingJob {
+    pub(super) redis: redis::Client,
+    pub(super) prefix: String,
 }
 
 impl Job for CountingJob {
@@ -64,31 +66,40 @@ impl Job for CountingJob {
     }
 }
 
-fn counter(prefix: &str, key: u64) -> String {
+pub(super) fn counter(prefix: &str, key: u64) -> String {
     format!("{prefix}:fetches:{key}")
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--near]`).
+/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--near] [--memcached URL]
+/// [--amalgam]`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
     /// The run's Redis.
-    url: String,
+    pub(super) url: String,
     /// The run's key prefix.
-    prefix: String,
+    pub(super) prefix: String,
     /// Unix ms of the first burst.
-    t0_ms: u64,
+    pub(super) t0_ms: u64,
     /// Trials (one key and one burst each).
-    trials: usize,
+    pub(super) trials: usize,
     /// The queue behind the refreshes.
     #[arg(long, value_enum, default_value_t)]
-    queue: QueueChoice,
+    pub(super) queue: QueueChoice,
     /// The queue's URL (the Redis URL for `redis`).
     #[arg(long, default_value = "")]
-    queue_url: String,
-    /// Every client reads through a near cache.
+    pub(super) queue_url: String,
+    /// Every client reads through a near cache (amalgam-cache: every process read the key
+    /// while it was fresh, so its L1 holds a copy).
     #[arg(long)]
-    near: bool,
+    pub(super) near: bool,
+    /// The store is `MemcachedStore` at this URL (the queue and the fetch counters stay on
+    /// Redis).
+    #[arg(long)]
+    pub(super) memcached: Option<String>,
+    /// The readers read through amalgam-cache on the Redis (no queue, no worker).
+    #[arg(long)]
+    pub(super) amalgam: bool,
 }
 
 impl Plan {
@@ -106,20 +117,30 @@ impl Plan {
         if self.near {
             args.push("--near".to_owned());
         }
+        if let Some(url) = &self.memcached {
+            args.push("--memcached".to_owned());
+            args.push(url.clone());
+        }
+        if self.amalgam {
+            args.push("--amalgam".to_owned());
+        }
         args
     }
 
     /// Unix ms of trial `i`'s burst.
-    fn burst_at(&self, i: usize) -> u64 {
+    pub(super) fn burst_at(&self, i: usize) -> u64 {
         self.t0_ms + i as u64 * PERIOD.as_millis() as u64
     }
 
     /// A client of the fleet (no in-process worker), its job handle and its queue.
     fn client(&self) -> Result<(Cacheback, JobHandle<CountingJob>, AnyQueue), String> {
         let queue = AnyQueue::open(self.queue, &self.queue_url)?;
-        let mut builder = Cacheback::builder()
-            .prefix(&self.prefix)
-            .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
+        let builder = Cacheback::builder().prefix(&self.prefix);
+        let builder = match &self.memcached {
+            Some(url) => builder.store(MemcachedStore::from_url(url).map_err(|e| e.to_string())?),
+            None => builder.store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?),
+        };
+        let mut builder = builder
             .shared_queue(queue.shared())
             .in_process_worker(false);
         if self.near {
@@ -136,7 +157,7 @@ impl Plan {
 
 /// What a reader process reports for one trial (one JSON line on stdout).
 #[derive(Debug, Deserialize)]
-struct TrialReport {
+pub(super) struct TrialReport {
     trial: usize,
     latencies_ns: Vec<u64>,
     stale: usize,
@@ -145,7 +166,7 @@ struct TrialReport {
 }
 
 /// Sleeps until the Unix time `at_ms`; how late it woke.
-async fn sleep_until_unix(at_ms: u64) -> u64 {
+pub(super) async fn sleep_until_unix(at_ms: u64) -> u64 {
     let now = unix_ms();
     if at_ms > now {
         tokio::time::sleep(Duration::from_millis(at_ms - now)).await;
@@ -225,7 +246,7 @@ async fn reader(plan: Plan) -> Result<(), String> {
 }
 
 /// Prints a trial's report (one JSON line) with what it enqueued.
-fn print_report(mut report: serde_json::Value, enqueued: u64) {
+pub(super) fn print_report(mut report: serde_json::Value, enqueued: u64) {
     report["enqueued"] = json!(enqueued);
     println!("{report}");
 }
@@ -248,6 +269,9 @@ async fn worker(plan: Plan) -> Result<(), String> {
 
 /// The reader process (`__child w2-reader`).
 pub(crate) fn reader_main(plan: Plan) -> Result<(), String> {
+    if plan.amalgam {
+        return runtime().block_on(super::amalgam::reader(plan));
+    }
     runtime().block_on(reader(plan))
 }
 
@@ -268,15 +292,18 @@ impl Drop for Children {
     }
 }
 
-/// Runs the trials across processes, with or without near caches.
+/// Runs the trials across processes, with or without near caches, the store on the Redis at
+/// `url` or on the memcached at `memcached`.
 pub(super) fn run(
     url: &str,
     trials: usize,
     brokers: &Brokers,
     near: bool,
+    memcached: Option<&str>,
 ) -> Result<Record, String> {
     let rt = runtime();
-    let prefix = format!("w2fleet-{}-{near}", std::process::id());
+    let store = if memcached.is_some() { "mc" } else { "redis" };
+    let prefix = format!("w2fleet-{}-{near}-{store}", std::process::id());
     let mut plan = Plan {
         url: url.to_owned(),
         prefix,
@@ -285,6 +312,8 @@ pub(super) fn run(
         queue: brokers.choice(),
         queue_url: brokers.url(url)?,
         near,
+        memcached: memcached.map(str::to_owned),
+        amalgam: false,
     };
     // Prime one key per trial (1 fetch each, counted): long before its burst, or, for near
     // caches, just before it (in the background while the children run).
@@ -308,10 +337,10 @@ pub(super) fn run(
     if !near {
         rt.block_on(async { priming.await.map_err(|e| e.to_string())? })?;
         plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
-        let reports = run_children(&plan)?;
+        let reports = run_children(&plan, true)?;
         return finish(&rt, &plan, &client, &handle, &reports);
     }
-    let reports = run_children(&plan)?;
+    let reports = run_children(&plan, true)?;
     rt.block_on(async { priming.await.map_err(|e| e.to_string())? })?;
     finish(&rt, &plan, &client, &handle, &reports)
 }
@@ -332,13 +361,15 @@ fn finish(
     record(&fetches, reports, plan)
 }
 
-/// Starts the worker process and the reader processes, waits for them to finish, and returns
-/// the readers' trial reports.
-fn run_children(plan: &Plan) -> Result<Vec<TrialReport>, String> {
+/// Starts the worker process (when `worker`) and the reader processes, waits for them to
+/// finish, and returns the readers' trial reports.
+pub(super) fn run_children(plan: &Plan, worker: bool) -> Result<Vec<TrialReport>, String> {
     let mut children = Children(Vec::new());
-    children
-        .0
-        .push(crate::fleet::spawn("w2-worker", &plan.args())?);
+    if worker {
+        children
+            .0
+            .push(crate::fleet::spawn("w2-worker", &plan.args())?);
+    }
     for _ in 0..PROCESSES {
         children
             .0
@@ -414,9 +445,9 @@ async fn count_fetches(plan: &Plan, handle: &JobHandle<CountingJob>) -> Result<V
     Ok(fetches)
 }
 
-/// The record of the trials: the readers' reports tallied per trial, next to its fetches.
-fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Record, String> {
-    let trials = plan.trials;
+/// The readers' reports tallied per trial, next to its fetches (`queued`: the subject has a
+/// queue, whose enqueues the reports count); and the latest any burst started.
+pub(super) fn tally(fetches: &[f64], reports: &[TrialReport], queued: bool) -> (super::Tally, u64) {
     let mut tally = super::Tally::default();
     let mut late_max = 0u64;
     for (trial, &trial_fetches) in fetches.iter().enumerate() {
@@ -430,13 +461,34 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
             late_max = late_max.max(r.late_ms);
             enqueued += r.enqueued;
         }
-        tally.trial(&trial_hist, stale, trial_fetches, Some(enqueued as f64));
+        let enqueued = queued.then_some(enqueued as f64);
+        tally.trial(&trial_hist, stale, trial_fetches, enqueued);
     }
+    (tally, late_max)
+}
+
+/// The record of the trials: the readers' reports tallied per trial, next to its fetches.
+fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Record, String> {
+    let trials = plan.trials;
+    let (tally, late_max) = tally(fetches, reports, true);
     let name = plan.queue.name();
     let near = if plan.near { " + near cache" } else { "" };
+    let store = if plan.memcached.is_some() {
+        "memcached"
+    } else {
+        "Redis"
+    };
     let variant = match plan.queue {
+        QueueChoice::Redis if plan.memcached.is_some() => {
+            "memcached + RedisQueue, 4 processes × 16 readers + a worker process".to_owned()
+        }
         QueueChoice::Redis => format!("Redis{near}, 4 processes × 16 readers + a worker process"),
-        _ => format!("Redis + {name}{near}, 4 processes × 16 readers + a worker process"),
+        _ => format!("{store} + {name}{near}, 4 processes × 16 readers + a worker process"),
+    };
+    let store_type = if plan.memcached.is_some() {
+        "MemcachedStore"
+    } else {
+        "RedisStore"
     };
     let warmed = if plan.near {
         ", each process holding a copy in its near cache (NearCache::new()) read 650 ms before \
@@ -445,7 +497,7 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         ""
     };
     let setup = format!(
-        "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + {name}, no worker) \
+        "4 OS processes × 16 readers (JobHandle::get_with_status, {store_type} + {name}, no worker) \
          hit one stale key at the same Unix millisecond{warmed}; a separate worker process \
          refreshes; fetches counted with Redis INCR"
     );
@@ -454,6 +506,11 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         .param("processes", PROCESSES as u64)
         .param("queue", name);
     r.figure("max_burst_start_skew_ms", late_max);
+    if let Some(url) = &plan.memcached {
+        r = r
+            .param("store", "MemcachedStore")
+            .param("memcached", url.as_str());
+    }
     if plan.near {
         super::check(
             &mut r,
@@ -470,4 +527,44 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         );
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Args {
+        #[command(flatten)]
+        plan: Plan,
+    }
+
+    /// A child parses exactly the plan its parent passed (store, queue, near, amalgam).
+    #[test]
+    fn a_plan_survives_the_command_line() {
+        let plan = Plan {
+            url: "redis://127.0.0.1:1/".to_owned(),
+            prefix: "p".to_owned(),
+            t0_ms: 1_700_000_000_000,
+            trials: 3,
+            queue: QueueChoice::Nats,
+            queue_url: "nats://127.0.0.1:2".to_owned(),
+            near: true,
+            memcached: Some("memcache://127.0.0.1:3".to_owned()),
+            amalgam: true,
+        };
+        let argv = std::iter::once("child".to_owned()).chain(plan.args());
+        let parsed = Args::try_parse_from(argv).unwrap().plan;
+        assert_eq!(format!("{parsed:?}"), format!("{plan:?}"));
+        let plain = Plan {
+            near: false,
+            memcached: None,
+            amalgam: false,
+            ..plan
+        };
+        let argv = std::iter::once("child".to_owned()).chain(plain.args());
+        let parsed = Args::try_parse_from(argv).unwrap().plan;
+        assert_eq!(format!("{parsed:?}"), format!("{plain:?}"));
+    }
 }

@@ -185,8 +185,10 @@ impl Tally {
         r.figure("reads_served_the_stale_value", stale_served);
         r.figure("reads", reads);
         r.figure("every_reader_got_the_stale_value", stale_served == reads);
+        let waited = waited_100ms(&hist);
+        r.figure("reads_that_waited_100ms_or_more", waited);
         r.summary = format!(
-            "fetches/event {} (min {}, max {}); enqueued/event {}; reader p50 {}, p99 {}, max {}; stale served to {stale_served}/{reads}",
+            "fetches/event {} (min {}, max {}); enqueued/event {}; reader p50 {}, p99 {}, max {}; stale served to {stale_served}/{reads}; {waited}/{reads} waited ≥ 100 ms",
             fetch_spread.median,
             fetch_spread.min,
             fetch_spread.max,
@@ -203,6 +205,14 @@ impl Tally {
     }
 }
 
+/// How many reads of `hist` took 100 ms or more (waited for a fetch).
+fn waited_100ms(hist: &hdrhistogram::Histogram<u64>) -> u64 {
+    hist.iter_recorded()
+        .filter(|v| v.value_iterated_to() >= 100_000_000)
+        .map(|v| v.count_at_value())
+        .sum()
+}
+
 /// The checks of every W2 variant: one fetch per event in every trial, reader p99 under
 /// `p99_target_us` while the fetch runs.
 fn check(r: &mut Record, trials: usize, p99_target_us: f64, target: &str) {
@@ -217,42 +227,82 @@ fn check(r: &mut Record, trials: usize, p99_target_us: f64, target: &str) {
     r.check(target, report::micros(p99), p99 < p99_target_us);
 }
 
-/// W2 on `RedisStore` + `RedisQueue` with an in-process worker, one process.
+/// W2 on `RedisStore` + `RedisQueue` with an in-process worker, one process; the same on
+/// `MemcachedStore` (the queue on Redis); both across processes, and on Redis with near caches.
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let url = ctx.redis()?.url();
     let trials = ctx.scale.pick(10, 3);
     let rt = runtime();
-    let one = rt.block_on(async {
-        let fetcher = Fetcher::new(FETCH);
-        let prefix = format!("w2-{}", std::process::id());
-        let (client, handle, queue) = crate::value::redis_client(
-            &url,
-            &prefix,
-            &ClientSetup::new(Policy::default().lifetime(W2_LIFETIME)),
-            Arc::clone(&fetcher),
-        )?;
-        let subject = Arc::new(Subject::Cacheback {
-            handle,
-            queue: queue.into(),
-        });
-        let mut r = burst(subject, &fetcher, trials, "Redis, one process").await?;
-        client.shutdown(Duration::from_secs(5)).await;
-        check(
-            &mut r,
-            trials,
-            5_000.0,
-            "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
-        );
-        Ok::<_, String>(r)
-    })?;
-    let fleet = fleet::run(&url, trials, &ctx.brokers, false)?;
-    let near = fleet::run(&url, trials, &ctx.brokers, true)?;
-    Ok(vec![one, fleet, near])
+    let memcached = ctx.memcached().map(|m| m.url());
+    let mut records = vec![rt.block_on(one_process(&url, None, trials))?];
+    match &memcached {
+        Ok(mc) => records.push(rt.block_on(one_process(&url, Some(mc), trials))?),
+        Err(e) => records.push(crate::report::not_measured(
+            "W2",
+            "memcached, one process",
+            e,
+        )),
+    }
+    records.push(fleet::run(&url, trials, &ctx.brokers, false, None)?);
+    if let Ok(mc) = &memcached {
+        records.push(fleet::run(&url, trials, &ctx.brokers, false, Some(mc))?);
+    }
+    records.push(fleet::run(&url, trials, &ctx.brokers, true, None)?);
+    Ok(records)
+}
+
+/// W2 in one process on `RedisStore` (or `MemcachedStore` at `memcached`) + `RedisQueue` with
+/// an in-process worker.
+#[cfg(feature = "redis")]
+async fn one_process(url: &str, memcached: Option<&str>, trials: usize) -> Result<Record, String> {
+    let fetcher = Fetcher::new(FETCH);
+    let setup = ClientSetup::new(Policy::default().lifetime(W2_LIFETIME));
+    let (prefix, variant) = match memcached {
+        Some(_) => (
+            format!("w2mc-{}", std::process::id()),
+            "memcached, one process",
+        ),
+        None => (format!("w2-{}", std::process::id()), "Redis, one process"),
+    };
+    let (client, handle, queue) = match memcached {
+        Some(mc) => {
+            let store = cacheback::MemcachedStore::from_url(mc).map_err(|e| e.to_string())?;
+            crate::value::queued_client(store, url, &prefix, &setup, Arc::clone(&fetcher))?
+        }
+        None => crate::value::redis_client(url, &prefix, &setup, Arc::clone(&fetcher))?,
+    };
+    let subject = Arc::new(Subject::Cacheback {
+        handle,
+        queue: queue.into(),
+    });
+    let mut r = burst(subject, &fetcher, trials, variant).await?;
+    client.shutdown(Duration::from_secs(5)).await;
+    if memcached.is_some() {
+        r = r
+            .param("store", "MemcachedStore")
+            .param("queue", "RedisQueue")
+            .param(
+                "what_it_does",
+                "JobHandle::get_with_status; MemcachedStore + RedisQueue + in-process worker",
+            );
+    }
+    check(
+        &mut r,
+        trials,
+        5_000.0,
+        "reader p99 < 5 ms (Redis) while the 200 ms fetch runs",
+    );
+    Ok(r)
 }
 
 #[cfg(feature = "redis")]
+mod amalgam;
+#[cfg(feature = "redis")]
 mod fleet;
+
+#[cfg(feature = "redis")]
+pub(crate) use amalgam::run as amalgam_fleet;
 
 #[cfg(feature = "redis")]
 pub(crate) use fleet::{Plan as FleetPlan, reader_main as reader, worker_main as worker};

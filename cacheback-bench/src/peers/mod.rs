@@ -11,6 +11,9 @@
 //! - **cached `#[cached]`**: `#[cached(ttl_millis = lifetime)] async fn` (cached 4.1, feature
 //!   `async`, no other attribute): the plain memoized function. Every caller that finds the entry
 //!   expired runs the body and waits for it.
+//! - **amalgam-cache**: `Cache::get_or_set` with eager refresh, fail-safe and a 1 ms soft
+//!   factory timeout with background completion; in memory, or on Redis (L2, backplane,
+//!   distributed locker); see [`amalgam`].
 //! - **cached SWR recipe**: section 5 of cached's own `examples/stale_while_revalidate.rs`:
 //!   `#[cached(ttl_millis, sync_writes = "by_key")]`, read with `cache_peek_with_expiry_status`,
 //!   an expired entry is served at once while the first caller (`ClaimRegistry::claim`) spawns
@@ -26,6 +29,8 @@ use cached::{Cached, CloneCached};
 
 use crate::value::{BenchJob, Fetcher, Value};
 
+pub(crate) mod amalgam;
+
 /// Which cache a reader reads through.
 #[derive(Debug)]
 pub(crate) enum Subject {
@@ -39,6 +44,12 @@ pub(crate) enum Subject {
     },
     CachedPlain(Lifetime),
     CachedSwr(Lifetime),
+    Amalgam {
+        cache: amalgam::Handle,
+        fetcher: Arc<Fetcher>,
+        /// Whether the cache has the Redis L2, backplane and locker.
+        redis: bool,
+    },
 }
 
 /// The queue behind a cacheback subject, for its counters.
@@ -92,6 +103,7 @@ impl Subject {
             Subject::Moka { .. } => "moka get_with + TTL",
             Subject::CachedPlain(_) => "cached #[cached] + TTL",
             Subject::CachedSwr(_) => "cached SWR recipe",
+            Subject::Amalgam { .. } => amalgam::NAME,
         }
     }
 
@@ -116,6 +128,8 @@ impl Subject {
             Subject::CachedSwr(_) => {
                 "cached's examples/stale_while_revalidate.rs section 5: sync_writes = by_key, peek with expiry status, ClaimRegistry, tokio::spawn(prime_cache)"
             }
+            Subject::Amalgam { redis: false, .. } => amalgam::DESCRIBE_MEMORY,
+            Subject::Amalgam { redis: true, .. } => amalgam::DESCRIBE_REDIS,
         }
     }
 
@@ -128,6 +142,30 @@ impl Subject {
                 .build(),
             fetcher,
         }
+    }
+
+    /// An amalgam-cache peer in memory with `lifetime` as its duration.
+    pub(crate) fn amalgam(lifetime: Duration, fetcher: Arc<Fetcher>) -> Result<Self, String> {
+        Ok(Subject::Amalgam {
+            cache: amalgam::Handle(amalgam::memory(lifetime)?),
+            fetcher,
+            redis: false,
+        })
+    }
+
+    /// An amalgam-cache peer on the Redis at `url` (keys under `prefix`).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn amalgam_redis(
+        url: &str,
+        prefix: &str,
+        lifetime: Duration,
+        fetcher: Arc<Fetcher>,
+    ) -> Result<Self, String> {
+        Ok(Subject::Amalgam {
+            cache: amalgam::Handle(amalgam::redis(url, prefix, lifetime).await?),
+            fetcher,
+            redis: true,
+        })
     }
 
     /// A `cached` peer: installs `fetcher` behind the function and empties its cache.
@@ -171,6 +209,19 @@ impl Subject {
             Subject::CachedPlain(Lifetime::W4) => peer_read(cached_w4_plain(key).await),
             Subject::CachedSwr(Lifetime::W2) => peer_read(cached_w2_swr_read(key).await),
             Subject::CachedSwr(Lifetime::W4) => peer_read(cached_w4_swr_read(key).await),
+            Subject::Amalgam { cache, fetcher, .. } => {
+                let fetcher = Arc::clone(fetcher);
+                let read = amalgam::get_or_set(&cache.0, key, move || async move {
+                    Ok::<_, std::convert::Infallible>(fetcher.fetch(key).await)
+                });
+                match read.await {
+                    Ok(value) => peer_read(value),
+                    Err(_) => Read {
+                        value: None,
+                        status: "error",
+                    },
+                }
+            }
         }
     }
 
