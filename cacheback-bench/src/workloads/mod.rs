@@ -124,7 +124,7 @@ fn memory_entries() -> Vec<Workload> {
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 6] {
+fn redis_entries() -> [Workload; 8] {
     [
         Workload {
             id: "W1",
@@ -137,6 +137,18 @@ fn redis_entries() -> [Workload; 6] {
             title: "stale burst, Redis: one process, and 4 processes + a worker process",
             needs: Needs::Redis,
             run: w2::redis,
+        },
+        Workload {
+            id: "W1",
+            title: "hit path, Redis Cluster (3 masters) next to one Redis",
+            needs: Needs::Redis,
+            run: w1::cluster,
+        },
+        Workload {
+            id: "W2",
+            title: "stale burst across processes, Redis Cluster (3 masters) next to one Redis",
+            needs: Needs::Redis,
+            run: w2::cluster,
         },
         Workload {
             id: "W3",
@@ -181,6 +193,8 @@ fn insert_after_its_workload(entries: &mut Vec<Workload>, entry: Workload) {
 pub(crate) struct Ctx {
     pub(crate) scale: Scale,
     redis: OnceLock<Result<RedisServer, String>>,
+    #[cfg(feature = "redis")]
+    cluster: OnceLock<Result<cacheback_test_support::RedisCluster, String>>,
     records: Mutex<Vec<Record>>,
     /// The queue of the workloads that take `--queue`.
     #[cfg(feature = "redis")]
@@ -192,6 +206,8 @@ impl Ctx {
         Ctx {
             scale,
             redis: OnceLock::new(),
+            #[cfg(feature = "redis")]
+            cluster: OnceLock::new(),
             records: Mutex::new(Vec::new()),
             #[cfg(feature = "redis")]
             brokers: crate::queues::Brokers::default(),
@@ -226,6 +242,21 @@ impl Ctx {
     pub(crate) fn redis(&self) -> Result<&RedisServer, String> {
         self.redis
             .get_or_init(|| RedisServer::try_start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The run's Redis Cluster (3 masters), started on first use and stopped when the run
+    /// ends.
+    #[cfg(feature = "redis")]
+    pub(crate) fn cluster(&self) -> Result<&cacheback_test_support::RedisCluster, String> {
+        self.cluster
+            .get_or_init(|| {
+                RedisCluster::builder()
+                    .masters(3)
+                    .try_start()
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(Clone::clone)
     }

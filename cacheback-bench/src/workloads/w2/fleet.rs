@@ -1,5 +1,6 @@
 //! W2 across processes: 4 reader processes × 16 readers and a separate worker process, all on
-//! one `redis-server`; fetches count themselves with a Redis `INCR`.
+//! one `redis-server` (or with the store and queue on a Redis Cluster, and 16 processes × 4
+//! readers too); fetches count themselves with a Redis `INCR` on the `redis-server`.
 
 use std::io::Read as _;
 use std::process::Child;
@@ -18,8 +19,8 @@ use crate::stats;
 use crate::value::unix_ms;
 use crate::workloads::runtime;
 
+/// Reader processes, unless a run says otherwise.
 const PROCESSES: usize = 4;
-const PER_PROCESS: usize = READERS / PROCESSES;
 /// Time between two trials' bursts (the 200 ms fetch lands well within it).
 const PERIOD: Duration = Duration::from_millis(1_000);
 /// Time for the children to start before the first burst.
@@ -69,10 +70,11 @@ fn counter(prefix: &str, key: u64) -> String {
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--near]`).
+/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--store-url URL] [--processes N]
+/// [--near]`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
-    /// The run's Redis.
+    /// The run's Redis (fetches are counted there).
     url: String,
     /// The run's key prefix.
     prefix: String,
@@ -89,6 +91,12 @@ pub(crate) struct Plan {
     /// Every client reads through a near cache.
     #[arg(long)]
     near: bool,
+    /// The store's URL, when not the run's Redis (a Redis Cluster).
+    #[arg(long, default_value = "")]
+    store_url: String,
+    /// Reader processes; the 64 readers are shared among them.
+    #[arg(long, default_value_t = PROCESSES)]
+    processes: usize,
 }
 
 impl Plan {
@@ -106,7 +114,27 @@ impl Plan {
         if self.near {
             args.push("--near".to_owned());
         }
+        args.extend([
+            "--store-url".to_owned(),
+            self.store_url.clone(),
+            "--processes".to_owned(),
+            self.processes.to_string(),
+        ]);
         args
+    }
+
+    /// Readers per reader process.
+    fn per_process(&self) -> usize {
+        READERS / self.processes.max(1)
+    }
+
+    /// The store's URL.
+    fn store_url(&self) -> &str {
+        if self.store_url.is_empty() {
+            &self.url
+        } else {
+            &self.store_url
+        }
     }
 
     /// Unix ms of trial `i`'s burst.
@@ -119,7 +147,7 @@ impl Plan {
         let queue = AnyQueue::open(self.queue, &self.queue_url)?;
         let mut builder = Cacheback::builder()
             .prefix(&self.prefix)
-            .store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?)
+            .store(RedisStore::from_url(self.store_url()).map_err(|e| e.to_string())?)
             .shared_queue(queue.shared())
             .in_process_worker(false);
         if self.near {
@@ -183,8 +211,8 @@ async fn reader(plan: Plan) -> Result<(), String> {
         }
         let late_ms = sleep_until_unix(plan.burst_at(trial)).await;
         let enqueued_before = queue.enqueued();
-        let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
-        let readers: Vec<_> = (0..PER_PROCESS)
+        let barrier = Arc::new(tokio::sync::Barrier::new(plan.per_process()));
+        let readers: Vec<_> = (0..plan.per_process())
             .map(|_| {
                 let (handle, barrier) = (handle.clone(), Arc::clone(&barrier));
                 tokio::spawn(async move {
@@ -275,17 +303,46 @@ pub(super) fn run(
     brokers: &Brokers,
     near: bool,
 ) -> Result<Record, String> {
-    let rt = runtime();
-    let prefix = format!("w2fleet-{}-{near}", std::process::id());
-    let mut plan = Plan {
+    let plan = Plan {
         url: url.to_owned(),
-        prefix,
-        t0_ms: unix_ms() + STARTUP.as_millis() as u64,
+        prefix: format!("w2fleet-{}-{near}", std::process::id()),
+        t0_ms: 0,
         trials,
         queue: brokers.choice(),
         queue_url: brokers.url(url)?,
         near,
+        store_url: String::new(),
+        processes: PROCESSES,
     };
+    run_plan(plan)
+}
+
+/// Runs the trials with the store and a `RedisQueue` on the Redis Cluster at `cluster_url`,
+/// `processes` reader processes sharing the 64 readers; fetches counted on `url`.
+pub(super) fn run_on_cluster(
+    url: &str,
+    cluster_url: &str,
+    trials: usize,
+    processes: usize,
+) -> Result<Record, String> {
+    let plan = Plan {
+        url: url.to_owned(),
+        prefix: format!("w2cluster-{}-{processes}", std::process::id()),
+        t0_ms: 0,
+        trials,
+        queue: QueueChoice::Redis,
+        queue_url: cluster_url.to_owned(),
+        near: false,
+        store_url: cluster_url.to_owned(),
+        processes,
+    };
+    run_plan(plan)
+}
+
+fn run_plan(mut plan: Plan) -> Result<Record, String> {
+    let rt = runtime();
+    let near = plan.near;
+    plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
     // Prime one key per trial (1 fetch each, counted): long before its burst, or, for near
     // caches, just before it (in the background while the children run).
     let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
@@ -339,7 +396,7 @@ fn run_children(plan: &Plan) -> Result<Vec<TrialReport>, String> {
     children
         .0
         .push(crate::fleet::spawn("w2-worker", &plan.args())?);
-    for _ in 0..PROCESSES {
+    for _ in 0..plan.processes {
         children
             .0
             .push(crate::fleet::spawn("w2-reader", &plan.args())?);
@@ -373,11 +430,11 @@ fn run_children(plan: &Plan) -> Result<Vec<TrialReport>, String> {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).map_err(|e| format!("bad child report {l}: {e}")))
         .collect::<Result<_, _>>()?;
-    if reports.len() != PROCESSES * plan.trials {
+    if reports.len() != plan.processes * plan.trials {
         return Err(format!(
             "{} trial reports from the reader processes, expected {}",
             reports.len(),
-            PROCESSES * plan.trials
+            plan.processes * plan.trials
         ));
     }
     Ok(reports)
@@ -434,9 +491,16 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
     }
     let name = plan.queue.name();
     let near = if plan.near { " + near cache" } else { "" };
+    let (processes, per_process) = (plan.processes, plan.per_process());
+    let fleet = format!("{processes} processes × {per_process} readers + a worker process");
+    let store = if plan.store_url.is_empty() {
+        "Redis"
+    } else {
+        "Redis Cluster (3 masters)"
+    };
     let variant = match plan.queue {
-        QueueChoice::Redis => format!("Redis{near}, 4 processes × 16 readers + a worker process"),
-        _ => format!("Redis + {name}{near}, 4 processes × 16 readers + a worker process"),
+        QueueChoice::Redis => format!("{store}{near}, {fleet}"),
+        _ => format!("{store} + {name}{near}, {fleet}"),
     };
     let warmed = if plan.near {
         ", each process holding a copy in its near cache (NearCache::new()) read 650 ms before \
@@ -445,13 +509,14 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         ""
     };
     let setup = format!(
-        "4 OS processes × 16 readers (JobHandle::get_with_status, RedisStore + {name}, no worker) \
-         hit one stale key at the same Unix millisecond{warmed}; a separate worker process \
-         refreshes; fetches counted with Redis INCR"
+        "{processes} OS processes × {per_process} readers (JobHandle::get_with_status, \
+         RedisStore on {store} + {name}, no worker) hit one stale key at the same Unix \
+         millisecond{warmed}; a separate worker process refreshes; fetches counted with Redis \
+         INCR"
     );
     let mut r = tally
         .record(&variant, "cacheback", &setup)?
-        .param("processes", PROCESSES as u64)
+        .param("processes", processes as u64)
         .param("queue", name);
     r.figure("max_burst_start_skew_ms", late_max);
     if plan.near {
