@@ -32,7 +32,7 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(crate) enum Target {
     /// One Redis server.
-    Single(Client),
+    Single(Box<Client>),
     /// A Redis Cluster, discovered from any of these nodes.
     Cluster(Vec<ConnectionInfo>),
 }
@@ -49,7 +49,7 @@ impl Target {
 pub(crate) fn open(url: &str) -> Result<Target, Error> {
     match cluster_nodes(url)? {
         Some(nodes) => open_cluster(nodes),
-        None => open_client(url).map(Target::Single),
+        None => open_client(url).map(|client| Target::Single(Box::new(client))),
     }
 }
 
@@ -256,9 +256,10 @@ impl Conn {
                     // never a long retry loop.
                     .set_number_of_retries(0)
                     .set_max_delay(Duration::from_millis(500));
-                let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(
-                    |e| Error::config(format!("cannot set up the Redis connection: {e}")),
-                )?;
+                let manager =
+                    ConnectionManager::new_lazy_with_config(*client, config).map_err(|e| {
+                        Error::config(format!("cannot set up the Redis connection: {e}"))
+                    })?;
                 Link::Single(manager)
             }
             Target::Cluster(nodes) => {
@@ -564,7 +565,11 @@ mod tests {
 
     #[test]
     fn cluster_nodes_are_checked_without_echoing_passwords() {
-        assert!(open_cluster(["redis://127.0.0.1:7000"]).unwrap().is_cluster());
+        assert!(
+            open_cluster(["redis://127.0.0.1:7000"])
+                .unwrap()
+                .is_cluster()
+        );
         assert!(!open("redis://127.0.0.1:7000").unwrap().is_cluster());
         assert!(open("redis+cluster://127.0.0.1:7000").unwrap().is_cluster());
         let none: [&str; 0] = [];

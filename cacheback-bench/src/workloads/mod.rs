@@ -252,7 +252,7 @@ impl Ctx {
     pub(crate) fn cluster(&self) -> Result<&cacheback_test_support::RedisCluster, String> {
         self.cluster
             .get_or_init(|| {
-                RedisCluster::builder()
+                cacheback_test_support::RedisCluster::builder()
                     .masters(3)
                     .try_start()
                     .map_err(|e| e.to_string())

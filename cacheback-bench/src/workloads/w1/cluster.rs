@@ -116,15 +116,26 @@ pub(crate) fn cluster(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let cluster = ctx.cluster()?;
     let reads: u64 = ctx.scale.pick(100_000, 10_000);
     let rt = runtime();
-    let (on_cluster, on_one) =
-        rt.block_on(async { Ok::<_, String>((subject(&cluster.url()).await?, subject(&one_url).await?)) })?;
+    let (on_cluster, on_one) = rt.block_on(async {
+        Ok::<_, String>((subject(&cluster.url()).await?, subject(&one_url).await?))
+    })?;
     let mut records = Vec::new();
     for tasks in [1usize, 64] {
-        let (a, b) = (CachebackHit(on_cluster.clone()), CachebackHit(on_one.clone()));
+        let (a, b) = (
+            CachebackHit(on_cluster.clone()),
+            CachebackHit(on_one.clone()),
+        );
         records.push(rt.block_on(pass(cluster, "one key", &a, &b, tasks, reads))?);
     }
     let (a, b) = (SpreadHit::new(&on_cluster), SpreadHit::new(&on_one));
-    records.push(rt.block_on(pass(cluster, "1,000 keys over the slots", &a, &b, 64, reads))?);
+    records.push(rt.block_on(pass(
+        cluster,
+        "1,000 keys over the slots",
+        &a,
+        &b,
+        64,
+        reads,
+    ))?);
     Ok(records)
 }
 
@@ -138,8 +149,8 @@ async fn pass<C: HitRead, S: HitRead>(
     reads: u64,
 ) -> Result<Record, String> {
     let (rates, commands_per_read) = trials(cluster, on_cluster, on_one, tasks, reads).await?;
-    let ours = Measured::new(&rates[0], latencies(on_cluster, tasks, reads).await)
-        .ok_or("no trials")?;
+    let ours =
+        Measured::new(&rates[0], latencies(on_cluster, tasks, reads).await).ok_or("no trials")?;
     let one = Measured::new(&rates[1], latencies(on_one, tasks, reads).await).ok_or("no trials")?;
     let ratio = ours.rate.median / one.rate.median;
     let store = format!("Redis Cluster (3 masters), {keys}");

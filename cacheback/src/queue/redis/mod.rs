@@ -366,7 +366,7 @@ impl RedisQueueBuilder {
         let target = match self.source {
             Source::Url(url) => redis_support::open(&url)?,
             Source::Cluster(nodes) => redis_support::open_cluster(nodes)?,
-            Source::Client(client) => redis_support::Target::Single(*client),
+            Source::Client(client) => redis_support::Target::Single(client),
         };
         o.shards = self.shards.unwrap_or(if target.is_cluster() {
             DEFAULT_CLUSTER_SHARDS
@@ -669,7 +669,10 @@ mod tests {
 
     #[test]
     fn streams_of_a_shard_share_a_hash_tag() {
-        assert_eq!(stream_key("app", 0, "default"), "{app:queue}:stream:default");
+        assert_eq!(
+            stream_key("app", 0, "default"),
+            "{app:queue}:stream:default"
+        );
         assert_eq!(dead_key("app", 0, "default"), "{app:queue}:dead:default");
         assert_eq!(stream_key("app", 3, "a/b"), "{app:queue:3}:stream:a/b");
         assert_eq!(dead_key("app", 3, "a/b"), "{app:queue:3}:dead:a/b");
@@ -691,12 +694,24 @@ mod tests {
         for bad in ["a/5-0", "4/a/5-0", "x", "1/5-0"] {
             assert!(queue.stream_of(&Receipt::new(bad)).is_err(), "{bad}");
         }
-        assert!(RedisQueue::builder("redis://127.0.0.1:1").shards(0).build().is_err());
+        assert!(
+            RedisQueue::builder("redis://127.0.0.1:1")
+                .shards(0)
+                .build()
+                .is_err()
+        );
         assert_eq!(
-            RedisQueue::from_url("redis+cluster://127.0.0.1:1").unwrap().shards(),
+            RedisQueue::from_url("redis+cluster://127.0.0.1:1")
+                .unwrap()
+                .shards(),
             DEFAULT_CLUSTER_SHARDS
         );
-        assert_eq!(RedisQueue::from_url("redis://127.0.0.1:1").unwrap().shards(), 1);
+        assert_eq!(
+            RedisQueue::from_url("redis://127.0.0.1:1")
+                .unwrap()
+                .shards(),
+            1
+        );
     }
 
     #[test]

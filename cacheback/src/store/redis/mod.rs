@@ -214,7 +214,7 @@ impl RedisStoreBuilder {
             Source::Url(url) => on_target(redis_support::open(&url)?, self.options)?,
             Source::Cluster(nodes) => on_target(redis_support::open_cluster(nodes)?, self.options)?,
             Source::Client(client) => {
-                on_target(redis_support::Target::Single(*client), self.options)?
+                on_target(redis_support::Target::Single(client), self.options)?
             }
             Source::Manager(manager) => (Conn::from_manager(*manager, self.options), None),
         };
@@ -241,7 +241,7 @@ fn on_target(
     options: ConnOptions,
 ) -> Result<(Conn, Option<(Client, ConnOptions)>)> {
     let watcher = match &target {
-        redis_support::Target::Single(client) => Some((client.clone(), options)),
+        redis_support::Target::Single(client) => Some(((**client).clone(), options)),
         redis_support::Target::Cluster(_) => None,
     };
     Ok((Conn::lazy(target, options, Duration::ZERO)?, watcher))
@@ -366,10 +366,7 @@ impl RedisStore {
             let maxmemory = field("maxmemory")
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
-            eviction_warning(
-                maxmemory,
-                field("maxmemory_policy").unwrap_or("noeviction"),
-            )
+            eviction_warning(maxmemory, field("maxmemory_policy").unwrap_or("noeviction"))
         }))
     }
 
