@@ -49,8 +49,8 @@
 //!
 //! | | in one process (default) | across a fleet (feature `redis`) |
 //! |---|---|---|
-//! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis (Cluster-ready hash tags) |
-//! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes |
+//! | store | [`MemoryStore`] | `RedisStore`: entries, claims and failure state in Redis, or a Redis Cluster (`redis+cluster://`) |
+//! | queue | [`LocalQueue`] + in-process [`Worker`] | `RedisQueue`: Redis Streams drained by [`Worker`] processes (sharded over a cluster's slots) |
 //!
 //! With feature `memcached`, `MemcachedStore` is a fleet store in memcached: the same entries,
 //! claims by `add` and compare-and-swap, nothing kept through eviction or a restart. In front of
@@ -67,7 +67,7 @@
 //! | `macros` | yes | the [`cacheback`](macro@cacheback) attribute for `async fn` |
 //! | `testing` | no | [`testing`]: the conformance suites every `Store` and `Queue` must pass |
 //! | `json` | no | [`Codec::Json`] |
-//! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring) |
+//! | `redis` | no | `RedisStore` and `RedisQueue` (redis-rs, tokio; `rediss://` TLS with rustls + ring; Redis Cluster) |
 //! | `memcached` | no | `MemcachedStore` (async-memcached, meta protocol) |
 //! | `http` | no | [`CachebackLayer`](crate::http::CachebackLayer): a tower layer that serves whole responses stale-while-revalidate |
 //! | `axum` | no | [`CachedJson`](crate::axum::CachedJson) and `IntoResponse` for [`Error`]: a job read as a response |

@@ -23,10 +23,15 @@
 //! assert_eq!(server.cmd::<Option<String>>(&["GET", "a"]), None);
 //! ```
 //!
+//! [`RedisCluster`] starts a Redis Cluster of such servers (3 masters, replicas on request),
+//! joined with `redis-cli --cluster create`, with the faults cluster tests need: a master
+//! killed and its replica promoted, slots resharded. One per test binary is plenty.
+//!
 //! [`MemcachedServer`] does the same for `memcached` (skipped loudly when missing unless
 //! `CACHEBACK_REQUIRE_MEMCACHED=1`; the binary is `$CACHEBACK_MEMCACHED`, else `memcached` on
 //! `PATH`, else `/usr/bin/memcached`).
 
+mod cluster;
 mod inspect;
 mod memcached;
 pub mod nats;
@@ -38,6 +43,7 @@ mod tls;
 
 use std::time::Duration;
 
+pub use cluster::{RedisCluster, RedisClusterBuilder, SLOTS};
 pub use memcached::{MemcachedServer, MemcachedServerBuilder};
 pub use server::{RedisServer, RedisServerBuilder};
 

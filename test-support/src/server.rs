@@ -142,7 +142,7 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn binary() -> Option<PathBuf> {
+pub(crate) fn binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CACHEBACK_REDIS_SERVER") {
         return Some(PathBuf::from(path));
     }

@@ -148,6 +148,18 @@ fn redis_entries() -> [Workload; 8] {
             run: w2::redis,
         },
         Workload {
+            id: "W1",
+            title: "hit path, Redis Cluster (3 masters) next to one Redis",
+            needs: Needs::Redis,
+            run: w1::cluster,
+        },
+        Workload {
+            id: "W2",
+            title: "stale burst across processes, Redis Cluster (3 masters) next to one Redis",
+            needs: Needs::Redis,
+            run: w2::cluster,
+        },
+        Workload {
             id: "W3",
             title: "refresh throughput, RedisStore + RedisQueue + worker",
             needs: Needs::Redis,
@@ -204,6 +216,8 @@ pub(crate) struct Ctx {
     redis: OnceLock<Result<RedisServer, String>>,
     #[cfg(feature = "redis")]
     memcached: OnceLock<Result<MemcachedServer, String>>,
+    #[cfg(feature = "redis")]
+    cluster: OnceLock<Result<cacheback_test_support::RedisCluster, String>>,
     records: Mutex<Vec<Record>>,
     /// The queue of the workloads that take `--queue`.
     #[cfg(feature = "redis")]
@@ -217,6 +231,8 @@ impl Ctx {
             redis: OnceLock::new(),
             #[cfg(feature = "redis")]
             memcached: OnceLock::new(),
+            #[cfg(feature = "redis")]
+            cluster: OnceLock::new(),
             records: Mutex::new(Vec::new()),
             #[cfg(feature = "redis")]
             brokers: crate::queues::Brokers::default(),
@@ -261,6 +277,21 @@ impl Ctx {
     pub(crate) fn memcached(&self) -> Result<&MemcachedServer, String> {
         self.memcached
             .get_or_init(|| MemcachedServer::try_start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The run's Redis Cluster (3 masters), started on first use and stopped when the run
+    /// ends.
+    #[cfg(feature = "redis")]
+    pub(crate) fn cluster(&self) -> Result<&cacheback_test_support::RedisCluster, String> {
+        self.cluster
+            .get_or_init(|| {
+                cacheback_test_support::RedisCluster::builder()
+                    .masters(3)
+                    .try_start()
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(Clone::clone)
     }

@@ -380,7 +380,8 @@ fn start_near(
     let Some(mut changes) = store.watch(prefix) else {
         return Err(Error::config(format!(
             "the {} store does not announce its writes, so a near cache in front of it could \
-             serve overwritten values: use a store that does (RedisStore)",
+             serve overwritten values: use a store that does (RedisStore on one Redis; a \
+             RedisStore on a Redis Cluster announces nothing)",
             store.backend()
         )));
     };

@@ -1,5 +1,6 @@
-//! The fleet with real OS processes sharing one `redis-server` (the store) and one queue
-//! (Redis Streams, RabbitMQ or NATS JetStream), whichever queue the test binary names:
+//! The fleet with real OS processes sharing one `redis-server` (the store; or a Redis Cluster,
+//! [`exactly_one_fetch_on`]) and one queue (Redis Streams, RabbitMQ or NATS JetStream),
+//! whichever queue the test binary names:
 //!
 //! - [`exactly_one_fetch`]: 4 reader processes × 16 concurrent readers hit one stale key at the
 //!   same moment, with a separate worker process: exactly 1 fetch (counted with a Redis
@@ -131,7 +132,10 @@ fn fetches_key(prefix: &str, n: u64) -> String {
 
 /// One "process" of the fleet: a client on the shared store and queue.
 struct Fleet {
+    /// The Redis the processes count fetches and signal each other on.
     redis_url: String,
+    /// The store's (and a Redis queue's) URL: the same Redis, or a cluster.
+    store_url: String,
     prefix: String,
     queue: QueueKind,
     /// The reader processes read through near caches.
@@ -147,8 +151,8 @@ impl Fleet {
         let mut builder = Cacheback::builder()
             .prefix(&self.prefix)
             .clock(clock)
-            .store(RedisStore::from_url(&self.redis_url).unwrap())
-            .shared_queue(self.queue.build(&self.redis_url, &self.prefix, redelivery));
+            .store(RedisStore::from_url(&self.store_url).unwrap())
+            .shared_queue(self.queue.build(&self.store_url, &self.prefix, redelivery));
         if near {
             builder = builder.near_cache(cacheback::NearCache::new());
         }
@@ -170,6 +174,7 @@ impl Fleet {
     ) -> Vec<(&'static str, String)> {
         let mut v = vec![
             ("CB_URL", self.redis_url.clone()),
+            ("CB_STORE_URL", self.store_url.clone()),
             ("CB_PREFIX", self.prefix.clone()),
             ("CB_NOW", now.as_millis().to_string()),
         ];
@@ -196,6 +201,7 @@ pub fn child_main() -> bool {
         .unwrap();
     let fleet = Fleet {
         redis_url: env("CB_URL"),
+        store_url: env("CB_STORE_URL"),
         prefix: env("CB_PREFIX"),
         queue: QueueKind::from_env(),
         near: env("CB_NEAR") == "1",
@@ -348,18 +354,36 @@ fn test_runtime() -> tokio::runtime::Runtime {
 
 /// 4 reader processes and a worker process, 10 stale events: exactly one fetch each.
 pub fn exactly_one_fetch(server: &RedisServer, queue: QueueKind, prefix: &str) {
-    exactly_one_fetch_of(server, queue, prefix, false);
+    exactly_one_fetch_of(server, &server.url(), queue, prefix, false);
+}
+
+/// The same with the store (and a Redis queue) at `store_url` (a Redis Cluster), the fetches
+/// counted and the processes signalled on `control`.
+pub fn exactly_one_fetch_on(
+    control: &RedisServer,
+    store_url: &str,
+    queue: QueueKind,
+    prefix: &str,
+) {
+    exactly_one_fetch_of(control, store_url, queue, prefix, false);
 }
 
 /// The same with near caches in the reader processes, each holding a copy of the key taken
 /// while it was fresh: still exactly one fetch per stale event, and no reader waits for Redis.
 pub fn exactly_one_fetch_with_near_caches(server: &RedisServer, prefix: &str) {
-    exactly_one_fetch_of(server, QueueKind::Redis, prefix, true);
+    exactly_one_fetch_of(server, &server.url(), QueueKind::Redis, prefix, true);
 }
 
-fn exactly_one_fetch_of(server: &RedisServer, queue: QueueKind, prefix: &str, near: bool) {
+fn exactly_one_fetch_of(
+    server: &RedisServer,
+    store_url: &str,
+    queue: QueueKind,
+    prefix: &str,
+    near: bool,
+) {
     let fleet = Fleet {
         redis_url: server.url(),
+        store_url: store_url.to_owned(),
         prefix: prefix.to_owned(),
         queue,
         near,
@@ -440,6 +464,7 @@ fn exactly_one_fetch_of(server: &RedisServer, queue: QueueKind, prefix: &str, ne
 pub fn killed_worker_is_replaced(server: &RedisServer, queue: QueueKind, prefix: &str) -> Duration {
     let fleet = Fleet {
         redis_url: server.url(),
+        store_url: server.url(),
         prefix: prefix.to_owned(),
         queue,
         near: false,

@@ -477,3 +477,8 @@ fn memory_checks(r: &mut Record, tasks: usize, cb: Spread, floor: Spread, ratio:
 mod redis;
 #[cfg(feature = "redis")]
 pub(crate) use redis::redis;
+
+#[cfg(feature = "redis")]
+mod cluster;
+#[cfg(feature = "redis")]
+pub(crate) use cluster::cluster;

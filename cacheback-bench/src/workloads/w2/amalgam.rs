@@ -110,6 +110,8 @@ pub(crate) fn run(url: &str, trials: usize, serving: bool) -> Result<Record, Str
         near: serving,
         memcached: None,
         amalgam: true,
+        store_url: String::new(),
+        processes: PROCESSES,
     };
     // Prime one key per trial (1 counted fetch each): long before its burst, or, for processes
     // serving it, 1 s before (in the background while the children run).

@@ -1,7 +1,8 @@
 //! W2 across processes: 4 reader processes × 16 readers and a separate worker process, all on
-//! one `redis-server` (or the store on a `memcached`, the queue on Redis); fetches count
-//! themselves with a Redis `INCR`. The amalgam-cache peer's reader processes are in
-//! `amalgam.rs` (it has no worker: its readers' processes run the refresh).
+//! one `redis-server` (or the store on a `memcached`, the queue on Redis; or the store and queue
+//! on a Redis Cluster, and 16 processes × 4 readers too); fetches count themselves with a Redis
+//! `INCR` on the `redis-server`. The amalgam-cache peer's reader processes are in `amalgam.rs`
+//! (it has no worker: its readers' processes run the refresh).
 
 use std::io::Read as _;
 use std::process::Child;
@@ -20,7 +21,9 @@ use crate::stats;
 use crate::value::unix_ms;
 use crate::workloads::runtime;
 
+/// Reader processes, unless a run says otherwise.
 pub(super) const PROCESSES: usize = 4;
+/// Readers per process with the default [`PROCESSES`].
 pub(super) const PER_PROCESS: usize = READERS / PROCESSES;
 /// Time between two trials' bursts (the 200 ms fetch lands well within it).
 pub(super) const PERIOD: Duration = Duration::from_millis(1_000);
@@ -71,11 +74,11 @@ pub(super) fn counter(prefix: &str, key: u64) -> String {
 }
 
 /// What every process of the fleet agrees on, passed as arguments
-/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--near] [--memcached URL]
-/// [--amalgam]`).
+/// (`URL PREFIX T0_MS TRIALS --queue KIND --queue-url URL [--store-url URL] [--processes N]
+/// [--near] [--memcached URL] [--amalgam]`).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Plan {
-    /// The run's Redis.
+    /// The run's Redis (fetches are counted there).
     pub(super) url: String,
     /// The run's key prefix.
     pub(super) prefix: String,
@@ -100,6 +103,12 @@ pub(crate) struct Plan {
     /// The readers read through amalgam-cache on the Redis (no queue, no worker).
     #[arg(long)]
     pub(super) amalgam: bool,
+    /// The store's URL, when not the run's Redis (a Redis Cluster).
+    #[arg(long, default_value = "")]
+    pub(super) store_url: String,
+    /// Reader processes; the 64 readers are shared among them.
+    #[arg(long, default_value_t = PROCESSES)]
+    pub(super) processes: usize,
 }
 
 impl Plan {
@@ -124,7 +133,27 @@ impl Plan {
         if self.amalgam {
             args.push("--amalgam".to_owned());
         }
+        args.extend([
+            "--store-url".to_owned(),
+            self.store_url.clone(),
+            "--processes".to_owned(),
+            self.processes.to_string(),
+        ]);
         args
+    }
+
+    /// Readers per reader process.
+    fn per_process(&self) -> usize {
+        READERS / self.processes.max(1)
+    }
+
+    /// The store's URL.
+    fn store_url(&self) -> &str {
+        if self.store_url.is_empty() {
+            &self.url
+        } else {
+            &self.store_url
+        }
     }
 
     /// Unix ms of trial `i`'s burst.
@@ -138,7 +167,9 @@ impl Plan {
         let builder = Cacheback::builder().prefix(&self.prefix);
         let builder = match &self.memcached {
             Some(url) => builder.store(MemcachedStore::from_url(url).map_err(|e| e.to_string())?),
-            None => builder.store(RedisStore::from_url(&self.url).map_err(|e| e.to_string())?),
+            None => {
+                builder.store(RedisStore::from_url(self.store_url()).map_err(|e| e.to_string())?)
+            }
         };
         let mut builder = builder
             .shared_queue(queue.shared())
@@ -204,8 +235,8 @@ async fn reader(plan: Plan) -> Result<(), String> {
             print_report(report, queue.enqueued() - before);
         }
         let enqueued_before = queue.enqueued();
-        let barrier = Arc::new(tokio::sync::Barrier::new(PER_PROCESS));
-        let readers: Vec<_> = (0..PER_PROCESS)
+        let barrier = Arc::new(tokio::sync::Barrier::new(plan.per_process()));
+        let readers: Vec<_> = (0..plan.per_process())
             .map(|_| {
                 let (handle, barrier) = (handle.clone(), Arc::clone(&barrier));
                 tokio::spawn(async move {
@@ -301,20 +332,51 @@ pub(super) fn run(
     near: bool,
     memcached: Option<&str>,
 ) -> Result<Record, String> {
-    let rt = runtime();
     let store = if memcached.is_some() { "mc" } else { "redis" };
-    let prefix = format!("w2fleet-{}-{near}-{store}", std::process::id());
-    let mut plan = Plan {
+    let plan = Plan {
         url: url.to_owned(),
-        prefix,
-        t0_ms: unix_ms() + STARTUP.as_millis() as u64,
+        prefix: format!("w2fleet-{}-{near}-{store}", std::process::id()),
+        t0_ms: 0,
         trials,
         queue: brokers.choice(),
         queue_url: brokers.url(url)?,
         near,
         memcached: memcached.map(str::to_owned),
         amalgam: false,
+        store_url: String::new(),
+        processes: PROCESSES,
     };
+    run_plan(plan)
+}
+
+/// Runs the trials with the store and a `RedisQueue` on the Redis Cluster at `cluster_url`,
+/// `processes` reader processes sharing the 64 readers; fetches counted on `url`.
+pub(super) fn run_on_cluster(
+    url: &str,
+    cluster_url: &str,
+    trials: usize,
+    processes: usize,
+) -> Result<Record, String> {
+    let plan = Plan {
+        url: url.to_owned(),
+        prefix: format!("w2cluster-{}-{processes}", std::process::id()),
+        t0_ms: 0,
+        trials,
+        queue: QueueChoice::Redis,
+        queue_url: cluster_url.to_owned(),
+        near: false,
+        memcached: None,
+        amalgam: false,
+        store_url: cluster_url.to_owned(),
+        processes,
+    };
+    run_plan(plan)
+}
+
+fn run_plan(mut plan: Plan) -> Result<Record, String> {
+    let rt = runtime();
+    let near = plan.near;
+    plan.t0_ms = unix_ms() + STARTUP.as_millis() as u64;
     // Prime one key per trial (1 fetch each, counted): long before its burst, or, for near
     // caches, just before it (in the background while the children run).
     let (client, handle, _queue) = rt.block_on(async { plan.client() })?;
@@ -370,7 +432,7 @@ pub(super) fn run_children(plan: &Plan, worker: bool) -> Result<Vec<TrialReport>
             .0
             .push(crate::fleet::spawn("w2-worker", &plan.args())?);
     }
-    for _ in 0..PROCESSES {
+    for _ in 0..plan.processes {
         children
             .0
             .push(crate::fleet::spawn("w2-reader", &plan.args())?);
@@ -404,11 +466,11 @@ pub(super) fn run_children(plan: &Plan, worker: bool) -> Result<Vec<TrialReport>
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).map_err(|e| format!("bad child report {l}: {e}")))
         .collect::<Result<_, _>>()?;
-    if reports.len() != PROCESSES * plan.trials {
+    if reports.len() != plan.processes * plan.trials {
         return Err(format!(
             "{} trial reports from the reader processes, expected {}",
             reports.len(),
-            PROCESSES * plan.trials
+            plan.processes * plan.trials
         ));
     }
     Ok(reports)
@@ -473,17 +535,21 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
     let (tally, late_max) = tally(fetches, reports, true);
     let name = plan.queue.name();
     let near = if plan.near { " + near cache" } else { "" };
+    let (processes, per_process) = (plan.processes, plan.per_process());
+    let fleet = format!("{processes} processes × {per_process} readers + a worker process");
     let store = if plan.memcached.is_some() {
         "memcached"
-    } else {
+    } else if plan.store_url.is_empty() {
         "Redis"
+    } else {
+        "Redis Cluster (3 masters)"
     };
     let variant = match plan.queue {
         QueueChoice::Redis if plan.memcached.is_some() => {
-            "memcached + RedisQueue, 4 processes × 16 readers + a worker process".to_owned()
+            format!("memcached + RedisQueue, {fleet}")
         }
-        QueueChoice::Redis => format!("Redis{near}, 4 processes × 16 readers + a worker process"),
-        _ => format!("{store} + {name}{near}, 4 processes × 16 readers + a worker process"),
+        QueueChoice::Redis => format!("{store}{near}, {fleet}"),
+        _ => format!("{store} + {name}{near}, {fleet}"),
     };
     let store_type = if plan.memcached.is_some() {
         "MemcachedStore"
@@ -497,13 +563,14 @@ fn record(fetches: &[f64], reports: &[TrialReport], plan: &Plan) -> Result<Recor
         ""
     };
     let setup = format!(
-        "4 OS processes × 16 readers (JobHandle::get_with_status, {store_type} + {name}, no worker) \
-         hit one stale key at the same Unix millisecond{warmed}; a separate worker process \
-         refreshes; fetches counted with Redis INCR"
+        "{processes} OS processes × {per_process} readers (JobHandle::get_with_status, \
+         {store_type} on {store} + {name}, no worker) hit one stale key at the same Unix \
+         millisecond{warmed}; a separate worker process refreshes; fetches counted with Redis \
+         INCR"
     );
     let mut r = tally
         .record(&variant, "cacheback", &setup)?
-        .param("processes", PROCESSES as u64)
+        .param("processes", processes as u64)
         .param("queue", name);
     r.figure("max_burst_start_skew_ms", late_max);
     if let Some(url) = &plan.memcached {
@@ -553,6 +620,8 @@ mod tests {
             near: true,
             memcached: Some("memcache://127.0.0.1:3".to_owned()),
             amalgam: true,
+            store_url: "redis+cluster://127.0.0.1:4".to_owned(),
+            processes: 16,
         };
         let argv = std::iter::once("child".to_owned()).chain(plan.args());
         let parsed = Args::try_parse_from(argv).unwrap().plan;

@@ -298,6 +298,20 @@ async fn one_process(url: &str, memcached: Option<&str>, trials: usize) -> Resul
 
 #[cfg(feature = "redis")]
 mod amalgam;
+
+/// W2 across processes with the store and queue on a 3-master Redis Cluster: 4 processes × 16
+/// readers (the same as W2's run on one Redis, which runs just before) and 16 processes × 4
+/// readers; fetches are counted on the run's one Redis.
+#[cfg(feature = "redis")]
+pub(crate) fn cluster(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let url = ctx.redis()?.url();
+    let cluster_url = ctx.cluster()?.url();
+    let trials = ctx.scale.pick(10, 3);
+    let four = fleet::run_on_cluster(&url, &cluster_url, trials, 4)?;
+    let sixteen = fleet::run_on_cluster(&url, &cluster_url, trials, 16)?;
+    Ok(vec![four, sixteen])
+}
+
 #[cfg(feature = "redis")]
 mod fleet;
 

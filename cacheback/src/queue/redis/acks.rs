@@ -1,5 +1,6 @@
 //! Acknowledgements by group commit: an ack joins a buffer, and whoever holds the flush lock
-//! sends every buffered ack in one round trip (`XACK` + `XDEL` with many ids per stream).
+//! sends every buffered ack in one round trip (`XACK` + `XDEL` with many ids per stream; one
+//! pipeline per shard, sent at the same time, since a pipeline stays in one cluster slot).
 //! Under load a worker's concurrent refreshes share one round trip; alone, an ack costs one.
 
 use redis::Value;
@@ -11,6 +12,7 @@ use crate::redis_support::{BACKEND, Failure};
 
 /// An acknowledgement waiting for the next flush.
 pub(super) struct PendingAck {
+    shard: usize,
     key: String,
     id: String,
     done: tokio::sync::oneshot::Sender<Result<()>>,
@@ -29,9 +31,10 @@ impl RedisQueue {
     /// Acknowledges `delivery` (`XACK` + `XDEL`), in the next round trip of acks.
     pub(super) async fn do_ack(&self, delivery: &Delivery) -> Result<()> {
         let inner = &*self.inner;
-        let (key, _, id) = self.stream_of(&delivery.receipt)?;
+        let (key, shard, _, id) = self.stream_of(&delivery.receipt)?;
         let (done, mut result) = tokio::sync::oneshot::channel();
         inner.pending_acks().push(PendingAck {
+            shard,
             key,
             id: id.to_owned(),
             done,
@@ -62,15 +65,23 @@ impl RedisQueue {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut by_stream: Vec<(usize, &str, Vec<&str>)> = Vec::new();
         for ack in batch {
-            match by_stream.iter_mut().find(|(key, _)| *key == ack.key) {
-                Some((_, ids)) => ids.push(&ack.id),
-                None => by_stream.push((&ack.key, vec![&ack.id])),
+            match by_stream.iter_mut().find(|(_, key, _)| *key == ack.key) {
+                Some((_, _, ids)) => ids.push(&ack.id),
+                None => by_stream.push((ack.shard, &ack.key, vec![&ack.id])),
             }
         }
-        let mut pipe = redis::pipe();
-        for (key, ids) in &by_stream {
+        let mut pipes: Vec<(usize, redis::Pipeline)> = Vec::new();
+        for (shard, key, ids) in &by_stream {
+            let at = match pipes.iter().position(|(s, _)| s == shard) {
+                Some(at) => at,
+                None => {
+                    pipes.push((*shard, redis::pipe()));
+                    pipes.len() - 1
+                }
+            };
+            let pipe = &mut pipes[at].1;
             pipe.cmd("XACK")
                 .arg(*key)
                 .arg(&self.inner.group)
@@ -81,7 +92,14 @@ impl RedisQueue {
                 .arg(ids)
                 .ignore();
         }
-        let sent = self.inner.conn.pipeline::<Value>(&pipe, "XACK").await;
-        sent.map(drop).map_err(Failure::into_queue)
+        let sent = futures_util::future::join_all(
+            pipes
+                .iter()
+                .map(|(_, pipe)| self.inner.conn.pipeline::<Value>(pipe, "XACK")),
+        )
+        .await;
+        sent.into_iter()
+            .try_for_each(|result| result.map(drop))
+            .map_err(Failure::into_queue)
     }
 }

@@ -66,22 +66,30 @@ impl RedisDeadLetter {
 }
 
 impl RedisQueue {
-    /// The newest `count` dead letters of `queue`, newest first.
+    /// The newest `count` dead letters of `queue` (of all its shards), newest first.
     pub async fn dead_letters(&self, queue: &str, count: usize) -> Result<Vec<RedisDeadLetter>> {
-        let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(dead_key(self.prefix(), queue))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(count.max(1));
-        let reply: Value = self
-            .inner
-            .conn
-            .query(&cmd, "XREVRANGE")
-            .await
-            .map_err(Failure::into_queue)?;
+        let count = count.max(1);
+        let mut entries = Vec::new();
+        for shard in 0..self.inner.options.shards {
+            let mut cmd = redis::cmd("XREVRANGE");
+            cmd.arg(dead_key(self.prefix(), shard, queue))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count);
+            let reply: Value = self
+                .inner
+                .conn
+                .query(&cmd, "XREVRANGE")
+                .await
+                .map_err(Failure::into_queue)?;
+            entries.extend(entry_list(reply));
+        }
+        // Stream ids are `<ms>-<seq>`: newest first across shards.
+        entries.sort_by_key(|entry| std::cmp::Reverse(id_order(&entry.id)));
+        entries.truncate(count);
         let limit = self.inner.options.max_message_bytes;
-        Ok(entry_list(reply)
+        Ok(entries
             .into_iter()
             .map(|entry| RedisDeadLetter::from_entry(entry, limit))
             .collect())
@@ -89,7 +97,7 @@ impl RedisQueue {
 
     pub(super) async fn do_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
         let inner = &*self.inner;
-        let (key, name, id) = self.stream_of(&delivery.receipt)?;
+        let (key, shard, name, id) = self.stream_of(&delivery.receipt)?;
         let job = delivery
             .message
             .as_ref()
@@ -97,7 +105,7 @@ impl RedisQueue {
             .unwrap_or("");
         let mut invocation = inner.dead_letter.key(&key);
         invocation
-            .key(dead_key(self.prefix(), name))
+            .key(dead_key(self.prefix(), shard, name))
             .arg(&inner.group)
             .arg(id)
             .arg(reason)
@@ -113,9 +121,21 @@ impl RedisQueue {
     }
 }
 
+/// A stream id (`<ms>-<seq>`) as numbers, for ordering ids of different streams.
+fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_ids_order_as_numbers() {
+        assert!(id_order("10-0") > id_order("9-5"));
+        assert!(id_order("9-10") > id_order("9-9"));
+    }
     use crate::redis_support::{lua_constant, lua_string};
 
     #[test]

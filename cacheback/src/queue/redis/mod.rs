@@ -41,22 +41,30 @@ pub(crate) const DEFAULT_DEAD_LETTER_MAX_LEN: u64 = 100_000;
 pub(crate) const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default longest wait of one `receive` (`XREADGROUP ... BLOCK`).
 pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default number of shards of each queue on a Redis Cluster (one Redis: 1).
+pub(crate) const DEFAULT_CLUSTER_SHARDS: usize = 8;
+/// The most shards a queue may have.
+const MAX_SHARDS: usize = 1024;
 
 /// A refresh queue on Redis Streams, shared by the web processes (which enqueue) and the
 /// worker processes (which drain it).
 ///
 /// # Layout
 ///
-/// Each queue name ([`Policy::queue`](crate::Policy::queue)) is a stream; each stream has a
-/// dead-letter stream beside it:
+/// Each queue name ([`Policy::queue`](crate::Policy::queue)) is a stream, or with
+/// [`shards`](RedisQueueBuilder::shards) `n > 1` (the default on a Redis Cluster) `n` streams;
+/// each stream has a dead-letter stream beside it:
 ///
 /// | Redis key | holds |
 /// |---|---|
 /// | `{<prefix>:queue}:stream:<name>` | one entry per request: field `m` = [`RefreshRequest::encode`](crate::queue::RefreshRequest::encode) |
 /// | `{<prefix>:queue}:dead:<name>` | dead letters: `reason`, `attempt`, `id`, `stream`, `job` and the original fields (`m` included) |
+/// | `{<prefix>:queue:<i>}:stream:<name>`, `{<prefix>:queue:<i>}:dead:<name>` | the same for shard `i` (1 to `n - 1`; shard 0 is the pair above) |
 ///
-/// All streams of a prefix share one hash tag, so one `XREADGROUP` can drain several of them on
-/// Redis Cluster too.
+/// The streams of one shard share a hash tag, so one `XREADGROUP` drains all the queues of a
+/// shard, and a dead letter moves within one slot. On a Redis Cluster the shards' tags fall in
+/// different slots, so requests spread over the masters, those of one busy queue too;
+/// `enqueue` takes the shards in turn.
 ///
 /// # Delivery
 ///
@@ -68,15 +76,24 @@ pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 ///   consumer's pending list for longer than the visibility timeout are taken over first
 ///   (`XAUTOCLAIM`), with their delivery count (`XPENDING`) as [`Delivery::attempt`](crate::queue::Delivery::attempt); then new
 ///   messages are read with `XREADGROUP ... BLOCK` on a connection of their own, so a blocked
-///   read never delays the other commands.
+///   read never delays the other commands. With several shards, `receive` first reads every
+///   shard without blocking (starting one shard further each time), and only when all are
+///   empty blocks on one of them for at most 50 ms: an idle worker costs one command per
+///   shard every 50 ms, and a request waits at most that long for an idle worker.
 /// - `ack`: `XACK` + `XDEL` (one round trip, shared by the acks that arrive meanwhile): the
 ///   stream holds only unfinished requests, so `MAXLEN` trimming only bites on a real backlog.
+///   Acks of several shards go out in one pipeline per shard, at the same time.
 /// - `dead_letter`: a script copies the message (raw, even when it did not decode) with the
 ///   reason to the dead-letter stream, then acknowledges and deletes it.
 ///
 /// A receive that is dropped while blocked may leave messages in this consumer's pending list;
 /// like those of a worker that died, they are redelivered after the visibility timeout. Set the
 /// visibility timeout above the jobs' `fetch_timeout`, or a slow refresh is run twice.
+///
+/// On a Redis Cluster (`redis+cluster://host:port,host:port` or [`RedisQueue::cluster`]) every
+/// command touches one slot; redirections and failovers are followed within the command
+/// timeout (see [`RedisStore::cluster`](crate::RedisStore::cluster)). Every process of a fleet
+/// must use the same number of shards: a worker drains only the shards it knows of.
 ///
 /// ```no_run
 /// use cacheback::RedisQueue;
@@ -116,6 +133,8 @@ struct Inner {
     groups_ready: AtomicBool,
     options: Options,
     enqueued: AtomicU64,
+    /// The shard the next enqueue goes to (modulo the number of shards).
+    next_shard: AtomicU64,
     dead_letter: Script,
     hand_back: Script,
     /// Acknowledgements waiting for the next flush, and the lock of whoever flushes.
@@ -127,19 +146,21 @@ struct Inner {
 #[derive(Debug)]
 struct Bound {
     prefix: String,
-    /// The streams this process drains.
+    /// The streams this process drains: every queue name in every shard, shard by shard.
     streams: Vec<Stream>,
 }
 
 impl Bound {
-    fn new(prefix: &str, names: &[String]) -> Self {
+    fn new(prefix: &str, names: &[String], shards: usize) -> Self {
         Bound {
             prefix: prefix.to_owned(),
-            streams: names
-                .iter()
-                .map(|name| Stream {
-                    name: name.clone(),
-                    key: stream_key(prefix, name),
+            streams: (0..shards)
+                .flat_map(|shard| {
+                    names.iter().map(move |name| Stream {
+                        name: name.clone(),
+                        shard,
+                        key: stream_key(prefix, shard, name),
+                    })
                 })
                 .collect(),
         }
@@ -149,6 +170,7 @@ impl Bound {
 #[derive(Debug, Clone)]
 struct Stream {
     name: String,
+    shard: usize,
     key: String,
 }
 
@@ -160,6 +182,7 @@ struct Options {
     max_len: u64,
     dead_letter_max_len: u64,
     max_message_bytes: usize,
+    shards: usize,
 }
 
 impl fmt::Debug for RedisQueue {
@@ -177,6 +200,7 @@ impl fmt::Debug for RedisQueue {
 
 enum Source {
     Url(String),
+    Cluster(Vec<String>),
     Client(Box<Client>),
 }
 
@@ -188,6 +212,8 @@ pub struct RedisQueueBuilder {
     group: String,
     consumer: Option<String>,
     queues: Vec<String>,
+    /// `None`: 1 on one Redis, [`DEFAULT_CLUSTER_SHARDS`] on a cluster.
+    shards: Option<usize>,
     options: Options,
 }
 
@@ -198,6 +224,7 @@ impl fmt::Debug for RedisQueueBuilder {
             .field("group", &self.group)
             .field("consumer", &self.consumer)
             .field("queues", &self.queues)
+            .field("shards", &self.shards)
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -211,6 +238,7 @@ impl RedisQueueBuilder {
             group: "cacheback-workers".to_owned(),
             consumer: None,
             queues: vec!["default".to_owned()],
+            shards: None,
             options: Options {
                 conn: ConnOptions::default(),
                 poll_interval: DEFAULT_POLL_INTERVAL,
@@ -218,6 +246,7 @@ impl RedisQueueBuilder {
                 max_len: DEFAULT_MAX_LEN,
                 dead_letter_max_len: DEFAULT_DEAD_LETTER_MAX_LEN,
                 max_message_bytes: MAX_MESSAGE_BYTES,
+                shards: 1,
             },
         }
     }
@@ -254,6 +283,15 @@ impl RedisQueueBuilder {
         S: Into<String>,
     {
         self.queues = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many streams each queue is spread over (default: 1 on one Redis, 8 on a Redis
+    /// Cluster; at most 1024). On a cluster the shards land in different slots, so one busy
+    /// queue does not load one master alone. Every process of a fleet must use the same
+    /// number: requests go to every shard in turn, and a worker drains the shards it knows of.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
         self
     }
 
@@ -305,7 +343,7 @@ impl RedisQueueBuilder {
 
     /// Builds the queue. Does not connect: the first call does.
     pub fn build(self) -> Result<RedisQueue> {
-        let o = self.options;
+        let mut o = self.options;
         o.conn.validate()?;
         if let Some(prefix) = &self.prefix {
             crate::key::validate_prefix(prefix).map_err(|e| Error::config(e.to_string()))?;
@@ -325,12 +363,24 @@ impl RedisQueueBuilder {
             .consumer
             .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
         validate_name(&consumer).map_err(Error::config)?;
-        let client = match self.source {
-            Source::Url(url) => redis_support::open_client(&url)?,
-            Source::Client(client) => *client,
+        let target = match self.source {
+            Source::Url(url) => redis_support::open(&url)?,
+            Source::Cluster(nodes) => redis_support::open_cluster(nodes)?,
+            Source::Client(client) => redis_support::Target::Single(client),
         };
-        let conn = Conn::lazy(client.clone(), o.conn, Duration::ZERO)?;
-        let blocking = Conn::lazy(client, o.conn, o.poll_interval)?;
+        o.shards = self.shards.unwrap_or(if target.is_cluster() {
+            DEFAULT_CLUSTER_SHARDS
+        } else {
+            1
+        });
+        if !(1..=MAX_SHARDS).contains(&o.shards) {
+            return Err(Error::config(format!(
+                "a RedisQueue has 1 to {MAX_SHARDS} shards, not {}",
+                o.shards
+            )));
+        }
+        let conn = Conn::lazy(target.clone(), o.conn, Duration::ZERO)?;
+        let blocking = Conn::lazy(target, o.conn, o.poll_interval)?;
         let mut seen = HashSet::new();
         let names: Vec<String> = self
             .queues
@@ -350,6 +400,7 @@ impl RedisQueueBuilder {
                 groups_ready: AtomicBool::new(false),
                 options: o,
                 enqueued: AtomicU64::new(0),
+                next_shard: AtomicU64::new(0),
                 dead_letter: Script::new(dead_letters::DEAD_LETTER_LUA),
                 hand_back: Script::new(hand_back::HAND_BACK_LUA),
                 acks: std::sync::Mutex::new(Vec::new()),
@@ -377,12 +428,20 @@ fn validate_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn stream_key(prefix: &str, name: &str) -> String {
-    format!("{{{prefix}:queue}}:stream:{name}")
+/// The hash tag of a shard's streams (shard 0 keeps the tag of an unsharded queue).
+fn shard_tag(prefix: &str, shard: usize) -> String {
+    match shard {
+        0 => format!("{{{prefix}:queue}}"),
+        _ => format!("{{{prefix}:queue:{shard}}}"),
+    }
 }
 
-fn dead_key(prefix: &str, name: &str) -> String {
-    format!("{{{prefix}:queue}}:dead:{name}")
+fn stream_key(prefix: &str, shard: usize, name: &str) -> String {
+    format!("{}:stream:{name}", shard_tag(prefix, shard))
+}
+
+fn dead_key(prefix: &str, shard: usize, name: &str) -> String {
+    format!("{}:dead:{name}", shard_tag(prefix, shard))
 }
 
 impl RedisQueue {
@@ -391,9 +450,32 @@ impl RedisQueue {
         Self::builder(url).build()
     }
 
-    /// Configures a queue at `url` (`redis://`, `rediss://`, `redis+unix://`, ...).
+    /// Configures a queue at `url` (`redis://`, `rediss://`, `redis+unix://`, ..., or
+    /// `redis+cluster://host:port,host:port` for a Redis Cluster).
     pub fn builder(url: &str) -> RedisQueueBuilder {
         RedisQueueBuilder::new(Source::Url(url.to_owned()))
+    }
+
+    /// Configures a queue on a Redis Cluster, discovered from `nodes` (`redis://host:port`
+    /// URLs of any of its nodes); see the layout above for its shards.
+    ///
+    /// ```no_run
+    /// use cacheback::RedisQueue;
+    ///
+    /// # fn main() -> cacheback::Result<()> {
+    /// let queue = RedisQueue::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .shards(16)
+    ///     .build()?;
+    /// # let _ = queue;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> RedisQueueBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisQueueBuilder::new(Source::Cluster(nodes.into_iter().map(Into::into).collect()))
     }
 
     /// Configures a queue on a `redis::Client` the application built. The queue opens two
@@ -410,7 +492,7 @@ impl RedisQueue {
         let inner = &*self.inner;
         inner.bound.get_or_init(|| {
             let prefix = inner.explicit_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
-            Bound::new(prefix, &inner.names)
+            Bound::new(prefix, &inner.names, inner.options.shards)
         })
     }
 
@@ -422,7 +504,9 @@ impl RedisQueue {
     fn do_bind_prefix(&self, prefix: &str) -> Result<()> {
         let inner = &*self.inner;
         let wanted = inner.explicit_prefix.as_deref().unwrap_or(prefix);
-        let bound = inner.bound.get_or_init(|| Bound::new(wanted, &inner.names));
+        let bound = inner
+            .bound
+            .get_or_init(|| Bound::new(wanted, &inner.names, inner.options.shards));
         if bound.prefix == prefix {
             return Ok(());
         }
@@ -461,27 +545,42 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Requests in the stream of `queue` not yet acknowledged (waiting or being processed).
+    /// Requests in the streams of `queue` not yet acknowledged (waiting or being processed).
     pub async fn len(&self, queue: &str) -> Result<u64> {
-        let mut cmd = redis::cmd("XLEN");
-        cmd.arg(stream_key(self.prefix(), queue));
-        self.inner
-            .conn
-            .query(&cmd, "XLEN")
-            .await
-            .map_err(Failure::into_queue)
+        let mut total = 0;
+        for shard in 0..self.inner.options.shards {
+            let mut cmd = redis::cmd("XLEN");
+            cmd.arg(stream_key(self.prefix(), shard, queue));
+            let n: u64 = self
+                .inner
+                .conn
+                .query(&cmd, "XLEN")
+                .await
+                .map_err(Failure::into_queue)?;
+            total += n;
+        }
+        Ok(total)
     }
 
     /// Requests of `queue` delivered to a worker and not yet acknowledged.
     pub async fn pending(&self, queue: &str) -> Result<u64> {
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(stream_key(self.prefix(), queue))
-            .arg(&self.inner.group);
-        match self.inner.conn.query(&cmd, "XPENDING").await {
-            Ok(reply) => Ok(replies::pending_count(reply)),
-            Err(e) if e.code() == Some("NOGROUP") => Ok(0),
-            Err(e) => Err(e.into_queue()),
+        let mut total = 0;
+        for shard in 0..self.inner.options.shards {
+            let mut cmd = redis::cmd("XPENDING");
+            cmd.arg(stream_key(self.prefix(), shard, queue))
+                .arg(&self.inner.group);
+            total += match self.inner.conn.query(&cmd, "XPENDING").await {
+                Ok(reply) => replies::pending_count(reply),
+                Err(e) if e.code() == Some("NOGROUP") => 0,
+                Err(e) => return Err(e.into_queue()),
+            };
         }
+        Ok(total)
+    }
+
+    /// How many streams each queue is spread over (see [`RedisQueueBuilder::shards`]).
+    pub fn shards(&self) -> usize {
+        self.inner.options.shards
     }
 
     async fn do_enqueue(&self, request: RefreshRequest) -> std::result::Result<(), EnqueueError> {
@@ -489,8 +588,11 @@ impl RedisQueue {
         validate_name(&request.queue)
             .map_err(|m| EnqueueError::Unavailable(Error::queue(BACKEND, m)))?;
         let bytes = request.encode().map_err(EnqueueError::Unavailable)?;
+        let shards = inner.options.shards as u64;
+        let shard = inner.next_shard.fetch_add(1, Ordering::Relaxed) % shards;
+        let shard = usize::try_from(shard).unwrap_or(0);
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(stream_key(self.prefix(), &request.queue))
+        cmd.arg(stream_key(self.prefix(), shard, &request.queue))
             .arg("MAXLEN")
             .arg("~")
             .arg(inner.options.max_len)
@@ -506,12 +608,17 @@ impl RedisQueue {
         Ok(())
     }
 
-    fn stream_of<'a>(&'a self, receipt: &'a Receipt) -> Result<(String, &'a str, &'a str)> {
-        let (name, id) = receipt
-            .id()
-            .rsplit_once('/')
-            .ok_or_else(|| Error::queue(BACKEND, "not a RedisQueue receipt"))?;
-        Ok((stream_key(self.prefix(), name), name, id))
+    /// The stream of a delivery (receipts are `<shard>/<queue name>/<message id>`): its key,
+    /// shard, queue name and the message id.
+    fn stream_of<'a>(&'a self, receipt: &'a Receipt) -> Result<(String, usize, &'a str, &'a str)> {
+        let not_ours = || Error::queue(BACKEND, "not a RedisQueue receipt");
+        let (shard, rest) = receipt.id().split_once('/').ok_or_else(not_ours)?;
+        let shard: usize = shard.parse().map_err(|_| not_ours())?;
+        let (name, id) = rest.rsplit_once('/').ok_or_else(not_ours)?;
+        if shard >= self.inner.options.shards {
+            return Err(not_ours());
+        }
+        Ok((stream_key(self.prefix(), shard, name), shard, name, id))
     }
 }
 
@@ -561,9 +668,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streams_of_a_prefix_share_a_hash_tag() {
-        assert_eq!(stream_key("app", "default"), "{app:queue}:stream:default");
-        assert_eq!(dead_key("app", "default"), "{app:queue}:dead:default");
+    fn streams_of_a_shard_share_a_hash_tag() {
+        assert_eq!(
+            stream_key("app", 0, "default"),
+            "{app:queue}:stream:default"
+        );
+        assert_eq!(dead_key("app", 0, "default"), "{app:queue}:dead:default");
+        assert_eq!(stream_key("app", 3, "a/b"), "{app:queue:3}:stream:a/b");
+        assert_eq!(dead_key("app", 3, "a/b"), "{app:queue:3}:dead:a/b");
+    }
+
+    #[tokio::test]
+    async fn receipts_name_the_shard_the_queue_and_the_message() {
+        let queue = RedisQueue::builder("redis://127.0.0.1:1")
+            .prefix("app")
+            .shards(4)
+            .build()
+            .unwrap();
+        let receipt = Receipt::new("2/a/b/5-0");
+        let (key, shard, name, id) = queue.stream_of(&receipt).unwrap();
+        assert_eq!(
+            (key.as_str(), shard, name, id),
+            ("{app:queue:2}:stream:a/b", 2, "a/b", "5-0")
+        );
+        for bad in ["a/5-0", "4/a/5-0", "x", "1/5-0"] {
+            assert!(queue.stream_of(&Receipt::new(bad)).is_err(), "{bad}");
+        }
+        assert!(
+            RedisQueue::builder("redis://127.0.0.1:1")
+                .shards(0)
+                .build()
+                .is_err()
+        );
+        assert_eq!(
+            RedisQueue::from_url("redis+cluster://127.0.0.1:1")
+                .unwrap()
+                .shards(),
+            DEFAULT_CLUSTER_SHARDS
+        );
+        assert_eq!(
+            RedisQueue::from_url("redis://127.0.0.1:1")
+                .unwrap()
+                .shards(),
+            1
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Receiving: the consumer group set-up, take-overs of messages idle past the visibility
-//! timeout (`XAUTOCLAIM`), and blocking reads of new messages (`XREADGROUP`).
+//! timeout (`XAUTOCLAIM`), and reads of new messages (`XREADGROUP`): blocking on one shard,
+//! or with several shards a sweep of them all before a short blocking read of one.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,7 +14,11 @@ use super::replies::{
 use super::{RedisQueue, Stream};
 use crate::error::Result;
 use crate::queue::{Delivery, MalformedMessage, Receipt, RefreshRequest};
-use crate::redis_support::Failure;
+use crate::redis_support::{Conn, Failure};
+
+/// The longest blocking read of one shard when a queue has several: a request that lands in
+/// another shard meanwhile waits at most this long for an idle worker.
+const SHARD_BLOCK: Duration = Duration::from_millis(50);
 
 /// What the receiving side remembers between receives (behind the read lock).
 #[derive(Default)]
@@ -23,6 +28,8 @@ pub(super) struct ReadState {
     /// bounded part of the pending list per call: restarting at `0-0` every time would never
     /// reach idle messages behind many busy ones).
     cursors: Vec<String>,
+    /// The shard the next sweep starts at (so that no shard is always read last).
+    next_shard: usize,
 }
 
 impl RedisQueue {
@@ -91,7 +98,7 @@ impl RedisQueue {
                 return Ok(taken);
             }
         }
-        self.read_new(max).await
+        self.read_new(state, max).await
     }
 
     /// `XAUTOCLAIM`s messages idle past the visibility timeout, with their delivery counts.
@@ -143,28 +150,69 @@ impl RedisQueue {
         Ok(out)
     }
 
-    async fn read_new(&self, max: usize) -> std::result::Result<Vec<Delivery>, Failure> {
+    async fn read_new(
+        &self,
+        state: &mut ReadState,
+        max: usize,
+    ) -> std::result::Result<Vec<Delivery>, Failure> {
         let inner = &*self.inner;
-        let block = u64::try_from(inner.options.poll_interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let shards = inner.options.shards;
+        if shards == 1 {
+            let block = inner.options.poll_interval;
+            return self.read_shard(0, max, Some(block), &inner.blocking).await;
+        }
+        // A blocking read covers one slot only: sweep every shard without blocking first.
+        let start = state.next_shard % shards;
+        state.next_shard = (start + 1) % shards;
+        let mut out = Vec::new();
+        for shard in (start..shards).chain(0..start) {
+            if out.len() >= max {
+                break;
+            }
+            let read = self.read_shard(shard, max - out.len(), None, &inner.conn);
+            out.extend(read.await?);
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        let block = inner.options.poll_interval.min(SHARD_BLOCK);
+        self.read_shard(start, max, Some(block), &inner.blocking)
+            .await
+    }
+
+    /// One `XREADGROUP` of the streams of `shard` (one hash tag), blocking up to `block`.
+    async fn read_shard(
+        &self,
+        shard: usize,
+        max: usize,
+        block: Option<Duration>,
+        conn: &Conn,
+    ) -> std::result::Result<Vec<Delivery>, Failure> {
+        let inner = &*self.inner;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&inner.group)
             .arg(&inner.consumer)
             .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block)
-            .arg("STREAMS");
-        let streams = &self.bound().streams;
-        for stream in streams {
+            .arg(max);
+        if let Some(block) = block {
+            let ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS");
+        let streams: Vec<&Stream> = self
+            .bound()
+            .streams
+            .iter()
+            .filter(|s| s.shard == shard)
+            .collect();
+        for stream in &streams {
             cmd.arg(&stream.key);
         }
-        for _ in streams {
+        for _ in &streams {
             cmd.arg(">");
         }
-        let reply: Value = inner.blocking.query(&cmd, "XREADGROUP").await?;
+        let reply: Value = conn.query(&cmd, "XREADGROUP").await?;
         let mut out = Vec::new();
         for (key, entries) in read_reply(reply) {
             let Some(stream) = streams.iter().find(|s| s.key.as_bytes() == key) else {
@@ -194,7 +242,7 @@ impl RedisQueue {
         Delivery::new(
             message,
             attempt,
-            Receipt::new(format!("{}/{}", stream.name, entry.id)),
+            Receipt::new(format!("{}/{}/{}", stream.shard, stream.name, entry.id)),
         )
     }
 }

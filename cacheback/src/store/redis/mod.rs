@@ -126,6 +126,7 @@ impl fmt::Debug for RedisStore {
 
 enum Source {
     Url(String),
+    Cluster(Vec<String>),
     Client(Box<Client>),
     Manager(Box<ConnectionManager>),
 }
@@ -193,6 +194,9 @@ impl RedisStoreBuilder {
     /// [near cache](crate::NearCache) drop their out-of-date copies (default: on). Turn it off
     /// only when no process of the fleet uses a near cache: theirs would then serve
     /// overwritten values until their near TTL.
+    ///
+    /// A store on a Redis Cluster announces nothing, whatever this says: it takes no near
+    /// cache (see [`RedisStore::cluster`]).
     pub fn announce_changes(mut self, announce: bool) -> Self {
         self.announce = announce;
         self
@@ -207,25 +211,21 @@ impl RedisStoreBuilder {
             )));
         }
         let (conn, watcher) = match self.source {
-            Source::Url(url) => {
-                let client = redis_support::open_client(&url)?;
-                let watcher = (client.clone(), self.options);
-                let conn = Conn::lazy(client, self.options, Duration::ZERO)?;
-                (conn, Some(watcher))
-            }
+            Source::Url(url) => on_target(redis_support::open(&url)?, self.options)?,
+            Source::Cluster(nodes) => on_target(redis_support::open_cluster(nodes)?, self.options)?,
             Source::Client(client) => {
-                let watcher = ((*client).clone(), self.options);
-                (
-                    Conn::lazy(*client, self.options, Duration::ZERO)?,
-                    Some(watcher),
-                )
+                on_target(redis_support::Target::Single(client), self.options)?
             }
             Source::Manager(manager) => (Conn::from_manager(*manager, self.options), None),
         };
+        // Classic pub/sub on a cluster goes over the cluster bus to every node, and a
+        // subscriber on one node cannot tell a message the bus dropped: no near cache there,
+        // so nothing to announce either.
+        let announce = self.announce && !conn.is_cluster();
         Ok(RedisStore {
             conn,
             watcher,
-            announce: self.announce,
+            announce,
             eviction_checked: Arc::new(AtomicBool::new(false)),
             max_entry_bytes: self.max_entry_bytes,
             expiry_grace: self.expiry_grace,
@@ -234,9 +234,24 @@ impl RedisStoreBuilder {
     }
 }
 
+/// The connection to `target`, and what a subscription to announced changes connects with
+/// (one Redis only).
+fn on_target(
+    target: redis_support::Target,
+    options: ConnOptions,
+) -> Result<(Conn, Option<(Client, ConnOptions)>)> {
+    let watcher = match &target {
+        redis_support::Target::Single(client) => Some(((**client).clone(), options)),
+        redis_support::Target::Cluster(_) => None,
+    };
+    Ok((Conn::lazy(target, options, Duration::ZERO)?, watcher))
+}
+
 impl RedisStore {
     /// A store at `url` with the default options: `redis://host:port/db`, `rediss://` (TLS),
-    /// `redis://user:password@host`, `redis+unix:///path/to/socket` or `unix:///path`.
+    /// `redis://user:password@host`, `redis+unix:///path/to/socket` or `unix:///path`; a
+    /// Redis Cluster with `redis+cluster://host:port,host:port` (any nodes of it, the others
+    /// are discovered; `rediss+cluster://` for TLS; see [`RedisStore::cluster`]).
     pub fn from_url(url: &str) -> Result<RedisStore> {
         Self::builder(url).build()
     }
@@ -244,6 +259,46 @@ impl RedisStore {
     /// Configures a store at `url` (see [`RedisStore::from_url`]).
     pub fn builder(url: &str) -> RedisStoreBuilder {
         RedisStoreBuilder::new(Source::Url(url.to_owned()))
+    }
+
+    /// Configures a store on a Redis Cluster, discovered from `nodes` (`redis://host:port` or
+    /// `rediss://host:port` URLs of any of its nodes, with the same credentials).
+    ///
+    /// Every key an operation touches carries one hash tag (see the layout above), so each
+    /// script runs on one slot and a hit is still one `GET`, sent to the master that owns the
+    /// key's slot; [`Store::get_many`] sends one `MGET` per slot. Redirections (`MOVED` while
+    /// slots move, `ASK` during a migration) are followed and a failover (a replica promoted)
+    /// is found by refreshing the slot map, all within the command timeout: during a
+    /// failover, reads of the failed master's slots fail (and follow the client's
+    /// [`StoreFallback`](crate::StoreFallback)) until a replica takes over.
+    ///
+    /// What a cluster does not do: a client with a [near cache](crate::NearCache) refuses a
+    /// cluster store at build time (writes are not announced: classic pub/sub goes over the
+    /// cluster bus, whose lost messages a subscriber cannot notice, and a missed
+    /// announcement would let a near copy outlive its overwrite).
+    ///
+    /// ```no_run
+    /// use cacheback::{Cacheback, RedisQueue, RedisStore};
+    ///
+    /// # fn main() -> cacheback::Result<()> {
+    /// let store = RedisStore::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).build()?;
+    /// // The same cluster, as one URL:
+    /// let queue = RedisQueue::from_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?;
+    /// let cache = Cacheback::builder()
+    ///     .prefix("myapp")
+    ///     .store(store)
+    ///     .queue(queue)
+    ///     .build()?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I, S>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder::new(Source::Cluster(nodes.into_iter().map(Into::into).collect()))
     }
 
     /// Configures a store on a `redis::Client` the application built (custom TLS, ...).
@@ -285,23 +340,34 @@ impl RedisStore {
     pub async fn eviction_warning(&self) -> Result<Option<String>> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("memory");
-        let info: String = self
+        let reply: Value = self
             .conn
             .query(&cmd, "INFO")
             .await
             .map_err(Failure::into_store)?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
+        // One Redis answers with its text; a cluster with each master's, by address.
+        let infos: Vec<Vec<u8>> = match reply {
+            Value::Map(nodes) => nodes
+                .into_iter()
+                .filter_map(|(_, info)| redis_support::bytes_of(info))
+                .collect(),
+            other => redis_support::bytes_of(other).into_iter().collect(),
         };
-        let maxmemory = field("maxmemory")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(eviction_warning(
-            maxmemory,
-            field("maxmemory_policy").unwrap_or("noeviction"),
-        ))
+        if infos.is_empty() {
+            return Err(Failure::protocol("INFO", "no text in the reply").into_store());
+        }
+        Ok(infos.iter().find_map(|info| {
+            let info = String::from_utf8_lossy(info);
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim)
+            };
+            let maxmemory = field("maxmemory")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            eviction_warning(maxmemory, field("maxmemory_policy").unwrap_or("noeviction"))
+        }))
     }
 
     async fn check_eviction_once(&self) {
