@@ -13,6 +13,7 @@ use crate::report::Record;
 
 #[cfg(feature = "redis")]
 pub(crate) mod near;
+pub(crate) mod tags;
 pub(crate) mod w1;
 pub(crate) mod w2;
 pub(crate) mod w3;
@@ -119,12 +120,18 @@ fn memory_entries() -> Vec<Workload> {
             needs: Needs::Nothing,
             run: w7::footprint,
         },
+        Workload {
+            id: "T1",
+            title: "invalidate_tag over tagged entries, memory store",
+            needs: Needs::Nothing,
+            run: tags::memory,
+        },
     ]
 }
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 6] {
+fn redis_entries() -> [Workload; 7] {
     [
         Workload {
             id: "W1",
@@ -161,6 +168,12 @@ fn redis_entries() -> [Workload; 6] {
             title: "batch read of 100 keys, Redis",
             needs: Needs::Redis,
             run: near::batch,
+        },
+        Workload {
+            id: "T1",
+            title: "invalidate_tag over tagged entries, Redis + near cache",
+            needs: Needs::Redis,
+            run: tags::redis,
         },
     ]
 }

@@ -4,6 +4,7 @@ use futures_util::future::{BoxFuture, Either, join_all};
 
 use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::Lookup;
+use crate::engine::tags;
 use crate::error::Result;
 use crate::job::Job;
 use crate::key::Key;
@@ -114,6 +115,7 @@ impl<J: Job> JobHandle<J> {
                     .zip(entries)
                     .zip(keys.iter().zip(tickets));
                 for (((i, args, digest), entry), (&key, ticket)) in reads {
+                    let entry = tags::judge(core, entry).await;
                     match self.classify(key, entry, now, ticket) {
                         Classified::Hit(lookup) => answers[i] = Some(Ok(lookup)),
                         read => {

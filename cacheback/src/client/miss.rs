@@ -13,7 +13,7 @@ use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
 use crate::clock::Timestamp;
 use crate::engine::registry::JobEntry;
-use crate::engine::{Core, backoff, fetch, value};
+use crate::engine::{Core, backoff, fetch, tags, value};
 use crate::entry::EntryMeta;
 use crate::error::{Chain, Error, Result};
 use crate::job::Job;
@@ -249,7 +249,8 @@ impl<J: Job> JobHandle<J> {
         // landed, and reached the coalescer just after that fetch left it, finds the fresh
         // value here instead of fetching a second time.
         if let Some(PutCondition::IfGeneration(seen)) = condition
-            && let Ok(Some(entry)) = core.store.get(key).await
+            && let Ok(read) = core.store.get(key).await
+            && let Some(entry) = tags::judge(&core, read).await
             && entry.meta.generation != seen
             && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
             && let Ok(Some(value)) = value::decode_value(&core, &job, &entry)
@@ -261,7 +262,12 @@ impl<J: Job> JobHandle<J> {
         }
         let use_store = condition.is_some();
         let before = backoff::before_fetch(&core, &job, key, core.clock.now(), use_store).await?;
-        let (value, took) = match fetch::run_fetch(&job, args).await {
+        let tag_clock = if use_store {
+            tags::clock_before_fetch(&core, &job).await
+        } else {
+            0
+        };
+        let (value, took) = match fetch::run_fetch(&job, args.clone()).await {
             Ok(fetched) => fetched,
             Err(error) => {
                 backoff::record_failure(&core, &job, key, before, &error, use_store).await;
@@ -276,12 +282,16 @@ impl<J: Job> JobHandle<J> {
                 "the store is unreachable; the value was fetched without the cache",
             )),
             Some(condition) => {
-                match value::store_value(&core, &job, key, Arc::clone(&value), took, condition)
-                    .await
-                {
+                let fetched = value::Fetched {
+                    args: &args,
+                    value: Arc::clone(&value),
+                    took,
+                    tag_clock,
+                };
+                match value::store_value(&core, &job, key, fetched, condition).await {
                     Ok(_) => None,
                     Err(error) => {
-                        if !matches!(error, Error::TooLarge { .. }) {
+                        if !matches!(error, Error::TooLarge { .. } | Error::InvalidTag { .. }) {
                             job.metrics.store_error("put");
                         }
                         Some(error)
