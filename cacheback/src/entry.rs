@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::clock::Timestamp;
 use crate::policy::Freshness;
+use crate::tags::{EntryTags, MAX_TAGS_PER_ENTRY};
 
 /// Metadata kept with every entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +119,7 @@ impl fmt::Debug for Payload {
     }
 }
 
-/// One key's entry: metadata and payload.
+/// One key's entry: metadata, payload and tags.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Entry {
@@ -126,12 +127,26 @@ pub struct Entry {
     pub meta: EntryMeta,
     /// The value, or a tombstone.
     pub payload: Payload,
+    /// The value's tags (see [`Job::tags`](crate::Job::tags)), if it has any. A store keeps
+    /// them with the entry ([`encode_envelope`] does for byte stores).
+    pub tags: Option<Arc<EntryTags>>,
 }
 
 impl Entry {
-    /// An entry from its parts.
+    /// An entry from its parts, without tags.
     pub fn new(meta: EntryMeta, payload: Payload) -> Self {
-        Entry { meta, payload }
+        Entry {
+            meta,
+            payload,
+            tags: None,
+        }
+    }
+
+    /// The entry with these tags.
+    #[must_use]
+    pub fn with_tags(mut self, tags: Option<Arc<EntryTags>>) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// Whether this entry is a tombstone.
@@ -151,6 +166,8 @@ pub(crate) const ENVELOPE_PREFIX: [u8; 3] = [MAGIC[0], MAGIC[1], FORMAT_VERSION]
 /// Where the generation (8 bytes, big-endian) starts in the header.
 pub(crate) const GENERATION_OFFSET: usize = 8;
 const FLAG_TOMBSTONE: u8 = 1;
+/// The value bytes are preceded by the entry's tags.
+const FLAG_TAGGED: u8 = 2;
 
 /// Why bytes read from a store are not a valid envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -199,13 +216,22 @@ pub enum EnvelopeError {
 /// | 44 | 4 | schema version |
 /// | 48 | .. | value bytes |
 ///
+/// An entry with tags sets flag bit 1 and puts them between the header and the value: the
+/// tag clock value (8 bytes), the number of tags (1 byte), then each tag as its length (1
+/// byte) and its bytes. An entry without tags is laid out exactly as above.
+///
 /// Returns `None` for a live in-process value, which has no bytes to store.
 pub fn encode_envelope(entry: &Entry) -> Option<Vec<u8>> {
-    let (codec, flags, value): (u8, u8, &[u8]) = match &entry.payload.0 {
+    let (codec, mut flags, value): (u8, u8, &[u8]) = match &entry.payload.0 {
         Repr::Live(_) => return None,
         Repr::Encoded { codec, bytes } => (*codec, 0, bytes),
         Repr::Tombstone => (0, FLAG_TOMBSTONE, &[]),
     };
+    // A tombstone is nothing to invalidate: its tags are not kept.
+    let tags = entry.tags.as_deref().filter(|_| flags == 0);
+    if tags.is_some() {
+        flags |= FLAG_TAGGED;
+    }
     let m = &entry.meta;
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + value.len());
     out.extend_from_slice(&MAGIC);
@@ -220,6 +246,15 @@ pub fn encode_envelope(entry: &Entry) -> Option<Vec<u8>> {
     let fetch_ms = u32::try_from(m.fetch_duration.as_millis()).unwrap_or(u32::MAX);
     out.extend_from_slice(&fetch_ms.to_be_bytes());
     out.extend_from_slice(&m.schema_version.to_be_bytes());
+    if let Some(tags) = tags {
+        // Tags are checked when made: at most 32, each at most 128 bytes.
+        out.extend_from_slice(&tags.since.to_be_bytes());
+        out.push(u8::try_from(tags.names.len()).unwrap_or(u8::MAX));
+        for name in &tags.names {
+            out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(name.as_bytes());
+        }
+    }
     out.extend_from_slice(value);
     Some(out)
 }
@@ -245,7 +280,7 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
     }
     let codec = bytes[3];
     let flags = bytes[4];
-    if flags & !FLAG_TOMBSTONE != 0 {
+    if flags & !(FLAG_TOMBSTONE | FLAG_TAGGED) != 0 {
         return Err(EnvelopeError::Malformed("unknown flags"));
     }
     if bytes[5..8] != [0; 3] {
@@ -261,7 +296,16 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
         b.copy_from_slice(&bytes[at..at + 4]);
         u32::from_be_bytes(b)
     };
-    let value_len = bytes.len() - ENVELOPE_HEADER_LEN;
+    let (tags, value_at) = if flags & FLAG_TAGGED != 0 {
+        if flags & FLAG_TOMBSTONE != 0 {
+            return Err(EnvelopeError::Malformed("tombstone with tags"));
+        }
+        let (tags, end) = decode_tags(&bytes[ENVELOPE_HEADER_LEN..])?;
+        (Some(Arc::new(tags)), ENVELOPE_HEADER_LEN + end)
+    } else {
+        (None, ENVELOPE_HEADER_LEN)
+    };
+    let value_len = bytes.len() - value_at;
     let meta = EntryMeta {
         generation: u64_at(GENERATION_OFFSET),
         fetched_at: Timestamp::from_millis(u64_at(16)),
@@ -280,9 +324,38 @@ pub fn decode_envelope(bytes: Bytes, limit: usize) -> Result<Entry, EnvelopeErro
         }
         Payload::tombstone()
     } else {
-        Payload::encoded(codec, bytes.slice(ENVELOPE_HEADER_LEN..))
+        Payload::encoded(codec, bytes.slice(value_at..))
     };
-    Ok(Entry { meta, payload })
+    Ok(Entry {
+        meta,
+        payload,
+        tags,
+    })
+}
+
+/// The tag section at the start of `bytes`, and where it ends.
+fn decode_tags(bytes: &[u8]) -> Result<(EntryTags, usize), EnvelopeError> {
+    const TRUNCATED: EnvelopeError = EnvelopeError::Malformed("tag section is truncated");
+    let since = bytes.get(..8).ok_or(TRUNCATED)?;
+    let mut since_bytes = [0u8; 8];
+    since_bytes.copy_from_slice(since);
+    let count = usize::from(*bytes.get(8).ok_or(TRUNCATED)?);
+    if count == 0 || count > MAX_TAGS_PER_ENTRY {
+        return Err(EnvelopeError::Malformed("tag count out of range"));
+    }
+    let mut at = 9;
+    let mut names = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = usize::from(*bytes.get(at).ok_or(TRUNCATED)?);
+        let name = bytes.get(at + 1..at + 1 + len).ok_or(TRUNCATED)?;
+        let name =
+            std::str::from_utf8(name).map_err(|_| EnvelopeError::Malformed("a tag is not text"))?;
+        names.push(name.to_owned());
+        at += 1 + len;
+    }
+    let tags = EntryTags::new(u64::from_be_bytes(since_bytes), names)
+        .map_err(|_| EnvelopeError::Malformed("invalid tag"))?;
+    Ok((tags, at))
 }
 
 #[cfg(test)]
@@ -347,6 +420,60 @@ mod tests {
                 limit: 10
             })
         ));
+    }
+
+    #[test]
+    fn tags_travel_between_header_and_value_and_untagged_entries_are_unchanged() {
+        let tags = EntryTags::new(9, vec!["user:1".into(), "org:2".into()]).unwrap();
+        let plain = Entry::new(
+            meta(3, 1, 2, 3),
+            Payload::encoded(1, Bytes::from_static(b"hi")),
+        );
+        let tagged = plain.clone().with_tags(Some(Arc::new(tags.clone())));
+        let old = encode_envelope(&plain).unwrap();
+        assert_eq!(
+            old[4], 0,
+            "an untagged entry keeps the layout older readers know"
+        );
+        let bytes = encode_envelope(&tagged).unwrap();
+        assert_eq!(bytes[4], FLAG_TAGGED);
+        assert_eq!(&bytes[48..56], &9u64.to_be_bytes());
+        assert_eq!(&bytes[56..58], &[2, 6]);
+        let decoded = decode_envelope(Bytes::from(bytes.clone()), 1 << 20).unwrap();
+        assert_eq!(decoded.tags.as_deref(), Some(&tags));
+        assert_eq!(decoded.payload.as_encoded().unwrap().1.as_ref(), b"hi");
+        assert_eq!(decoded.meta.size, 2);
+        assert_eq!(
+            decode_envelope(Bytes::from(old), 1 << 20).unwrap().tags,
+            None
+        );
+
+        let tombstone =
+            Entry::new(meta(3, 1, 2, 3), Payload::tombstone()).with_tags(Some(Arc::new(tags)));
+        let bytes = encode_envelope(&tombstone).unwrap();
+        assert_eq!(
+            bytes.len(),
+            ENVELOPE_HEADER_LEN,
+            "a tombstone keeps no tags"
+        );
+
+        let decode = |b: &[u8]| decode_envelope(Bytes::copy_from_slice(b), 1 << 20);
+        let good = encode_envelope(&tagged).unwrap();
+        for cut in 49..58 {
+            assert!(
+                matches!(decode(&good[..cut]), Err(EnvelopeError::Malformed(_))),
+                "cut at {cut}"
+            );
+        }
+        let mut bad = good.clone();
+        bad[56] = 0;
+        assert!(decode(&bad).is_err(), "no tags under the tag flag");
+        let mut bad = good.clone();
+        bad[58] = b' ';
+        assert!(decode(&bad).is_err(), "an invalid tag");
+        let mut bad = good;
+        bad[4] |= FLAG_TOMBSTONE;
+        assert!(decode(&bad).is_err(), "a tombstone with tags");
     }
 
     proptest! {

@@ -113,6 +113,12 @@ pub enum Error {
         /// The contested name.
         name: Arc<str>,
     },
+    /// A tag is invalid (given to `invalidate_tag` or `delete_tag`, or by a job's
+    /// [`tags`](crate::Job::tags)); nothing was written.
+    InvalidTag {
+        /// Why, naming the tag.
+        message: String,
+    },
     /// Invalid configuration.
     Config {
         /// What is wrong.
@@ -153,6 +159,7 @@ impl fmt::Display for Error {
                 f,
                 "job name `{name}` is already registered for another job type"
             ),
+            Error::InvalidTag { message } => write!(f, "invalid tag: {message}"),
             Error::Config { message } => write!(f, "invalid configuration: {message}"),
             Error::Shutdown => f.write_str("cacheback is shutting down"),
         }
@@ -228,6 +235,7 @@ impl Error {
             Error::Key { .. } => "key",
             Error::TooLarge { .. } => "too_large",
             Error::JobConflict { .. } => "job_conflict",
+            Error::InvalidTag { .. } => "invalid_tag",
             Error::Config { .. } => "config",
             Error::Shutdown => "shutdown",
         }

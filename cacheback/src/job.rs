@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::BoxError;
 use crate::policy::{Lifespan, Policy};
+use crate::tags::Tags;
 
 /// A named, typed computation whose results cacheback caches and refreshes.
 ///
@@ -140,6 +141,42 @@ pub trait Job: Send + Sync + 'static {
     fn lifespan(&self, value: &Self::Value, policy: &Policy) -> Lifespan {
         let _ = value;
         policy.lifespan()
+    }
+
+    /// The tags of one fetched (or `set`) value, from its args and/or the value itself: by
+    /// default none. [`Cacheback::invalidate_tag`](crate::Cacheback::invalidate_tag) and
+    /// [`delete_tag`](crate::Cacheback::delete_tag) act on every entry carrying a tag, of
+    /// every job of the client's prefix. Called each time a value is written, so a refreshed
+    /// value carries the tags of the new value. A value whose tags are invalid (see [`Tags`])
+    /// is not cached.
+    ///
+    /// ```
+    /// use cacheback::{Job, Tags};
+    ///
+    /// struct Order;
+    ///
+    /// impl Job for Order {
+    ///     type Args = u64; // the order id
+    ///     type Value = (u64, String); // its customer id and its summary
+    ///     type Error = std::io::Error;
+    ///
+    ///     fn name(&self) -> &str {
+    ///         "order"
+    ///     }
+    ///
+    ///     async fn fetch(&self, id: u64) -> Result<(u64, String), std::io::Error> {
+    ///         Ok((42, format!("order {id}")))
+    ///     }
+    ///
+    ///     fn tags(&self, id: &u64, value: &(u64, String)) -> Tags {
+    ///         // `invalidate_tag("customer:42")` then reaches every order of customer 42.
+    ///         Tags::new().with(format!("order:{id}")).with(format!("customer:{}", value.0))
+    ///     }
+    /// }
+    /// ```
+    fn tags(&self, args: &Self::Args, value: &Self::Value) -> Tags {
+        let _ = (args, value);
+        Tags::new()
     }
 }
 

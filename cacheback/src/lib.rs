@@ -145,6 +145,19 @@
 //! (as its windows say; one a newer write superseded as Stale, none for a deleted key) instead
 //! of the store fallback.
 //!
+//! **Tags.** A job may tag its values ([`Job::tags`], from the args and/or the value), and
+//! [`Cacheback::invalidate_tag`] / [`Cacheback::delete_tag`] then act on every entry carrying
+//! a tag, with the meaning of `invalidate` / `delete` per key (served Stale and refreshed once,
+//! or gone), in constant work at call time: nothing is scanned. The store keeps a tag clock per
+//! prefix and, per tag, the clock values of its last invalidation and deletion; an entry
+//! records the clock read before its value was fetched, and a read compares the two. So a
+//! fetch that began before `invalidate_tag` is never stored Fresh after it, and only entries
+//! that are read are ever refreshed. The invalidating process sees its call at once; another
+//! process in front of Redis sees it when the announcement arrives if it has a near cache,
+//! and in any case within its [`CachebackBuilder::tag_check_interval`] (default 1 s: how long
+//! it trusts a tag state it read). A read of an untagged entry never looks at tags (still one
+//! `GET` on Redis); a read of a tagged one reads its tags' states at most once per interval.
+//!
 //! **Values and keys.** Keys are `prefix:job:digest` with a 128-bit hash of a canonical
 //! encoding of the args (never the args themselves). Values are encoded with the client's
 //! [`Codec`] for byte stores (the memory store keeps the `Arc`s); an entry that does not decode
@@ -188,6 +201,7 @@ pub mod queue;
 #[cfg(feature = "redis")]
 mod redis_support;
 pub mod store;
+mod tags;
 pub mod worker;
 
 #[cfg(feature = "testing")]
@@ -231,6 +245,7 @@ pub use store::memcached::MemcachedStore;
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
+pub use tags::{MAX_TAG_LEN, MAX_TAGS_PER_ENTRY, Tags};
 pub use worker::{Worker, WorkerOptions};
 
 #[cfg(feature = "macros")]

@@ -15,6 +15,7 @@ use crate::report::Record;
 
 #[cfg(feature = "redis")]
 pub(crate) mod near;
+pub(crate) mod tags;
 pub(crate) mod w1;
 pub(crate) mod w11;
 pub(crate) mod w2;
@@ -128,12 +129,18 @@ fn memory_entries() -> Vec<Workload> {
             needs: Needs::Nothing,
             run: w11::memory,
         },
+        Workload {
+            id: "T1",
+            title: "invalidate_tag over tagged entries, memory store",
+            needs: Needs::Nothing,
+            run: tags::memory,
+        },
     ]
 }
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 8] {
+fn redis_entries() -> [Workload; 11] {
     [
         Workload {
             id: "W1",
@@ -194,6 +201,12 @@ fn redis_entries() -> [Workload; 8] {
             title: "batch read of 100 keys, Redis",
             needs: Needs::Redis,
             run: near::batch,
+        },
+        Workload {
+            id: "T1",
+            title: "invalidate_tag over tagged entries, Redis + near cache",
+            needs: Needs::Redis,
+            run: tags::redis,
         },
     ]
 }

@@ -19,6 +19,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::codec::Codec;
 use crate::engine::near::{NearCache, NearTier};
 use crate::engine::registry::Registry;
+use crate::engine::tags::TagTable;
 use crate::engine::{self, Core, RecentFailures, Running};
 use crate::error::{Error, Result};
 use crate::key;
@@ -46,6 +47,7 @@ pub struct CachebackBuilder {
     worker: Option<bool>,
     worker_options: WorkerOptions,
     near: Option<NearCache>,
+    tag_check_interval: Duration,
 }
 
 impl Default for CachebackBuilder {
@@ -64,6 +66,7 @@ impl Default for CachebackBuilder {
             worker: None,
             worker_options: WorkerOptions::default(),
             near: None,
+            tag_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -282,6 +285,19 @@ impl CachebackBuilder {
         self
     }
 
+    /// The longest a process in front of a remote store trusts what it read of a tag's state
+    /// (default 1 s, on the client's clock): the bound on how late it sees another process's
+    /// [`invalidate_tag`](crate::Cacheback::invalidate_tag) or
+    /// [`delete_tag`](crate::Cacheback::delete_tag) if the announcement of it is lost (or, for
+    /// a client without a near cache, which does not listen to announcements, at all). A read
+    /// of a tagged entry costs one more store read (of its tags' states) at most once per
+    /// interval per tag; untagged entries never do. Irrelevant for the memory store, which is
+    /// always exact.
+    pub fn tag_check_interval(mut self, interval: Duration) -> Self {
+        self.tag_check_interval = interval;
+        self
+    }
+
     /// Builds the client. Starting the in-process worker needs a Tokio runtime: call this
     /// from within one.
     pub fn build(self) -> Result<Cacheback> {
@@ -301,12 +317,13 @@ impl CachebackBuilder {
         let memory = engine::in_process_store(&store);
         let claim_hints = memory.is_none().then(hints::ClaimHints::default);
         let stop = CancellationToken::new();
+        let tags = Arc::new(TagTable::new(self.tag_check_interval));
         let near = match &self.near {
             Some(config) => Some(start_near(
                 config,
                 &store,
                 memory.is_some(),
-                &self.prefix,
+                (self.prefix.as_str(), &tags),
                 &stop,
             )?),
             None => None,
@@ -336,6 +353,7 @@ impl CachebackBuilder {
             recent_failures: RecentFailures::default(),
             running: Running::default(),
             tasks: TaskTracker::new(),
+            tags,
         });
         let reads = ReadState {
             store_fallback: self.store_fallback,
@@ -360,12 +378,13 @@ impl CachebackBuilder {
     }
 }
 
-/// The near tier, and the task that applies the store's announced changes to it until `stop`.
+/// The near tier, and the task that applies the store's announced changes to it (and to the
+/// client's tag table) until `stop`.
 fn start_near(
     config: &NearCache,
     store: &SharedStore,
     in_process: bool,
-    prefix: &str,
+    (prefix, tags): (&str, &Arc<TagTable>),
     stop: &CancellationToken,
 ) -> Result<Arc<NearTier>> {
     config.validate()?;
@@ -386,14 +405,18 @@ fn start_near(
         )));
     };
     let near = Arc::new(NearTier::new(config));
-    let (tier, stop) = (Arc::clone(&near), stop.clone());
+    let (tier, stop, tags) = (Arc::clone(&near), stop.clone(), Arc::clone(tags));
     runtime.spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 change = changes.next() => match change {
-                    Some(change) => tier.apply(change),
+                    Some(change) => {
+                        tags.apply(change);
+                        tier.apply(change);
+                    }
                     None => {
+                        tags.apply(Change::Lost);
                         tier.apply(Change::Lost);
                         return;
                     }

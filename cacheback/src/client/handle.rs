@@ -17,6 +17,7 @@ use crate::clock::Timestamp;
 use crate::engine::Core;
 use crate::engine::near::{NearTier, Ticket};
 use crate::engine::registry::JobEntry;
+use crate::engine::tags;
 use crate::engine::value::decode_payload;
 use crate::entry::{Entry, EntryMeta};
 use crate::error::{Chain, Error, Result};
@@ -26,6 +27,7 @@ use crate::observe::Event;
 use crate::policy::Freshness;
 use crate::store::memory::MemoryStore;
 use crate::store::{ClaimOutcome, ClaimToken};
+use crate::tags::Verdict;
 
 use super::trigger::Trigger;
 
@@ -215,7 +217,13 @@ impl<J: Job> JobHandle<J> {
             }
             return Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>);
         };
-        match self.classify(key, memory.get_sync(key), core.clock.now(), None) {
+        let now = core.clock.now();
+        let mut entry = memory.get_sync(key);
+        if let Some(tagged) = entry.as_ref().and_then(|e| e.tags.as_deref()) {
+            let verdict = tags::verdict_now(core, tagged, now);
+            entry = entry.map(|e| tags::judged(e, verdict.unwrap_or(Verdict::Current), now));
+        }
+        match self.classify(key, entry, now, None) {
             Classified::Hit(lookup) => Either::Left(Ok(lookup)),
             Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
                 self.stale_now(memory, key, args, value, meta, now)
@@ -239,7 +247,16 @@ impl<J: Job> JobHandle<J> {
         let now = self.core().clock.now();
         let digest = key.digest();
         let read = match near.get(digest, now) {
-            Some(copy) => self.classify(key, Some(copy), now, None),
+            Some(copy) => match copy.tags.as_deref() {
+                None => self.classify(key, Some(copy), now, None),
+                Some(tagged) => match tags::verdict_now(self.core(), tagged, now) {
+                    Some(verdict) => {
+                        self.classify(key, Some(tags::judged(copy, verdict, now)), now, None)
+                    }
+                    // The tags' states are due to be read again: read the store.
+                    None => Classified::Missing { generation: 0, now },
+                },
+            },
             None => Classified::Missing { generation: 0, now },
         };
         match read {
@@ -346,7 +363,12 @@ impl<J: Job> JobHandle<J> {
         let near = core.near.as_deref();
         let ticket = near.and_then(|near| Some((near, near.ticket(digest)?)));
         match core.store.get(key).await {
-            Ok(entry) => match self.classify(key, entry, core.clock.now(), ticket) {
+            Ok(entry) => match self.classify(
+                key,
+                tags::judge(core, entry).await,
+                core.clock.now(),
+                ticket,
+            ) {
                 Classified::Hit(lookup) => Ok(lookup),
                 slow => self.finish(args, digest, slow, mode).await,
             },
@@ -370,7 +392,16 @@ impl<J: Job> JobHandle<J> {
         let digest = key.digest();
         self.job.metrics.store_error("get");
         warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; serving this process's near copy");
-        match self.classify(key, Some(copy), self.core().clock.now(), None) {
+        let now = self.core().clock.now();
+        // Judged by what this process knows of its tags: the store cannot say more now.
+        let copy = match copy.tags.as_deref() {
+            Some(tagged) => {
+                let verdict = self.core().tags.best_known(tagged);
+                tags::judged(copy, verdict, now)
+            }
+            None => copy,
+        };
+        match self.classify(key, Some(copy), now, None) {
             Classified::Hit(lookup) => Ok(lookup),
             read @ (Classified::Stale { .. } | Classified::FreshMaybeEarly { .. }) => {
                 // No synchronous refetch past the stale threshold: the upstream is what the
@@ -393,14 +424,24 @@ impl<J: Job> JobHandle<J> {
         keep: Option<(&NearTier, Ticket)>,
     ) -> Classified<Value<J>> {
         let job = &*self.job;
-        let Some(Entry { meta, payload, .. }) = entry else {
+        let Some(Entry {
+            meta,
+            payload,
+            tags,
+            ..
+        }) = entry
+        else {
             return Classified::Missing { generation: 0, now };
         };
+        if tags.is_some() && !job.tags_seen() {
+            // Its next fetch here reads the tag clock first.
+            job.saw_tags();
+        }
         match decode_payload(self.core(), job, &meta, payload) {
             Ok(Some(value)) => {
                 if let Some((near, ticket)) = keep {
                     let copy = Arc::clone(&value) as Arc<dyn Any + Send + Sync>;
-                    near.keep(ticket, key.digest(), meta, copy, now);
+                    near.keep(ticket, key.digest(), meta, copy, tags, now);
                 }
                 self.sort(value, meta, now)
             }

@@ -8,7 +8,7 @@ use crate::client::coalesce::AnyValue;
 use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
 use crate::engine::registry::JobEntry;
-use crate::engine::{Core, backoff, fetch};
+use crate::engine::{Core, backoff, fetch, tags};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::key::Key;
@@ -142,6 +142,7 @@ impl<J: Job> JobHandle<J> {
                     .zip(entries)
                     .zip(keys.iter().zip(tickets));
                 for (((i, args, digest), entry), (&key, ticket)) in reads {
+                    let entry = tags::judge(core, entry).await;
                     match self.classify(key, entry, now, ticket) {
                         Classified::Hit(lookup) => answers[i] = Some(Ok(lookup)),
                         Classified::Missing { generation, .. }
@@ -235,6 +236,7 @@ impl<J: Job> JobHandle<J> {
             .filter(|(_, before)| before.is_ok())
             .map(|((args, ..), _)| args.clone())
             .collect();
+        let tag_clock = tags::clock_before_fetch(&core, &job).await;
         let (fetched, took) = fetch::run_fetch_many(&job, asked).await;
         let mut fetched = fetched.into_iter();
         let kept = batch
@@ -250,7 +252,8 @@ impl<J: Job> JobHandle<J> {
                         Some(Ok(value)) => {
                             backoff::record_success(core, job, key, before).await;
                             let condition = Some(PutCondition::IfGeneration(generation));
-                            Ok(Self::keep_fetched(core, job, key, value, took, condition).await)
+                            let fetched = (value, took, tag_clock);
+                        Ok(Self::keep_fetched(core, job, key, args, fetched, condition).await)
                         }
                         Some(Err(error)) => {
                             backoff::record_failure(core, job, key, before, &error, true).await;

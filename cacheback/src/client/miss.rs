@@ -13,7 +13,7 @@ use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
 use crate::clock::Timestamp;
 use crate::engine::registry::JobEntry;
-use crate::engine::{Core, backoff, fetch, value};
+use crate::engine::{Core, backoff, fetch, tags, value};
 use crate::entry::EntryMeta;
 use crate::error::{Chain, Error, Result};
 use crate::job::Job;
@@ -247,7 +247,8 @@ impl<J: Job> JobHandle<J> {
         // landed, and reached the coalescer just after that fetch left it, finds the fresh
         // value here instead of fetching a second time.
         if let Some(PutCondition::IfGeneration(seen)) = condition
-            && let Ok(Some(entry)) = core.store.get(key).await
+            && let Ok(read) = core.store.get(key).await
+            && let Some(entry) = tags::judge(&core, read).await
             && entry.meta.generation != seen
             && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
             && let Ok(Some(value)) = value::decode_value(&core, &job, &entry)
@@ -259,7 +260,12 @@ impl<J: Job> JobHandle<J> {
         }
         let use_store = condition.is_some();
         let before = backoff::before_fetch(&core, &job, key, core.clock.now(), use_store).await?;
-        let (value, took) = match fetch::run_fetch(&job, args).await {
+        let tag_clock = if use_store {
+            tags::clock_before_fetch(&core, &job).await
+        } else {
+            0
+        };
+        let (value, took) = match fetch::run_fetch(&job, args.clone()).await {
             Ok(fetched) => fetched,
             Err(error) => {
                 backoff::record_failure(&core, &job, key, before, &error, use_store).await;
@@ -267,17 +273,19 @@ impl<J: Job> JobHandle<J> {
             }
         };
         backoff::record_success(&core, &job, key, before).await;
-        Ok(Self::keep_fetched(&core, &job, key, value, took, condition).await)
+        let fetched = (value, took, tag_clock);
+        Ok(Self::keep_fetched(&core, &job, key, &args, fetched, condition).await)
     }
 
-    /// Stores a fetched value under `condition` (`None`: the store is unreachable), and says
-    /// so when it could not be cached.
+    /// Stores a value fetched for `args` (with how long the fetch took and the tag clock read
+    /// before it) under `condition` (`None`: the store is unreachable), and says so when it
+    /// could not be cached.
     pub(super) async fn keep_fetched(
         core: &Arc<Core>,
         job: &Arc<JobEntry<J>>,
         key: Key<'_>,
-        value: Value<J>,
-        took: Duration,
+        args: &Args<J>,
+        (value, took, tag_clock): (Value<J>, Duration, u64),
         condition: Option<PutCondition>,
     ) -> AnyValue {
         let value = Arc::new(value);
@@ -287,11 +295,16 @@ impl<J: Job> JobHandle<J> {
                 "the store is unreachable; the value was fetched without the cache",
             )),
             Some(condition) => {
-                match value::store_value(core, job, key, Arc::clone(&value), took, condition).await
-                {
+                let fetched = value::Fetched {
+                    args,
+                    value: Arc::clone(&value),
+                    took,
+                    tag_clock,
+                };
+                match value::store_value(core, job, key, fetched, condition).await {
                     Ok(_) => None,
                     Err(error) => {
-                        if !matches!(error, Error::TooLarge { .. }) {
+                        if !matches!(error, Error::TooLarge { .. } | Error::InvalidTag { .. }) {
                             job.metrics.store_error("put");
                         }
                         Some(error)

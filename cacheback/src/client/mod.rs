@@ -24,6 +24,7 @@ mod hints;
 mod lookup;
 mod many;
 mod miss;
+mod tags;
 mod trigger;
 mod write;
 
@@ -169,6 +170,7 @@ impl Cacheback {
             name,
             policy,
             metrics,
+            tagged: Default::default(),
         });
         self.inner
             .core

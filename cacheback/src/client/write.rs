@@ -10,7 +10,7 @@ use crate::client::handle::{Args, JobHandle, Value};
 use crate::client::lookup::{Peek, WarmProgress, WarmReport};
 use crate::client::trigger::Trigger;
 use crate::clock::Timestamp;
-use crate::engine::{fetch, refresh, value};
+use crate::engine::{fetch, refresh, tags, value};
 use crate::entry::{Entry, EntryMeta};
 use crate::error::{Error, Result};
 use crate::job::Job;
@@ -25,18 +25,17 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         let job = &*self.job;
         let digest = self.digest(&args)?;
-        let (value, took) = fetch::run_fetch(job, args).await?;
+        let tag_clock = tags::clock_before_fetch(core, job).await;
+        let (value, took) = fetch::run_fetch(job, args.clone()).await?;
         let value = Arc::new(value);
         let key = Key::new(&core.prefix, &job.name, digest);
-        value::store_value(
-            core,
-            job,
-            key,
-            Arc::clone(&value),
+        let fetched = value::Fetched {
+            args: &args,
+            value: Arc::clone(&value),
             took,
-            PutCondition::Always,
-        )
-        .await?;
+            tag_clock,
+        };
+        value::store_value(core, job, key, fetched, PutCondition::Always).await?;
         refresh::release(
             core,
             job,
@@ -54,15 +53,21 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         let digest = self.digest(&args)?;
         let key = Key::new(&core.prefix, &self.job.name, digest);
-        value::store_value(
-            core,
-            &self.job,
-            key,
-            Arc::new(value),
-            Duration::ZERO,
-            PutCondition::Always,
-        )
-        .await?;
+        let value = Arc::new(value);
+        // An untagged value needs no tag clock (and costs no read of it).
+        let tag_clock = if self.job.job.tags(&args, &value).is_empty() {
+            0
+        } else {
+            self.job.saw_tags();
+            tags::clock_before_fetch(core, &self.job).await
+        };
+        let fetched = value::Fetched {
+            args: &args,
+            value,
+            took: Duration::ZERO,
+            tag_clock,
+        };
+        value::store_value(core, &self.job, key, fetched, PutCondition::Always).await?;
         Ok(())
     }
 
@@ -138,7 +143,7 @@ impl<J: Job> JobHandle<J> {
             meta.fresh_until = meta.fresh_until.min(now);
             let ttl = meta.stale_until.since(now);
             let put = Put::new(
-                Entry::new(meta, entry.payload.clone()),
+                Entry::new(meta, entry.payload.clone()).with_tags(entry.tags.clone()),
                 PutCondition::IfGeneration(meta.generation),
                 ttl,
             );
@@ -160,7 +165,8 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         let digest = self.digest(&args)?;
         let key = Key::new(&core.prefix, &self.job.name, digest);
-        let Some(entry) = core.store.get(key).await? else {
+        let read = core.store.get(key).await?;
+        let Some(entry) = tags::judge(core, read).await else {
             return Ok(None);
         };
         if entry.is_tombstone() {

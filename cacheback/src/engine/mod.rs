@@ -24,6 +24,7 @@ pub(crate) mod near;
 pub(crate) mod refresh;
 pub(crate) mod registry;
 mod running;
+pub(crate) mod tags;
 pub(crate) mod value;
 
 pub(crate) use backoff::RecentFailures;
@@ -53,6 +54,8 @@ pub(crate) struct Core {
     pub(crate) recent_failures: RecentFailures,
     /// Every background task of the client (coalesced fetches, local fallback refreshes).
     pub(crate) tasks: TaskTracker,
+    /// The tag states this process knows (for a remote store).
+    pub(crate) tags: Arc<tags::TagTable>,
 }
 
 /// The in-process store behind `store`, if that is what it is.

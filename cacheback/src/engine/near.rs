@@ -22,6 +22,7 @@ use crate::entry::{Entry, EntryMeta, Payload};
 use crate::error::{Error, Result};
 use crate::store::Change;
 use crate::store::memory::{DigestHasher, ENTRY_OVERHEAD_BYTES};
+use crate::tags::EntryTags;
 
 /// How many shards of keys the tickets track (a power of two).
 const SHARDS: usize = 1024;
@@ -100,6 +101,8 @@ impl NearCache {
 struct Copy {
     meta: EntryMeta,
     value: Arc<dyn Any + Send + Sync>,
+    /// The entry's tags: a read judges the copy by them as it would the entry.
+    tags: Option<Arc<EntryTags>>,
     /// The epoch it was taken in.
     epoch: u64,
     /// Served until then (client clock).
@@ -185,14 +188,15 @@ impl NearTier {
         let current = self.live.load(Ordering::Acquire)
             && copy.epoch == self.epoch.load(Ordering::Acquire)
             && !copy.superseded;
-        (current && now < copy.until).then(|| Entry::new(copy.meta, Payload::live(copy.value)))
+        (current && now < copy.until)
+            .then(|| Entry::new(copy.meta, Payload::live(copy.value)).with_tags(copy.tags))
     }
 
     /// The copy of `digest` whatever its age, for a read while the store cannot be reached
     /// (one a newer write superseded reads as Stale).
     pub(crate) fn get_any(&self, digest: u128) -> Option<Entry> {
         let copy = self.copies.get(&digest)?;
-        Some(Entry::new(copy.meta, Payload::live(copy.value)))
+        Some(Entry::new(copy.meta, Payload::live(copy.value)).with_tags(copy.tags))
     }
 
     /// What a read of `digest` from the store must still match for its copy to be kept;
@@ -213,6 +217,7 @@ impl NearTier {
         digest: u128,
         meta: EntryMeta,
         value: Arc<dyn Any + Send + Sync>,
+        tags: Option<Arc<EntryTags>>,
         now: Timestamp,
     ) {
         let unchanged = || {
@@ -226,6 +231,7 @@ impl NearTier {
         let copy = Copy {
             meta,
             value,
+            tags,
             epoch: ticket.epoch,
             until: now.saturating_add(self.ttl),
             superseded: false,
@@ -269,6 +275,8 @@ impl NearTier {
                 self.epoch.fetch_add(1, Ordering::SeqCst);
                 self.live.store(true, Ordering::SeqCst);
             }
+            // Copies are judged by their tags when read (the client's tag table applies it).
+            Change::Tagged { .. } => {}
         }
     }
 
@@ -338,14 +346,14 @@ mod tests {
         assert!(near.ticket(1).is_none());
         near.apply(Change::Watching);
         let ticket = near.ticket(1).unwrap();
-        near.keep(ticket, 1, meta(3), value(), T0);
+        near.keep(ticket, 1, meta(3), value(), None, T0);
         assert_eq!(near.get(1, T0).unwrap().meta.generation, 3);
     }
 
     #[test]
     fn copies_expire_after_the_near_ttl() {
         let near = live();
-        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), T0);
+        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), None, T0);
         assert!(
             near.get(1, T0.saturating_add(Duration::from_millis(4_999)))
                 .is_some()
@@ -360,7 +368,7 @@ mod tests {
     #[test]
     fn announcements_drop_older_copies_only() {
         let near = live();
-        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), T0);
+        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), None, T0);
         near.apply(written(1, 3, false));
         assert!(
             near.get(1, T0).is_some(),
@@ -379,11 +387,11 @@ mod tests {
         let near = live();
         let ticket = near.ticket(1).unwrap();
         near.apply(written(1, 4, false));
-        near.keep(ticket, 1, meta(3), value(), T0);
+        near.keep(ticket, 1, meta(3), value(), None, T0);
         assert!(near.get(1, T0).is_none());
         let ticket = near.ticket(1).unwrap();
         near.forget(1);
-        near.keep(ticket, 1, meta(4), value(), T0);
+        near.keep(ticket, 1, meta(4), value(), None, T0);
         assert!(
             near.get(1, T0).is_none(),
             "a local write also invalidates the ticket"
@@ -393,12 +401,12 @@ mod tests {
     #[test]
     fn a_lost_subscription_stops_serving_until_it_is_back() {
         let near = live();
-        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), T0);
+        near.keep(near.ticket(1).unwrap(), 1, meta(3), value(), None, T0);
         let ticket = near.ticket(2).unwrap();
         near.apply(Change::Lost);
         assert!(near.get(1, T0).is_none());
         assert!(near.ticket(1).is_none());
-        near.keep(ticket, 2, meta(1), value(), T0);
+        near.keep(ticket, 2, meta(1), value(), None, T0);
         near.apply(Change::Watching);
         assert!(
             near.get(1, T0).is_none(),

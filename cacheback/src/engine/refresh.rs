@@ -11,7 +11,8 @@ use crate::codec::Codec;
 use crate::engine::Core;
 use crate::engine::fetch::run_fetch;
 use crate::engine::registry::{JobEntry, Processed, RefreshOutcome};
-use crate::engine::value::{prepare_put, stale_if_error_until};
+use crate::engine::tags::clock_before_fetch;
+use crate::engine::value::{Fetched, prepare_put, stale_if_error_until};
 use crate::entry::Entry;
 use crate::error::{Chain, Error};
 use crate::job::Job;
@@ -106,7 +107,14 @@ pub(crate) async fn refresh_claimed<J: Job>(
         // wait for it, and the check below skips this one once it has written.
         let _running = core.running.enter(digest).await;
         // A backlog can hold requests for keys that were written since: don't redo their work.
-        if let Ok(Some(current)) = core.store.get(key).await
+        let current = core.store.get(key).await;
+        if let Ok(Some(current)) = &current
+            && current.tags.is_some()
+        {
+            // The value being replaced is tagged: read the tag clock before the fetch.
+            job.saw_tags();
+        }
+        if let Ok(Some(current)) = current
             && current.meta.generation != claimed.generation
         {
             debug!(
@@ -118,14 +126,18 @@ pub(crate) async fn refresh_claimed<J: Job>(
             release(core, job, key, claimed.token, Release::Abandoned).await;
             return RefreshOutcome::Skipped;
         }
-        let fetched = run_fetch(job, args).await;
+        let tag_clock = clock_before_fetch(core, job).await;
+        let fetched = run_fetch(job, args.clone()).await;
         // The write and the claim's release go together (one round trip where the store can).
         let stored = match fetched.and_then(|(value, took)| {
             let condition = PutCondition::IfGeneration(claimed.generation);
-            Ok((
-                prepare_put(core, job, Arc::new(value), took, condition)?,
+            let fetched = Fetched {
+                args: &args,
+                value: Arc::new(value),
                 took,
-            ))
+                tag_clock,
+            };
+            Ok((prepare_put(core, job, fetched, condition)?, took))
         }) {
             Ok((put, took)) => core
                 .put_and_release(key, put, claimed.token)
@@ -228,7 +240,7 @@ async fn extend_for_error<J: Job>(
     let mut meta = current.meta;
     meta.stale_until = until;
     let put = Put::new(
-        Entry::new(meta, current.payload),
+        Entry::new(meta, current.payload).with_tags(current.tags),
         PutCondition::IfGeneration(generation),
         until.since(now),
     );

@@ -2,6 +2,7 @@
 
 use std::any::TypeId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::BoxFuture;
@@ -20,6 +21,21 @@ pub(crate) struct JobEntry<J> {
     pub(crate) seed: u64,
     pub(crate) policy: Policy,
     pub(crate) metrics: JobMetrics,
+    /// Whether this process has seen the job give a value tags (then its fetches read the
+    /// tag clock first).
+    pub(crate) tagged: AtomicBool,
+}
+
+impl<J> JobEntry<J> {
+    /// Whether this process has seen the job give a value tags.
+    pub(crate) fn tags_seen(&self) -> bool {
+        self.tagged.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the job gives its values tags.
+    pub(crate) fn saw_tags(&self) {
+        self.tagged.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What a worker did with a request.

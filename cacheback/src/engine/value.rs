@@ -15,27 +15,51 @@ use crate::job::Job;
 use crate::key::Key;
 use crate::store::{Put, PutCondition, PutOutcome};
 
+/// A value to write: what it was fetched for, the value, how long the fetch took, and the tag
+/// clock read before it started.
+pub(crate) struct Fetched<'a, J: Job> {
+    pub(crate) args: &'a J::Args,
+    pub(crate) value: Arc<J::Value>,
+    pub(crate) took: Duration,
+    pub(crate) tag_clock: u64,
+}
+
 /// Writes a value under `condition`, refusing it when it is over the size limit.
 pub(crate) async fn store_value<J: Job>(
     core: &Core,
     job: &JobEntry<J>,
     key: Key<'_>,
-    value: Arc<J::Value>,
-    fetch_duration: Duration,
+    fetched: Fetched<'_, J>,
     condition: PutCondition,
 ) -> Result<PutOutcome> {
-    let put = prepare_put(core, job, value, fetch_duration, condition)?;
+    let put = prepare_put(core, job, fetched, condition)?;
     core.put(key, put).await
 }
 
-/// The write of a fetched value: encoded (for byte stores), size-checked, with its windows.
+/// The write of a fetched value: encoded (for byte stores), size-checked, with its windows
+/// and its tags.
 pub(crate) fn prepare_put<J: Job>(
     core: &Core,
     job: &JobEntry<J>,
-    value: Arc<J::Value>,
-    fetch_duration: Duration,
+    fetched: Fetched<'_, J>,
     condition: PutCondition,
 ) -> Result<Put> {
+    let Fetched {
+        args,
+        value,
+        took: fetch_duration,
+        tag_clock,
+    } = fetched;
+    let tags = job
+        .job
+        .tags(args, &value)
+        .into_entry_tags(tag_clock)
+        .map_err(|reason| Error::InvalidTag {
+            message: format!("job `{}` gave a value invalid tags: {reason}", job.name),
+        })?;
+    if tags.is_some() {
+        job.saw_tags();
+    }
     let lifespan = job.job.lifespan(&value, &job.policy);
     let (payload, size) = if core.memory.is_some() {
         let size = core.codec.encoded_len(&*value)?;
@@ -56,7 +80,11 @@ pub(crate) fn prepare_put<J: Job>(
     // A value whose own lifespan is zero is still written (stale, or expired, at once), and
     // stores must never be asked to keep something for no time at all.
     let ttl = windows.stale_until.since(now).max(MIN_TTL);
-    Ok(Put::new(Entry::new(meta, payload), condition, ttl))
+    Ok(Put::new(
+        Entry::new(meta, payload).with_tags(tags),
+        condition,
+        ttl,
+    ))
 }
 
 /// The shortest time a store is asked to keep an entry.
@@ -193,6 +221,7 @@ mod tests {
             policy: SelfTimed.policy(),
             metrics: JobMetrics::new(&name),
             name,
+            tagged: Default::default(),
         }
     }
 
@@ -218,14 +247,13 @@ mod tests {
 
         // A zero lifespan is written (it is Stale, or gone, at once), never refused.
         job.set(2, (0, 0, None)).await.unwrap();
-        let put = prepare_put(
-            cache.core(),
-            &entry(&cache),
-            Arc::new((0, 0, None)),
-            Duration::ZERO,
-            PutCondition::Always,
-        )
-        .unwrap();
+        let fetched = Fetched {
+            args: &2,
+            value: Arc::new((0, 0, None)),
+            took: Duration::ZERO,
+            tag_clock: 0,
+        };
+        let put = prepare_put(cache.core(), &entry(&cache), fetched, PutCondition::Always).unwrap();
         assert_eq!(put.ttl, MIN_TTL);
     }
 

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,8 +17,9 @@ use crate::entry::{Entry, EntryMeta, Payload, Repr};
 use crate::error::Result;
 use crate::key::Key;
 use crate::store::{
-    ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
+    ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store, TagStates,
 };
+use crate::tags::{EntryTags, TagAction, TagState, Verdict};
 
 /// Bytes charged per entry on top of its value's encoded size, when bounded by bytes: roughly
 /// what the map slot and the entry header take.
@@ -58,6 +59,16 @@ struct Inner {
     epoch: Instant,
     /// Writes since the last purge of expired entries.
     writes: AtomicU64,
+    /// The tag clocks and tag states, per prefix.
+    tags: RwLock<HashMap<String, TagBook>>,
+}
+
+/// One prefix's tag clock and the states of its invalidated tags (kept for the store's life:
+/// one small record per tag ever invalidated).
+#[derive(Default)]
+struct TagBook {
+    clock: u64,
+    states: HashMap<String, TagState>,
 }
 
 /// A purge of expired entries runs after this many writes.
@@ -78,6 +89,7 @@ struct MemEntry {
     /// `None` is a tombstone. Encoded payloads (written through the [`Store`] trait; a client
     /// writes live values) are boxed as an [`EncodedBlob`] object.
     value: Option<Arc<dyn Any + Send + Sync>>,
+    tags: Option<Arc<EntryTags>>,
 }
 
 struct EncodedBlob {
@@ -88,6 +100,7 @@ struct EncodedBlob {
 impl MemEntry {
     fn from_entry(entry: Entry, generation: u64, expires_ms: u64) -> Self {
         let m = entry.meta;
+        let tags = entry.tags;
         let value = match entry.payload.0 {
             Repr::Live(v) => Some(v),
             Repr::Encoded { codec, bytes } => {
@@ -104,6 +117,7 @@ impl MemEntry {
             schema_version: m.schema_version,
             size: m.size,
             expires_ms,
+            tags: tags.filter(|_| value.is_some()),
             value,
         }
     }
@@ -128,6 +142,7 @@ impl MemEntry {
             },
             payload,
         )
+        .with_tags(self.tags)
     }
 }
 
@@ -283,6 +298,7 @@ impl MemoryStoreBuilder {
                 claims: RwLock::new(Claims::default()),
                 epoch: Instant::now(),
                 writes: AtomicU64::new(0),
+                tags: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -398,6 +414,58 @@ impl MemoryStore {
         outcome
     }
 
+    /// The tag clock of `prefix` and the states of `tags`, without awaiting: what
+    /// [`Store::tag_states`] does, for the client's hit path.
+    fn tag_states_sync<'t>(
+        &self,
+        prefix: &str,
+        tags: impl IntoIterator<Item = &'t str>,
+    ) -> TagStates {
+        let books = self.inner.tags.read().unwrap_or_else(|p| p.into_inner());
+        let Some(book) = books.get(prefix) else {
+            let states = tags.into_iter().map(|_| TagState::default()).collect();
+            return TagStates::new(0, states);
+        };
+        let states = tags
+            .into_iter()
+            .map(|tag| book.states.get(tag).copied().unwrap_or_default())
+            .collect();
+        TagStates::new(book.clock, states)
+    }
+
+    /// What the tags of an entry under `prefix` make of it, without awaiting or allocating:
+    /// the client's hit path for tagged entries.
+    #[inline]
+    pub(crate) fn tag_verdict_sync(&self, prefix: &str, tags: &EntryTags) -> Verdict {
+        let books = self.inner.tags.read().unwrap_or_else(|p| p.into_inner());
+        let Some(book) = books.get(prefix) else {
+            return Verdict::Current;
+        };
+        tags.verdict(
+            tags.names()
+                .map(|tag| book.states.get(tag).copied().unwrap_or_default()),
+        )
+    }
+
+    /// The tag clock of `prefix`, without awaiting.
+    pub(crate) fn tag_clock_sync(&self, prefix: &str) -> u64 {
+        let books = self.inner.tags.read().unwrap_or_else(|p| p.into_inner());
+        books.get(prefix).map_or(0, |book| book.clock)
+    }
+
+    fn bump_tag_sync(&self, prefix: &str, tag: &str, action: TagAction) -> TagState {
+        let mut books = self.inner.tags.write().unwrap_or_else(|p| p.into_inner());
+        let book = books.entry(prefix.to_owned()).or_default();
+        book.clock += 1;
+        let clock = book.clock;
+        let state = book.states.entry(tag.to_owned()).or_default();
+        state.invalidated = clock;
+        if action == TagAction::Delete {
+            state.deleted = clock;
+        }
+        *state
+    }
+
     /// Takes a claim without awaiting: what [`Store::claim`] does, for the client's stale path.
     pub(crate) fn claim_sync(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> ClaimOutcome {
         // Most claims of a stale key are refused (its first reader took it): decide those under
@@ -491,6 +559,24 @@ impl Store for MemoryStore {
 
     fn put<'a>(&'a self, key: Key<'a>, put: Put) -> BoxFuture<'a, Result<PutOutcome>> {
         Box::pin(future::ready(Ok(self.put_sync(key, put))))
+    }
+
+    fn tag_states<'a>(
+        &'a self,
+        prefix: &'a str,
+        tags: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<TagStates>> {
+        let states = self.tag_states_sync(prefix, tags.iter().copied());
+        Box::pin(future::ready(Ok(states)))
+    }
+
+    fn bump_tag<'a>(
+        &'a self,
+        prefix: &'a str,
+        tag: &'a str,
+        action: TagAction,
+    ) -> BoxFuture<'a, Result<TagState>> {
+        Box::pin(future::ready(Ok(self.bump_tag_sync(prefix, tag, action))))
     }
 
     fn claim<'a>(

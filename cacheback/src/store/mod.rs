@@ -33,6 +33,7 @@ pub use self::memcached::MemcachedStoreBuilder;
 pub use self::redis::RedisStoreBuilder;
 pub use crate::entry::{Entry, EntryMeta, Payload};
 pub use crate::key::Key;
+pub use crate::tags::{EntryTags, TagAction, TagState};
 pub use memory::MemoryStoreBuilder;
 
 /// When a [`Store::put`] may write.
@@ -200,6 +201,31 @@ pub enum Change {
     /// The subscription was lost: changes may go unannounced until the next
     /// [`Watching`](Change::Watching).
     Lost,
+    /// A tag was invalidated or deleted ([`Store::bump_tag`]).
+    Tagged {
+        /// The tag's digest (xxh3-128 of its bytes).
+        tag: u128,
+        /// Its state after the change.
+        state: TagState,
+    },
+}
+
+/// The tag clock of a prefix and the states of some of its tags, as
+/// [`Store::tag_states`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TagStates {
+    /// The tag clock: bumped by every invalidation or deletion of a tag under the prefix.
+    pub clock: u64,
+    /// The states of the tags asked for, in the order asked.
+    pub states: Vec<TagState>,
+}
+
+impl TagStates {
+    /// The clock and states read.
+    pub fn new(clock: u64, states: Vec<TagState>) -> Self {
+        TagStates { clock, states }
+    }
 }
 
 /// The changes a store announces, as [`Store::watch`] returns them.
@@ -304,4 +330,37 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
     /// The claim record of `key` at `now`, without side effects.
     fn claim_state<'a>(&'a self, key: Key<'a>, now: Timestamp)
     -> BoxFuture<'a, Result<ClaimState>>;
+
+    /// Reads the tag clock of `prefix` and the states of `tags` under it (a tag never
+    /// invalidated reads as `TagState::default()`), in one round trip where the store can.
+    /// The default, for stores without tags, reads a clock of 0 and no invalidations: tagged
+    /// entries then always read as their windows say.
+    fn tag_states<'a>(
+        &'a self,
+        prefix: &'a str,
+        tags: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<TagStates>> {
+        let _ = prefix;
+        let states = vec![TagState::default(); tags.len()];
+        Box::pin(futures_util::future::ready(Ok(TagStates::new(0, states))))
+    }
+
+    /// Invalidates (or deletes) every entry carrying `tag` under `prefix`, in constant work:
+    /// atomically bumps the prefix's tag clock and records the new value as the tag's
+    /// `invalidated` (and, for [`TagAction::Delete`], `deleted`) clock value, announcing it
+    /// ([`Change::Tagged`]) where the store announces changes. Returns the tag's new state.
+    /// The default refuses: the store does not keep tags.
+    fn bump_tag<'a>(
+        &'a self,
+        prefix: &'a str,
+        tag: &'a str,
+        action: TagAction,
+    ) -> BoxFuture<'a, Result<TagState>> {
+        let _ = (prefix, tag, action);
+        let backend = self.backend();
+        Box::pin(futures_util::future::ready(Err(crate::Error::store(
+            backend,
+            format!("the {backend} store does not support tags"),
+        ))))
+    }
 }

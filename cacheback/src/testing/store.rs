@@ -5,7 +5,9 @@ use bytes::Bytes;
 use crate::clock::Timestamp;
 use crate::entry::{Entry, EntryMeta, Payload};
 use crate::key::Key;
-use crate::store::{ClaimOutcome, Put, PutCondition, PutOutcome, Release, Store};
+use crate::store::{
+    ClaimOutcome, EntryTags, Put, PutCondition, PutOutcome, Release, Store, TagAction, TagState,
+};
 
 const PREFIX: &str = "conformance";
 const JOB: &str = "suite";
@@ -103,6 +105,8 @@ pub async fn store_suite(store: &dyn Store) {
     failures_back_off_and_clear(store).await;
     put_and_release_frees_the_owners_claim(store).await;
     concurrent_claims_have_one_winner(store).await;
+    entries_keep_their_tags(store).await;
+    tag_bumps_move_one_clock(store).await;
 }
 
 async fn missing_keys_are_none(store: &dyn Store) {
@@ -387,4 +391,83 @@ async fn concurrent_claims_have_one_winner(store: &dyn Store) {
         winners, 1,
         "64 concurrent claims must have exactly one winner"
     );
+}
+
+async fn entries_keep_their_tags(store: &dyn Store) {
+    let k = fresh_key();
+    let tags =
+        EntryTags::new(7, vec!["user:1".to_owned(), "org:2".to_owned()]).expect("valid tags");
+    let entry = value_entry("tagged", 0).with_tags(Some(std::sync::Arc::new(tags.clone())));
+    put(store, k, entry, PutCondition::Always).await;
+    let read = get(store, k).await.expect("the entry was written");
+    assert_eq!(value_of(&read), "tagged");
+    assert_eq!(
+        read.tags.as_deref(),
+        Some(&tags),
+        "the store must keep an entry's tags"
+    );
+}
+
+async fn tag_bumps_move_one_clock(store: &dyn Store) {
+    let prefix = format!("conformance-tags-{:016x}", fastrand::u64(..));
+    let states = |tags: &'static [&'static str]| {
+        let prefix = prefix.clone();
+        async move {
+            store
+                .tag_states(&prefix, tags)
+                .await
+                .unwrap_or_else(|e| panic!("tag_states failed: {e}"))
+        }
+    };
+    let bump = |tag: &'static str, action| {
+        let prefix = prefix.clone();
+        async move { store.bump_tag(&prefix, tag, action).await }
+    };
+    let untouched = states(&["a", "b"]).await;
+    assert_eq!(untouched.clock, 0, "a prefix never bumped has clock 0");
+    assert_eq!(untouched.states, [TagState::default(); 2]);
+    if bump("a", TagAction::Invalidate).await.is_err() {
+        // A store without tags: nothing is ever invalidated.
+        assert_eq!(states(&["a"]).await.states, [TagState::default()]);
+        return;
+    }
+    let b = bump("b", TagAction::Delete).await.expect("bump_tag works");
+    assert_eq!(
+        b,
+        TagState::new(2, 2),
+        "each bump takes the next clock value"
+    );
+    let a = bump("a", TagAction::Delete).await.expect("bump_tag works");
+    assert_eq!(a, TagState::new(3, 3));
+    let a = bump("a", TagAction::Invalidate)
+        .await
+        .expect("bump_tag works");
+    assert_eq!(
+        a,
+        TagState::new(4, 3),
+        "an invalidation keeps the last deletion"
+    );
+    let read = states(&["a", "b", "c"]).await;
+    assert_eq!(read.clock, 4);
+    assert_eq!(
+        read.states,
+        [
+            TagState::new(4, 3),
+            TagState::new(2, 2),
+            TagState::default()
+        ]
+    );
+    let bumps = (0..20).map(|_| bump("c", TagAction::Invalidate));
+    let mut clocks: Vec<u64> = futures_util::future::join_all(bumps)
+        .await
+        .into_iter()
+        .map(|r| r.expect("bump_tag works").invalidated)
+        .collect();
+    clocks.sort_unstable();
+    assert_eq!(
+        clocks,
+        (5..25).collect::<Vec<_>>(),
+        "concurrent bumps take distinct values"
+    );
+    assert_eq!(states(&["c"]).await.states, [TagState::new(24, 0)]);
 }

@@ -29,6 +29,10 @@ pub(super) fn channel(prefix: &str) -> String {
 /// both big-endian.
 const MESSAGE_LEN: usize = 25;
 
+/// The first byte of a tag's announcement, followed by the tag's 16-byte digest and its record
+/// as text (`<invalidated>:<deleted>`).
+pub(super) const TAG_MARKER: u8 = 2;
+
 /// How often an idle subscription is checked with a `PING` (a connection that died without
 /// closing would otherwise go unnoticed until the next write).
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -39,6 +43,15 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Decodes an announcement.
 pub(super) fn decode(message: &[u8]) -> Option<Change> {
+    if message.first() == Some(&TAG_MARKER) && message.len() > 17 {
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&message[1..17]);
+        let state = super::layout::tag_record(&message[17..])?;
+        return Some(Change::Tagged {
+            tag: u128::from_be_bytes(tag),
+            state,
+        });
+    }
     if message.len() != MESSAGE_LEN {
         return None;
     }
@@ -171,6 +184,18 @@ mod tests {
         message[0] = 2;
         assert_eq!(decode(&message), None);
         assert_eq!(decode(b""), None);
+        let mut tagged = vec![TAG_MARKER];
+        tagged.extend_from_slice(&5u128.to_be_bytes());
+        tagged.extend_from_slice(b"9:4");
+        assert_eq!(
+            decode(&tagged),
+            Some(Change::Tagged {
+                tag: 5,
+                state: crate::tags::TagState::new(9, 4),
+            })
+        );
+        tagged.truncate(18);
+        assert_eq!(decode(&tagged), None);
         assert_eq!(channel("app"), "cacheback:changes:app");
     }
 }

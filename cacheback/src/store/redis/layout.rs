@@ -9,6 +9,7 @@ use crate::entry::{
 };
 use crate::key::Key;
 use crate::store::ClaimToken;
+use crate::tags::TagState;
 
 /// How many bytes of an entry [`undecodable`] looks at: up to the generation's end.
 pub(super) const HEAD_LEN: usize = GENERATION_OFFSET + 8;
@@ -45,6 +46,38 @@ pub(super) fn claim_key(key: Key<'_>) -> Vec<u8> {
 
 pub(super) fn fail_key(key: Key<'_>) -> Vec<u8> {
     tagged(key, ":f")
+}
+
+/// `{<prefix>:tags}<suffix>`: every tag key of a prefix shares one hash tag, so the tag script
+/// and the read of several tags' records each touch one Cluster slot.
+fn tag_space(prefix: &str, suffix: &str) -> Vec<u8> {
+    format!("{{{prefix}:tags}}{suffix}").into_bytes()
+}
+
+/// The tag clock of `prefix`.
+pub(super) fn tag_clock_key(prefix: &str) -> Vec<u8> {
+    tag_space(prefix, ":clock")
+}
+
+/// The record of `tag` under `prefix`.
+pub(super) fn tag_key(prefix: &str, tag: &str) -> Vec<u8> {
+    tag_space(prefix, &format!(":t:{tag}"))
+}
+
+/// A tag record `<invalidated>:<deleted>`, as the tag script writes it; anything else reads
+/// as a tag never invalidated.
+pub(super) fn parse_tag_record(record: &[u8]) -> TagState {
+    tag_record(record).unwrap_or_default()
+}
+
+/// A tag record `<invalidated>:<deleted>`, if that is what `record` is.
+pub(super) fn tag_record(record: &[u8]) -> Option<TagState> {
+    let text = std::str::from_utf8(record).ok()?;
+    let (invalidated, deleted) = text.split_once(':')?;
+    Some(TagState::new(
+        invalidated.parse().ok()?,
+        deleted.parse().ok()?,
+    ))
 }
 
 /// A timestamp as 20 zero-padded digits: compares as a string the way it compares as a number.
@@ -128,6 +161,15 @@ mod tests {
             assert_eq!(claim_key(key), format!("{{{text}}}:c").into_bytes());
             assert_eq!(fail_key(key), format!("{{{text}}}:f").into_bytes());
         }
+    }
+
+    #[test]
+    fn tag_keys_share_the_prefixs_hash_tag() {
+        assert_eq!(tag_clock_key("app"), b"{app:tags}:clock");
+        assert_eq!(tag_key("app", "user:1"), b"{app:tags}:t:user:1");
+        assert_eq!(parse_tag_record(b"7:3"), TagState::new(7, 3));
+        assert_eq!(parse_tag_record(b"7"), TagState::default());
+        assert_eq!(parse_tag_record(b"\xff"), TagState::default());
     }
 
     #[test]

@@ -22,17 +22,19 @@ use tracing::{debug, warn};
 
 use self::layout::{
     HEAD_LEN, claim_key, clamp_u32, entry_key, fail_key, failure_record, parse_claim,
-    parse_failure, time_text, undecodable,
+    parse_failure, parse_tag_record, tag_clock_key, tag_key, time_text, undecodable,
 };
 use self::scripts::{ClaimReply, PutReply, ReleaseMode, Scripts};
 use crate::clock::Timestamp;
 use crate::entry::{ENVELOPE_HEADER_LEN, Entry, decode_envelope, encode_envelope};
 use crate::error::{Chain, Error, Result};
 use crate::key::Key;
-use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure, px};
+use crate::redis_support::{self, BACKEND, Conn, ConnOptions, Failure, px, u64_of};
 use crate::store::{
     Changes, ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
+    TagStates,
 };
+use crate::tags::{TagAction, TagState};
 
 /// Default limit on an entry read back from Redis (value plus the 48-byte header).
 pub(crate) const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
@@ -52,6 +54,8 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 /// | `{app:job:0123…}` | the entry envelope (a 48-byte header with the windows and the generation, then the value) | `PX` = until `stale_until` + grace |
 /// | `{app:job:0123…}:c` | the claim: `<32-hex token>:<until ms>` | `PX` = refresh timeout + grace |
 /// | `{app:job:0123…}:f` | failure state: `<failures>:<retry_after ms>:<forget_at ms>` | see [`Release::Failed`](crate::store::Release::Failed) |
+/// | `{app:tags}:clock` | the prefix's tag clock, bumped by every tag invalidation | none |
+/// | `{app:tags}:t:<tag>` | a tag's record: `<invalidated>:<deleted>` tag clock values | none (one small key per tag ever invalidated) |
 ///
 /// The whole key text is the hash tag, so an entry, its claim and its failure state share a
 /// Redis Cluster slot and every script touches one slot. Times inside values are the callers'
@@ -69,6 +73,9 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 /// - `claim` / `release`: scripts (`claim.lua`, `release.lua`) over the claim and failure keys;
 ///   `release` deletes the claim only if the token matches.
 /// - `claim_state`: one `MGET` of the claim and failure keys.
+/// - `bump_tag`: a script (`tag.lua`): `INCR` of the tag clock, `SET` of the tag's record, and
+///   its announcement; `tag_states`: one `MGET` of the clock and the tags' records. A read of
+///   an untagged entry never touches them.
 ///
 /// Bytes at an entry key that are not a valid envelope (corruption, another program, an entry
 /// over [`RedisStoreBuilder::max_entry_bytes`](crate::store::RedisStoreBuilder::max_entry_bytes)) are returned as an entry that no job can decode,
@@ -546,6 +553,53 @@ impl RedisStore {
         self.run(invocation, "release script", |_| Ok(())).await
     }
 
+    async fn do_tag_states(&self, prefix: &str, tags: &[&str]) -> Result<TagStates> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(tag_clock_key(prefix));
+        for tag in tags {
+            cmd.arg(tag_key(prefix, tag));
+        }
+        let reply: Vec<Option<Vec<u8>>> = self
+            .conn
+            .query(&cmd, "MGET")
+            .await
+            .map_err(Failure::into_store)?;
+        if reply.len() != tags.len() + 1 {
+            let message = format!("{} replies to {} keys", reply.len(), tags.len() + 1);
+            return Err(Failure::protocol("MGET", message).into_store());
+        }
+        let mut reply = reply.into_iter();
+        let clock = reply
+            .next()
+            .flatten()
+            .and_then(|c| std::str::from_utf8(&c).ok()?.parse().ok())
+            .unwrap_or(0);
+        let states = reply
+            .map(|record| record.map_or_else(TagState::default, |r| parse_tag_record(&r)))
+            .collect();
+        Ok(TagStates::new(clock, states))
+    }
+
+    async fn do_bump_tag(&self, prefix: &str, tag: &str, action: TagAction) -> Result<TagState> {
+        let channel = self.announce.then(|| changes::channel(prefix));
+        let invocation =
+            self.scripts
+                .tag(prefix, tag, action == TagAction::Delete, channel.as_deref());
+        self.run(invocation, "tag script", |reply| {
+            let Value::Array(items) = &reply else {
+                return Err(format!("{reply:?}"));
+            };
+            match items.as_slice() {
+                [invalidated, deleted] => match (u64_of(invalidated), u64_of(deleted)) {
+                    (Some(i), Some(d)) => Ok(TagState::new(i, d)),
+                    _ => Err(format!("{reply:?}")),
+                },
+                _ => Err(format!("{reply:?}")),
+            }
+        })
+        .await
+    }
+
     async fn do_claim_state(&self, key: Key<'_>, now: Timestamp) -> Result<ClaimState> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(claim_key(key)).arg(fail_key(key));
@@ -640,6 +694,23 @@ impl Store for RedisStore {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<ClaimState>> {
         Box::pin(self.do_claim_state(key, now))
+    }
+
+    fn tag_states<'a>(
+        &'a self,
+        prefix: &'a str,
+        tags: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<TagStates>> {
+        Box::pin(self.do_tag_states(prefix, tags))
+    }
+
+    fn bump_tag<'a>(
+        &'a self,
+        prefix: &'a str,
+        tag: &'a str,
+        action: TagAction,
+    ) -> BoxFuture<'a, Result<TagState>> {
+        Box::pin(self.do_bump_tag(prefix, tag, action))
     }
 }
 

@@ -7,7 +7,7 @@
 
 use redis::{Script, ScriptInvocation, Value};
 
-use super::layout::{claim_key, entry_key, fail_key};
+use super::layout::{claim_key, entry_key, fail_key, tag_clock_key, tag_key};
 use crate::entry::{ENVELOPE_HEADER_LEN, ENVELOPE_PREFIX, GENERATION_OFFSET};
 use crate::key::Key;
 use crate::redis_support::{bytes_of, int_of, u64_of};
@@ -16,6 +16,7 @@ use crate::store::ClaimToken;
 const PUT_LUA: &str = include_str!("put.lua");
 const CLAIM_LUA: &str = include_str!("claim.lua");
 const RELEASE_LUA: &str = include_str!("release.lua");
+const TAG_LUA: &str = include_str!("tag.lua");
 
 /// The loaded scripts (each is sent by SHA, and in full once per connection that lacks it).
 #[derive(Clone)]
@@ -23,6 +24,7 @@ pub(super) struct Scripts {
     put: Script,
     claim: Script,
     release: Script,
+    tag: Script,
 }
 
 impl Scripts {
@@ -31,6 +33,7 @@ impl Scripts {
             put: Script::new(PUT_LUA),
             claim: Script::new(CLAIM_LUA),
             release: Script::new(RELEASE_LUA),
+            tag: Script::new(TAG_LUA),
         }
     }
 
@@ -103,6 +106,28 @@ impl Scripts {
             .arg(mode.arg())
             .arg(failure.0)
             .arg(failure.1);
+        invocation
+    }
+}
+
+impl Scripts {
+    /// `tag`: bumps the tag clock of `prefix` and records it as `tag`'s invalidation (and
+    /// deletion, with `delete`), announcing it on `channel` if given.
+    pub(super) fn tag(
+        &self,
+        prefix: &str,
+        tag: &str,
+        delete: bool,
+        channel: Option<&str>,
+    ) -> ScriptInvocation<'_> {
+        let mut invocation = self.tag.key(tag_clock_key(prefix));
+        let mut head = vec![super::changes::TAG_MARKER];
+        head.extend_from_slice(&crate::tags::tag_digest(tag).to_be_bytes());
+        invocation
+            .key(tag_key(prefix, tag))
+            .arg(if delete { "1" } else { "0" })
+            .arg(channel.unwrap_or(""))
+            .arg(head);
         invocation
     }
 }

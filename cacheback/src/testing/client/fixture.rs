@@ -20,6 +20,7 @@ use crate::observe::Event;
 use crate::policy::{Backoff, Freshness, Policy};
 use crate::queue::Queue;
 use crate::store::Store;
+use crate::tags::Tags;
 use crate::worker::{Worker, WorkerReport};
 
 /// How long values of the suite's jobs stay fresh.
@@ -148,12 +149,14 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The suite's job: `u64 -> String` through the fake upstream.
+/// The suite's job: `u64 -> String` through the fake upstream. A tagged one tags each value
+/// `all`, `parity:<n % 2>` and `call:<the upstream call that made it>`.
 #[derive(Debug)]
 pub(super) struct SuiteJob {
     name: &'static str,
     policy: Policy,
     upstream: Arc<Upstream>,
+    tagged: bool,
 }
 
 impl Job for SuiteJob {
@@ -177,6 +180,19 @@ impl Job for SuiteJob {
         lock(&self.upstream.batches).push(ns.len());
         futures_util::future::join_all(ns.into_iter().map(|n| self.upstream.fetch(n))).await
     }
+
+    fn tags(&self, n: &u64, value: &String) -> Tags {
+        if !self.tagged {
+            return Tags::new();
+        }
+        let call = value
+            .split_once('#')
+            .map_or("", |(_, rest)| rest.trim_end_matches('x'));
+        Tags::new()
+            .with("all")
+            .with(format!("parity:{}", n % 2))
+            .with(format!("call:{call}"))
+    }
 }
 
 /// The value of a lookup or peek, as text.
@@ -196,8 +212,9 @@ pub(super) struct Fx {
     store: Arc<dyn Store>,
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
-    /// The jobs registered through [`Fx::job`], which workers run too.
-    jobs: Vec<(&'static str, Policy)>,
+    /// The jobs registered through [`Fx::job`] (and whether they are tagged), which workers
+    /// run too.
+    jobs: Vec<(&'static str, Policy, bool)>,
     workers: Vec<JoinHandle<WorkerReport>>,
     stop: CancellationToken,
     _stop_on_drop: DropGuard,
@@ -289,9 +306,24 @@ impl Fx {
 
     /// Registers a job on the web client (and on the workers started after this).
     pub(super) fn job(&mut self, name: &'static str, policy: Policy) -> JobHandle<SuiteJob> {
-        self.jobs.push((name, policy.clone()));
+        self.register(name, policy, false)
+    }
+
+    /// Registers a job that tags its values (see [`SuiteJob`]) on the web client (and on the
+    /// workers started after this).
+    pub(super) fn tagged_job(&mut self, name: &'static str, policy: Policy) -> JobHandle<SuiteJob> {
+        self.register(name, policy, true)
+    }
+
+    fn register(
+        &mut self,
+        name: &'static str,
+        policy: Policy,
+        tagged: bool,
+    ) -> JobHandle<SuiteJob> {
+        self.jobs.push((name, policy.clone(), tagged));
         let web = self.web.clone();
-        self.job_on(&web, name, policy)
+        self.job_on_tagged(&web, name, policy, tagged)
     }
 
     /// Registers a job on `client` only.
@@ -301,10 +333,22 @@ impl Fx {
         name: &'static str,
         policy: Policy,
     ) -> JobHandle<SuiteJob> {
+        self.job_on_tagged(client, name, policy, false)
+    }
+
+    /// Registers a job, tagged or not, on `client` only.
+    pub(super) fn job_on_tagged(
+        &self,
+        client: &Cacheback,
+        name: &'static str,
+        policy: Policy,
+        tagged: bool,
+    ) -> JobHandle<SuiteJob> {
         client.job(SuiteJob {
             name,
             policy,
             upstream: Arc::clone(&self.upstream),
+            tagged,
         })
     }
 
@@ -315,8 +359,8 @@ impl Fx {
             .client_builder()
             .build()
             .expect("the worker's client builds");
-        for (name, policy) in &self.jobs {
-            self.job_on(&client, name, policy.clone());
+        for (name, policy, tagged) in &self.jobs {
+            self.job_on_tagged(&client, name, policy.clone(), *tagged);
         }
         let worker = Worker::builder(&client).build().expect("the worker builds");
         let stop = self.stop.clone();

@@ -6,7 +6,7 @@
 //! and coalesced fetches), `writes.rs` (refresh, set, delete, invalidate, peek, warming, value
 //! limits), `fencing.rs` (generations keep late fetches from overwriting newer writes),
 //! `failures.rs` (failing and panicking fetches, backoff), `queueing.rs` (full and unavailable
-//! queues, dead letters). `fixture.rs` holds what they share: the clients, the fake upstream,
+//! queues, dead letters), `tags.rs` (`invalidate_tag`, `delete_tag`). `fixture.rs` holds what they share: the clients, the fake upstream,
 //! the worker "processes"; `recorded.rs` the queue wrapper that counts what crossed the queue;
 //! `counters.rs` a metrics recorder for the counted behaviours.
 
@@ -28,6 +28,7 @@ mod fixture;
 mod queueing;
 mod reads;
 mod recorded;
+mod tags;
 mod writes;
 
 /// The longest one behaviour may take before the suite calls it hung.
@@ -118,6 +119,7 @@ impl ClientSuite {
             fencing::BEHAVIOURS,
             failures::BEHAVIOURS,
             queueing::BEHAVIOURS,
+            self.tag_behaviours().await,
         ] {
             for &(name, behaviour) in group {
                 self.run_one(name, behaviour).await;
@@ -146,6 +148,20 @@ impl ClientSuite {
                 abort.abort();
                 panic!("client suite: `{name}` did not finish within {BEHAVIOUR_LIMIT:?}");
             }
+        }
+    }
+
+    /// The tag behaviours, or, for a store that keeps no tags (its
+    /// [`Store::bump_tag`] refuses), the behaviours of a client on such a store.
+    async fn tag_behaviours(&self) -> &'static [Behaviour] {
+        let probe = format!("suite-probe-{:016x}", fastrand::u64(..));
+        let bump = self
+            .store
+            .bump_tag(&probe, "probe", crate::store::TagAction::Invalidate)
+            .await;
+        match bump {
+            Ok(_) => tags::BEHAVIOURS,
+            Err(_) => tags::WITHOUT_TAGS,
         }
     }
 
