@@ -4,7 +4,7 @@
 
 use redis::Value;
 
-use super::replies::{MESSAGE_FIELD, StreamEntry, entry_list};
+use super::replies::{MESSAGE_FIELD, StreamEntry};
 use super::{RedisQueue, dead_key};
 use crate::error::Result;
 use crate::queue::{Delivery, RefreshRequest};
@@ -41,7 +41,7 @@ pub struct RedisDeadLetter {
 
 impl RedisDeadLetter {
     /// Reads a dead-letter stream entry; `limit` bounds the message decoded.
-    fn from_entry(entry: StreamEntry, limit: usize) -> Self {
+    pub(super) fn from_entry(entry: StreamEntry, limit: usize) -> Self {
         // Only the message is binary; the other fields are text the script wrote.
         let text = |name: &str| {
             entry
@@ -74,17 +74,7 @@ impl RedisQueue {
             .arg("-")
             .arg("COUNT")
             .arg(count.max(1));
-        let reply: Value = self
-            .inner
-            .conn
-            .query(&cmd, "XREVRANGE")
-            .await
-            .map_err(Failure::into_queue)?;
-        let limit = self.inner.options.max_message_bytes;
-        Ok(entry_list(reply)
-            .into_iter()
-            .map(|entry| RedisDeadLetter::from_entry(entry, limit))
-            .collect())
+        self.read_dead_letters(&cmd).await
     }
 
     pub(super) async fn do_dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<()> {
