@@ -134,14 +134,7 @@ fn dead_letters_are_listed_shown_replayed_and_purged() {
     // Old workers do not know `report`: each report read is dead-lettered.
     let mut old = fleet.worker("worker");
     assert_eq!(fleet.web("", "1,2,3"), 3);
-    wait_for("three dead letters", WITHIN, || {
-        fleet
-            .json(&["dead-letters", "list", "default"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
-    });
+    wait_for("three dead letters", WITHIN, || fleet.dead_letters() == 3);
     let letters = fleet.json(&["dead-letters", "list", "default"]);
     for letter in letters.as_array().unwrap() {
         assert_eq!(letter["job"], "report");
@@ -235,12 +228,7 @@ fn dead_letters_are_listed_shown_replayed_and_purged() {
         let _: String = fleet.server.cmd(&["XADD", &stream, "*", "m", "garbage"]);
     }
     wait_for("three malformed dead letters", WITHIN, || {
-        fleet
-            .json(&["dead-letters", "list", "default"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
+        fleet.dead_letters() == 3
     });
     let letters = fleet.json(&["dead-letters", "list", "default"]);
     let garbage = letters[0]["id"].as_str().unwrap().to_owned();

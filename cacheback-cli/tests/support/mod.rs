@@ -208,6 +208,12 @@ impl Fleet {
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {run:?}"))
     }
 
+    /// How many dead letters queue `default` holds, as `dead-letters list --json` says.
+    pub fn dead_letters(&self) -> usize {
+        let listed = self.json(&["dead-letters", "list", "default"]);
+        listed.as_array().map_or(0, Vec::len)
+    }
+
     /// Runs a command that must succeed and returns its table.
     pub fn table(&self, args: &[&str]) -> String {
         let run = self.cli(args);
