@@ -142,6 +142,12 @@ impl ClientSetup {
     }
 }
 
+/// Whether the clients count for fleet stats (`CACHEBACK_FLEET_STATS=1`): what the counting
+/// costs a hit is W1 run with and without it (nothing is published during a run).
+fn fleet_stats() -> bool {
+    std::env::var("CACHEBACK_FLEET_STATS").is_ok_and(|v| v == "1")
+}
+
 /// A hook for cacheback's events.
 pub(crate) type EventHook = Box<dyn Fn(&Event) + Send + Sync>;
 
@@ -159,6 +165,7 @@ pub(crate) fn memory_client(
                 .build(),
         )
         .queue(queue.clone())
+        .fleet_stats(fleet_stats())
         .in_process_worker(setup.worker.is_some());
     if let Some(concurrency) = setup.worker {
         builder = builder.worker_options(WorkerOptions::default().concurrency(concurrency));
@@ -206,6 +213,7 @@ pub(crate) fn queued_client(
         .prefix(prefix)
         .store(store)
         .queue(queue.clone())
+        .fleet_stats(fleet_stats())
         .in_process_worker(setup.worker.is_some());
     if let Some(concurrency) = setup.worker {
         builder = builder.worker_options(WorkerOptions::default().concurrency(concurrency));

@@ -184,6 +184,12 @@
 //! | `cacheback_fetch_duration_seconds` | histogram | | duration of every fetch |
 //! | `cacheback_queue_lag_seconds` | histogram | | enqueue-to-start delay of refreshes |
 //! | `cacheback_served_age_seconds` | histogram | | age of values served stale |
+//!
+//! Metrics stay in each process. For counts of the whole fleet in one place (what the
+//! `cacheback top` and `cacheback dashboard` commands of the `cacheback-cli` crate show), build
+//! the clients with [`CachebackBuilder::fleet_stats`] and run a
+//! `fleet_stats::StatsPublisher` in each process (feature `redis`): every few seconds it adds
+//! what the process counted to Redis, and a `fleet_stats::FleetStatsReader` reads the sum.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -202,8 +208,11 @@ pub mod queue;
 mod redis_support;
 pub mod store;
 mod tags;
+mod tally;
 pub mod worker;
 
+#[cfg(feature = "redis")]
+pub mod fleet_stats;
 #[cfg(feature = "testing")]
 pub mod testing;
 

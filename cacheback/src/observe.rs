@@ -9,6 +9,7 @@ use metrics::{Counter, Histogram, counter, histogram};
 
 use crate::clock::Timestamp;
 use crate::error::Error;
+use crate::tally::Tally;
 
 /// Something that happened to a key, delivered to the hook set with
 /// [`CachebackBuilder::on_event`](crate::CachebackBuilder::on_event).
@@ -114,6 +115,8 @@ pub(crate) struct JobMetrics {
     pub(crate) fetch_duration: Histogram,
     pub(crate) queue_lag: Histogram,
     pub(crate) served_age: Histogram,
+    /// This process's counts, when the client keeps them (`fleet_stats`).
+    pub(crate) tally: Option<Arc<Tally>>,
     job: Arc<str>,
 }
 
@@ -155,7 +158,16 @@ impl JobMetrics {
             fetch_duration: histogram!("cacheback_fetch_duration_seconds", "job" => j()),
             queue_lag: histogram!("cacheback_queue_lag_seconds", "job" => j()),
             served_age: histogram!("cacheback_served_age_seconds", "job" => j()),
+            tally: None,
             job: Arc::clone(job),
+        }
+    }
+
+    /// Runs `count` on this process's tally, when the client keeps one.
+    #[inline]
+    pub(crate) fn tally(&self, count: impl FnOnce(&Tally)) {
+        if let Some(tally) = &self.tally {
+            count(tally);
         }
     }
 

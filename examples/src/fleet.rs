@@ -155,6 +155,9 @@ impl FleetArgs {
             .prefix(&self.prefix)
             .store(store.clone())
             .queue(queue.clone())
+            // Per-job counts for `cacheback top` and `cacheback dashboard`, published by the
+            // web processes (see `fleet_web`).
+            .fleet_stats(true)
             .build()?;
         let tweets = cache.try_job(self.job())?;
         Ok(Fleet {

@@ -48,6 +48,7 @@ pub struct CachebackBuilder {
     worker_options: WorkerOptions,
     near: Option<NearCache>,
     tag_check_interval: Duration,
+    fleet_stats: bool,
 }
 
 impl Default for CachebackBuilder {
@@ -67,6 +68,7 @@ impl Default for CachebackBuilder {
             worker_options: WorkerOptions::default(),
             near: None,
             tag_check_interval: Duration::from_secs(1),
+            fleet_stats: false,
         }
     }
 }
@@ -194,6 +196,16 @@ impl CachebackBuilder {
     /// The codec for args and for values in byte stores (default: postcard).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// Counts each job's reads (hits, stale, misses), refreshes, failures, refresh lag and
+    /// served ages in this process (default: off), for a
+    /// [`StatsPublisher`](crate::fleet_stats::StatsPublisher) to add up across the fleet. It
+    /// costs a read two relaxed atomic additions on a per-thread stripe; nothing is sent
+    /// anywhere unless a publisher runs.
+    pub fn fleet_stats(mut self, on: bool) -> Self {
+        self.fleet_stats = on;
         self
     }
 
@@ -349,6 +361,7 @@ impl CachebackBuilder {
             events: self.events,
             max_value_bytes: self.max_value_bytes,
             tombstone_ttl: self.tombstone_ttl,
+            fleet_stats: self.fleet_stats,
             registry: Registry::default(),
             recent_failures: RecentFailures::default(),
             running: Running::default(),

@@ -28,6 +28,7 @@ use crate::policy::Freshness;
 use crate::store::memory::MemoryStore;
 use crate::store::{ClaimOutcome, ClaimToken};
 use crate::tags::Verdict;
+use crate::tally::Count;
 
 use super::trigger::Trigger;
 
@@ -304,6 +305,7 @@ impl<J: Job> JobHandle<J> {
         let stale = move |refresh_triggered| {
             job.metrics.stale.increment(1);
             job.metrics.served_age.record(age.as_secs_f64());
+            job.metrics.tally(|t| t.served(Count::Stale, age));
             Lookup {
                 value: Some(value),
                 status: Status::Stale,
@@ -472,10 +474,12 @@ impl<J: Job> JobHandle<J> {
         match meta.freshness(now) {
             Freshness::Fresh if job.policy.early_refresh.is_none() => {
                 job.metrics.hit.increment(1);
+                let age = now.since(meta.fetched_at);
+                job.metrics.tally(|t| t.served(Count::Hit, age));
                 Classified::Hit(Lookup {
                     value: Some(value),
                     status: Status::Hit,
-                    age: Some(now.since(meta.fetched_at)),
+                    age: Some(age),
                     refresh_triggered: false,
                 })
             }

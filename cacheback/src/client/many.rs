@@ -242,7 +242,8 @@ impl<J: Job> JobHandle<J> {
         let kept = batch
             .iter()
             .zip(befores)
-            .map(|(&(_, digest, generation), before)| {
+            .map(|((args, digest, generation), before)| {
+                let (digest, generation) = (*digest, *generation);
                 let fetched = before.as_ref().ok().and_then(|_| fetched.next());
                 let (core, job) = (&core, &job);
                 async move {
@@ -253,7 +254,7 @@ impl<J: Job> JobHandle<J> {
                             backoff::record_success(core, job, key, before).await;
                             let condition = Some(PutCondition::IfGeneration(generation));
                             let fetched = (value, took, tag_clock);
-                        Ok(Self::keep_fetched(core, job, key, args, fetched, condition).await)
+                            Ok(Self::keep_fetched(core, job, key, args, fetched, condition).await)
                         }
                         Some(Err(error)) => {
                             backoff::record_failure(core, job, key, before, &error, true).await;

@@ -21,6 +21,7 @@ use crate::key::Key;
 use crate::observe::Event;
 use crate::policy::Freshness;
 use crate::store::PutCondition;
+use crate::tally::Count;
 
 /// The result of a synchronous (coalesced) fetch: the value, and why it was not cached, if it
 /// was not.
@@ -46,6 +47,8 @@ impl<J: Job> JobHandle<J> {
                 Classified::Hit(lookup) => Ok(lookup),
                 Classified::FreshMaybeEarly { value, meta, now } => {
                     job.metrics.hit.increment(1);
+                    job.metrics
+                        .tally(|t| t.served(Count::Hit, now.since(meta.fetched_at)));
                     let refresh_triggered = self.maybe_refresh_early(key, &args, &meta, now).await;
                     Ok(Lookup {
                         value: Some(value),
@@ -92,6 +95,7 @@ impl<J: Job> JobHandle<J> {
                 .await;
             job.metrics.stale.increment(1);
             job.metrics.served_age.record(age.as_secs_f64());
+            job.metrics.tally(|t| t.served(Count::Stale, age));
             return Ok(Lookup {
                 value: Some(value),
                 status: Status::Stale,
@@ -101,6 +105,7 @@ impl<J: Job> JobHandle<J> {
         }
         job.metrics.stale.increment(1);
         job.metrics.served_age.record(age.as_secs_f64());
+        job.metrics.tally(|t| t.served(Count::Stale, age));
         Ok(Lookup {
             value: Some(value),
             status: Status::Stale,
@@ -125,6 +130,7 @@ impl<J: Job> JobHandle<J> {
         } else {
             let triggered = self.trigger_for_read(key, &args, generation, now).await;
             job.metrics.miss.increment(1);
+            job.metrics.tally(|t| t.count(Count::Miss));
             Ok(Lookup {
                 value: None,
                 status: Status::Miss,
@@ -179,6 +185,7 @@ impl<J: Job> JobHandle<J> {
             (Some(_), _) => Status::Bypassed,
             (None, status) => status,
         };
+        metrics.tally(|t| t.count(Count::Miss));
         match status {
             Status::Bypassed => metrics.bypassed.increment(1),
             Status::StaleRefetched => metrics.stale_refetched.increment(1),

@@ -162,7 +162,10 @@ impl Cacheback {
         policy
             .validate()
             .map_err(|m| Error::config(format!("job `{name}`: {m}")))?;
-        let metrics = JobMetrics::new(&name);
+        let mut metrics = JobMetrics::new(&name);
+        if self.inner.core.fleet_stats {
+            metrics.tally = Some(Arc::default());
+        }
         let seed = key::job_seed(&self.inner.core.prefix, &name);
         let entry = Arc::new(JobEntry {
             job,

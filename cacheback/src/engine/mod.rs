@@ -47,6 +47,8 @@ pub(crate) struct Core {
     pub(crate) events: Option<EventHook>,
     pub(crate) max_value_bytes: usize,
     pub(crate) tombstone_ttl: Duration,
+    /// Whether jobs keep a [`Tally`](crate::tally::Tally) of their reads and refreshes.
+    pub(crate) fleet_stats: bool,
     pub(crate) registry: Registry,
     /// Keys being refreshed in this process: one refresh of a key at a time.
     pub(crate) running: Running,

@@ -20,6 +20,7 @@ use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::queue::RefreshRequest;
 use crate::store::{ClaimToken, Put, PutCondition, PutOutcome, Release};
+use crate::tally::Count;
 
 /// Turns a received request back into typed args and runs it (worker side).
 pub(crate) async fn process_request<J: Job>(
@@ -75,6 +76,7 @@ pub(crate) async fn process_request<J: Job>(
     }
     let lag = core.clock.now().since(request.enqueued_at);
     job.metrics.queue_lag.record(lag.as_secs_f64());
+    job.metrics.tally(|t| t.lag(lag));
     let claimed = Claimed {
         token: request.token,
         generation: request.generation,
@@ -148,6 +150,7 @@ pub(crate) async fn refresh_claimed<J: Job>(
         match stored {
             Ok((PutOutcome::Written { generation }, took)) => {
                 job.metrics.refresh_ok.increment(1);
+                job.metrics.tally(|t| t.count(Count::RefreshOk));
                 core.emit(|| Event::Refreshed {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),
@@ -192,6 +195,7 @@ async fn record_failure<J: Job>(
     let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
     warn!(error = %Chain(&error), failures, "refresh failed; keeping the old value");
     job.metrics.refresh_failed.increment(1);
+    job.metrics.tally(|t| t.count(Count::RefreshFailed));
     // The value's own lifespan says whether it may be served longer (a job can give each
     // value its own), so the entry is read even when the policy has no `stale_if_error`.
     extend_for_error(core, job, key, claimed.generation, now).await;

@@ -12,6 +12,7 @@ use crate::job::Job;
 use crate::observe::JobMetrics;
 use crate::policy::Policy;
 use crate::queue::RefreshRequest;
+use crate::tally::Tally;
 
 /// A registered job with everything derived from it once: name, policy, metric handles.
 pub(crate) struct JobEntry<J> {
@@ -61,6 +62,8 @@ pub(crate) enum Processed {
 /// A job with its types erased, so a worker can run it from a name and encoded args.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
     fn job_type(&self) -> TypeId;
+    /// This process's counts of the job, when the client keeps them.
+    fn tally(&self) -> Option<Arc<Tally>>;
     fn process(
         self: Arc<Self>,
         core: Arc<Core>,
@@ -71,6 +74,10 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
 impl<J: Job> ErasedJob for JobEntry<J> {
     fn job_type(&self) -> TypeId {
         TypeId::of::<J>()
+    }
+
+    fn tally(&self) -> Option<Arc<Tally>> {
+        self.metrics.tally.clone()
     }
 
     fn process(
@@ -111,6 +118,16 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Each job's name and tally, for the jobs that keep one.
+    pub(crate) fn tallies(&self) -> Vec<(Arc<str>, Arc<Tally>)> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter_map(|(name, job)| Some((Arc::clone(name), job.tally()?)))
+            .collect()
     }
 
     pub(crate) fn names(&self) -> Vec<Arc<str>> {

@@ -96,6 +96,43 @@ impl<'a> Key<'a> {
     pub fn digest(&self) -> u128 {
         self.digest
     }
+
+    /// Reads a key back from its text (`{prefix}:{job}:{digest}`, as [`Display`](fmt::Display)
+    /// writes it, e.g. from a log line or [`JobHandle::key`](crate::JobHandle::key)), or says
+    /// why it is not one. A Redis key name is accepted too: the braces of its hash tag
+    /// (`{myapp:job:…}`) are dropped.
+    ///
+    /// ```
+    /// use cacheback::store::Key;
+    ///
+    /// let text = "myapp:my_crate::user_tweets:0123456789abcdef000000000000002a";
+    /// let key = Key::parse(text).unwrap();
+    /// assert_eq!((key.prefix(), key.job()), ("myapp", "my_crate::user_tweets"));
+    /// assert_eq!(key.to_string(), text);
+    /// assert!(Key::parse("myapp:no-digest").is_err());
+    /// ```
+    pub fn parse(text: &'a str) -> Result<Key<'a>, String> {
+        let text = text
+            .strip_prefix('{')
+            .and_then(|t| t.strip_suffix('}'))
+            .unwrap_or(text);
+        let bad = |why: &str| {
+            format!("`{text}` is not a key ({{prefix}}:{{job}}:{{32 hex digits}}): {why}")
+        };
+        let (prefix, rest) = text.split_once(':').ok_or_else(|| bad("no `:`"))?;
+        let (job, hex) = rest.rsplit_once(':').ok_or_else(|| bad("no job name"))?;
+        validate_prefix(prefix).map_err(|e| bad(&e.to_string()))?;
+        validate_job_name(job).map_err(|e| bad(&e.to_string()))?;
+        if hex.len() != 32
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(bad("the digest is not 32 lowercase hex digits"));
+        }
+        let digest = u128::from_str_radix(hex, 16).map_err(|e| bad(&e.to_string()))?;
+        Ok(Key::new(prefix, job, digest))
+    }
 }
 
 impl fmt::Display for Key<'_> {
@@ -138,6 +175,21 @@ mod tests {
             Key::new("p", "j", u128::MAX).to_string(),
             format!("p:j:{}", "f".repeat(32))
         );
+        for key in [Key::new("myapp", job, d), Key::new("p", "a:b:c", 1)] {
+            let text = key.to_string();
+            assert_eq!(Key::parse(&text), Ok(key));
+            assert_eq!(Key::parse(&format!("{{{text}}}")), Ok(key));
+        }
+        for bad in [
+            "",
+            "p",
+            "p:j",
+            "p:j:00",
+            "p:j:0000000000000000000000000000000G",
+            "a b:j:00000000000000000000000000000001",
+        ] {
+            assert!(Key::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

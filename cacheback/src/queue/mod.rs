@@ -37,7 +37,9 @@ pub use self::amqp::{AmqpDeadLetter, AmqpQueueBuilder};
 #[cfg(feature = "nats")]
 pub use self::nats::{NatsDeadLetter, NatsQueueBuilder};
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisDeadLetter, RedisQueueBuilder};
+pub use self::redis::{
+    ConsumerStats, GroupStats, QueueStats, RedisDeadLetter, RedisQueueBuilder, Replay,
+};
 pub use local::DeadLetter;
 
 /// The default bound on an encoded [`RefreshRequest`]: args are small by nature, and a

@@ -8,7 +8,8 @@
 //!
 //! A web process never calls the slow upstream while Redis is up: a miss answers an empty list
 //! at once, a stale read the stale tweets, and either enqueues exactly one refresh for the
-//! whole fleet, which a worker runs. `GET /healthz` answers 200 while Redis answers.
+//! whole fleet, which a worker runs. `GET /healthz` answers 200 while Redis answers. It
+//! publishes its counts for `cacheback dashboard` and `cacheback top` every 5 s.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cacheback::fleet_stats::StatsPublisher;
 use cacheback_examples::fleet::{self, Fleet, FleetArgs, Tweet};
 use clap::Parser;
 use serde::Serialize;
@@ -79,6 +81,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     // Web processes only enqueue refreshes; the default queue options suit them.
     let fleet = Arc::new(args.fleet.connect(|queue| queue)?);
+    // This process's counts, for `cacheback top` and `cacheback dashboard` (every 5 s).
+    let publisher = StatsPublisher::builder(&fleet.cache, &args.fleet.redis_url).build()?;
+    let publishing = tokio::spawn(publisher.run_until(fleet::shutdown_signal()));
     let app = Router::new()
         .route("/tweets/{user}", get(show_tweets))
         .route("/healthz", get(healthz))
@@ -90,6 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(fleet::shutdown_signal())
         .await?;
+    let _ = publishing.await;
     let report = fleet.cache.shutdown(Duration::from_secs(5)).await;
     eprintln!("fleet_web stopped: {report:?}");
     Ok(())

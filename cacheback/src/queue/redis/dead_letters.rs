@@ -41,7 +41,7 @@ pub struct RedisDeadLetter {
 
 impl RedisDeadLetter {
     /// Reads a dead-letter stream entry; `limit` bounds the message decoded.
-    fn from_entry(entry: StreamEntry, limit: usize) -> Self {
+    pub(super) fn from_entry(entry: StreamEntry, limit: usize) -> Self {
         // Only the message is binary; the other fields are text the script wrote.
         let text = |name: &str| {
             entry

@@ -4,15 +4,18 @@
 //! The files: this one holds the queue, its builder and the stream names; `receive.rs` the
 //! group set-up, take-overs and reads; `acks.rs` acknowledgements; `dead_letters.rs` and
 //! `hand_back.rs` those two operations with their Lua scripts (`dead_letter.lua`,
-//! `hand_back.lua`); `replies.rs` the decoding of the stream commands' replies.
+//! `hand_back.lua`); `inspect.rs` what operators read and do (queue stats, dead letters one by
+//! one, replay with `replay.lua`); `replies.rs` the decoding of the stream commands' replies.
 
 mod acks;
 mod dead_letters;
 mod hand_back;
+mod inspect;
 mod receive;
 mod replies;
 
 pub use self::dead_letters::RedisDeadLetter;
+pub use self::inspect::{ConsumerStats, GroupStats, QueueStats, Replay};
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,0 +1,247 @@
+//! `cacheback dashboard` loaded in a real headless Chromium (driven over WebDriver by
+//! fantoccini) while a real fleet runs: the page shows the live queue depth and the fleet's
+//! published counts, a dead letter appears, and its Replay button replays it. Skips loudly
+//! without `chromium` and `chromedriver`, unless `CACHEBACK_REQUIRE_CHROMIUM=1`.
+//!
+//! `CACHEBACK_DASHBOARD_SCREENSHOT=path` also saves a screenshot of the page there (the
+//! README's `docs/dashboard.png`).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use support::{Fleet, WITHIN};
+
+#[test]
+fn child_process() {
+    support::child_main();
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `chromedriver` on a free port, or `None` (skipped loudly) when Chromium is missing.
+fn chromedriver() -> Option<(Killed, String)> {
+    if !installed("chromedriver") || !installed("chromium") {
+        let message = "chromium and chromedriver are not installed \
+                       (apt-get install chromium chromium-driver)";
+        if std::env::var("CACHEBACK_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+            panic!("{message}, and CACHEBACK_REQUIRE_CHROMIUM=1");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    }
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + WITHIN;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((Killed(child), url))
+}
+
+/// A headless Chromium session.
+async fn browser(webdriver: &str) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1200,1400"]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(webdriver)
+        .await
+        .expect("a WebDriver session")
+}
+
+/// `cacheback dashboard` on a free port; returns it with its address.
+fn dashboard(fleet: &Fleet) -> (Killed, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cacheback"))
+        .args(["--url", &fleet.server.url(), "--prefix", &fleet.prefix])
+        .args(["dashboard", "--listen", "127.0.0.1:0", "--refresh", "0"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the dashboard");
+    let mut line = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut line).unwrap();
+    // Keep reading, so that anything it prints later still has somewhere to go.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (Killed(child), url)
+}
+
+/// The text of the first element at `css`, or "" when there is none.
+async fn text(browser: &Client, css: &str) -> String {
+    match browser.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Reloads `url` until the element at `css` reads `want`.
+async fn until_text(browser: &Client, url: &str, css: &str, want: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        browser.goto(url).await.unwrap();
+        let got = text(browser, css).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{css}` reads {got:?}, not {want:?}:\n{}",
+            browser.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_a_live_fleet_and_replays_a_dead_letter() {
+    let Some((_driver, webdriver)) = chromedriver() else {
+        return;
+    };
+    let Some(fleet) = Fleet::start("dashboard") else {
+        return;
+    };
+    let (_dash, url) = dashboard(&fleet);
+    let browser = browser(&webdriver).await;
+
+    // A web process (of a release whose `report` no worker knows yet) reads 4 profiles and
+    // 2 reports, all misses, and publishes its counts: 6 requests wait, no worker runs.
+    let _web = fleet.live_web("ann,bob,cid,dan", "1,2");
+    until_text(&browser, &url, "tr[data-queue='default'] td.depth", "6").await;
+    until_text(&browser, &url, "tr[data-job='profile'] td.misses", "4").await;
+    assert_eq!(text(&browser, "tr[data-job='report'] td.misses").await, "2");
+    assert!(
+        browser
+            .source()
+            .await
+            .unwrap()
+            .contains("id=\"served-age\"")
+    );
+
+    // The old worker drains the queue and dead-letters the two reports.
+    let mut old = fleet.worker("worker");
+    until_text(&browser, &url, "tr[data-queue='default'] td.dead", "2").await;
+    until_text(&browser, &url, "tr[data-queue='default'] td.depth", "0").await;
+    let rows = browser
+        .find_all(Locator::Css("tr.dead-letter"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let reason = rows[0].text().await.unwrap();
+    assert!(reason.contains("unknown job `report`"), "{reason}");
+
+    if let Ok(path) = std::env::var("CACHEBACK_DASHBOARD_SCREENSHOT") {
+        let png = browser.screenshot().await.unwrap();
+        std::fs::write(&path, &png).unwrap();
+    }
+
+    // The new release's worker knows `report`: Replay on the newest dead letter refreshes it.
+    old.kill();
+    let _new = fleet.worker("worker-v2");
+    let id = rows[0]
+        .attr("data-id")
+        .await
+        .unwrap()
+        .expect("a dead letter id");
+    // The reports' keys, the replayed one first, from the command's own listing.
+    let listed = fleet.json(&["dead-letters", "list", "default"]);
+    let mut keys: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["request"]["key"].as_str().unwrap().to_owned())
+        .collect();
+    if listed[0]["id"] != id.as_str() {
+        keys.reverse();
+    }
+    let button = format!("tr[data-id='{id}'] button.replay");
+    browser
+        .find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The form posts, and the page it redirects to says what was done.
+    let notice = browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("#notice"))
+        .await
+        .expect("the notice of the replay");
+    assert_eq!(
+        notice.text().await.unwrap(),
+        "replayed 1 dead letter(s) of queue default"
+    );
+    let rows = browser
+        .find_all(Locator::Css("tr.dead-letter"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the replayed one is gone");
+    assert_ne!(
+        rows[0].attr("data-id").await.unwrap().as_deref(),
+        Some(id.as_str())
+    );
+    // The replayed refresh ran: the replayed report's entry exists, the other's does not.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let written: Vec<bool> = keys
+            .iter()
+            .map(|key| fleet.cli(&["entry", key]).code == 0)
+            .collect();
+        if written == [true, false] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reports written: {written:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.close().await.unwrap();
+}
