@@ -114,7 +114,7 @@ async fn trials<C: HitRead, S: HitRead>(
 pub(crate) fn cluster(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let one_url = ctx.redis()?.url();
     let cluster = ctx.cluster()?;
-    let reads: u64 = ctx.scale.pick(100_000, 10_000);
+    let reads: u64 = ctx.scale.pick(100_000, 2_000);
     let rt = runtime();
     let (on_cluster, on_one) = rt.block_on(async {
         Ok::<_, String>((subject(&cluster.url()).await?, subject(&one_url).await?))

@@ -263,7 +263,7 @@ struct MemorySubjects {
 
 /// W1 on the memory store.
 pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
-    let reads: u64 = ctx.scale.pick(2_000_000, 200_000);
+    let reads: u64 = ctx.scale.pick(2_000_000, 50_000);
     let rt = runtime();
     let (subjects, value) = memory_subjects(&rt)?;
     let overhead = timer_overhead_ns();

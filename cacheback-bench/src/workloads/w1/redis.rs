@@ -96,7 +96,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         .query::<()>(&["FLUSHALL"])
         .map_err(|e| e.to_string())?;
     let url = server.url();
-    let reads: u64 = ctx.scale.pick(100_000, 10_000);
+    let reads: u64 = ctx.scale.pick(100_000, 2_000);
     let rt = runtime();
     let (handle, raw) = rt.block_on(redis_subjects(&url))?;
     let entry_bytes = rt.block_on(raw.entry_bytes()).map_err(|e| e.to_string())?;
