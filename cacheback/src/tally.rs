@@ -117,6 +117,7 @@ impl Tally {
 impl Counts {
     /// What was counted since `earlier`. A count below its earlier value means the tally was
     /// replaced (the job registered again): all of it is new.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by `fleet_stats`
     pub(crate) fn since(&self, earlier: &Counts) -> Counts {
         let mut delta = Counts::default();
         for (d, (now, then)) in delta
@@ -136,6 +137,7 @@ impl Counts {
         delta
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by `fleet_stats`
     pub(crate) fn get(&self, count: Count) -> u64 {
         self.counts[count as usize]
     }

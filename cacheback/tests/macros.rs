@@ -1,4 +1,5 @@
-//! Runtime behaviour of the `#[cacheback]` attribute (its compile errors are in `macro_ui.rs`).
+//! Runtime behaviour of the `#[cacheback]` attribute (its compile errors are tested in the
+//! `cacheback-macros` crate, `tests/ui.rs`).
 //!
 //! A client's in-process worker runs on the Tokio runtime that built it, and every
 //! `#[tokio::test]` has its own runtime. So each test has its own `#[cacheback]` fns: those that

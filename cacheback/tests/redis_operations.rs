@@ -68,6 +68,11 @@ async fn queue_stats_and_dead_letters_one_by_one() {
     for n in 0..3 {
         assert_eq!(echo.get_with_status(n).await.unwrap().status, Status::Miss);
     }
+    // A read of a remote store enqueues its refresh in the background, after it answers.
+    eventually("three requests enqueued", WITHIN, || async {
+        queue.stats("default").await.unwrap().depth == 3
+    })
+    .await;
     assert_eq!(queue.queue_names().await.unwrap(), ["default"]);
     let stats = queue.stats("default").await.unwrap();
     assert_eq!((stats.depth, stats.dead_letters), (3, 0));

@@ -63,6 +63,7 @@ pub(crate) enum Processed {
 pub(crate) trait ErasedJob: Send + Sync + 'static {
     fn job_type(&self) -> TypeId;
     /// This process's counts of the job, when the client keeps them.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by `fleet_stats`
     fn tally(&self) -> Option<Arc<Tally>>;
     fn process(
         self: Arc<Self>,
@@ -121,6 +122,7 @@ impl Registry {
     }
 
     /// Each job's name and tally, for the jobs that keep one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // read by `fleet_stats`
     pub(crate) fn tallies(&self) -> Vec<(Arc<str>, Arc<Tally>)> {
         self.jobs
             .read()
