@@ -1,6 +1,7 @@
 //! `RedisStore` and `RedisQueue` pass the Store and Queue conformance suites, over TCP and a
 //! unix socket, clients on them pass the client suite, the store's hit path is one Redis
-//! command, and a stale burst in one process costs Redis one claim script.
+//! command, a stale burst in one process costs Redis one claim script, and so do the stale
+//! keys of one batch read.
 
 #![cfg(all(feature = "redis", feature = "testing"))]
 
@@ -321,4 +322,92 @@ async fn get_many_of_100_keys_is_one_mget() {
         assert_eq!(*answer.value.unwrap(), n * n);
     }
     assert_eq!(server.command_calls("mget"), 1);
+}
+
+/// `get_many` of 100 stale keys answers them all at once, then claims them with one run of the
+/// claim script, reads the claimed entries again with one `MGET` and enqueues their 100
+/// refreshes in one pipeline; a second `get_many` of the same keys asks Redis for nothing but
+/// their entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = TestClock::new();
+    let queue = RedisQueue::from_url(&server.url()).unwrap();
+    let client = Cacheback::builder()
+        .prefix(unique_prefix("many-stale"))
+        .clock(clock.clone())
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .queue(queue.clone())
+        .in_process_worker(false)
+        .build()
+        .unwrap();
+    let lifetime = Duration::from_secs(10);
+    let squares = client.job(job_fn(
+        "squares",
+        Policy::default().lifetime(lifetime),
+        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
+    ));
+    for n in 0..=100u64 {
+        squares.set(n, 0).await.unwrap();
+    }
+    clock.advance(lifetime);
+    // One stale key read alone first, so Redis has loaded the claim script before the count.
+    assert!(
+        squares
+            .get_with_status(100)
+            .await
+            .unwrap()
+            .refresh_triggered
+    );
+    let queued = |n: u64| {
+        let queue = queue.clone();
+        move || {
+            let queue = queue.clone();
+            async move { queue.len("default").await.unwrap() == n }
+        }
+    };
+    eventually("the first key's refresh is enqueued", WAIT, queued(1)).await;
+    let before = |command: &str| server.command_calls(command);
+    let (scripts, mgets, xadds) = (before("evalsha"), before("mget"), before("xadd"));
+    let answers = squares.get_many(0..100u64).await;
+    for (n, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap();
+        assert_eq!(
+            (
+                answer.status,
+                answer.value.as_deref(),
+                answer.refresh_triggered
+            ),
+            (Status::Stale, Some(&0), true),
+            "key {n}"
+        );
+    }
+    eventually("the batch's refreshes are enqueued", WAIT, queued(101)).await;
+    assert_eq!(
+        server.command_calls("evalsha") - scripts,
+        1,
+        "one claim script for 100 keys"
+    );
+    assert_eq!(
+        server.command_calls("mget") - mgets,
+        2,
+        "one read of the batch, one of the claimed entries"
+    );
+    assert_eq!(server.command_calls("xadd") - xadds, 100);
+
+    // The claims are held: the next batch asks for nothing more.
+    let answers = squares.get_many(0..100u64).await;
+    assert!(answers.iter().all(|a| {
+        let a = a.as_ref().unwrap();
+        a.status == Status::Stale && !a.refresh_triggered
+    }));
+    assert_eq!(server.command_calls("evalsha") - scripts, 1);
+    assert_eq!(server.command_calls("mget") - mgets, 3);
+    assert_eq!(
+        queue.len("default").await.unwrap(),
+        101,
+        "one message per key"
+    );
 }

@@ -247,20 +247,7 @@ impl<J: Job> JobHandle<J> {
     ) -> NowOrLater<'_, Lookup<Value<J>>> {
         let now = self.core().clock.now();
         let digest = key.digest();
-        let read = match near.get(digest, now) {
-            Some(copy) => match copy.tags.as_deref() {
-                None => self.classify(key, Some(copy), now, None),
-                Some(tagged) => match tags::verdict_now(self.core(), tagged, now) {
-                    Some(verdict) => {
-                        self.classify(key, Some(tags::judged(copy, verdict, now)), now, None)
-                    }
-                    // The tags' states are due to be read again: read the store.
-                    None => Classified::Missing { generation: 0, now },
-                },
-            },
-            None => Classified::Missing { generation: 0, now },
-        };
-        match read {
+        match self.near_read(near, key, now) {
             Classified::Hit(lookup) => Either::Left(Ok(lookup)),
             read @ (Classified::Stale { .. } | Classified::FreshMaybeEarly { .. }) => {
                 Either::Right(Box::pin(self.finish(args, digest, read, mode)) as BoxFuture<'_, _>)
@@ -268,6 +255,30 @@ impl<J: Job> JobHandle<J> {
             Classified::Missing { .. } => {
                 Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>)
             }
+        }
+    }
+
+    /// The near cache's copy of `key`, classified as a read of it; `Missing` when there is no
+    /// copy to answer with (none, or its tags' states are due to be read again): the store
+    /// must be read.
+    #[inline]
+    pub(super) fn near_read(
+        &self,
+        near: &NearTier,
+        key: Key<'_>,
+        now: Timestamp,
+    ) -> Classified<Value<J>> {
+        let Some(copy) = near.get(key.digest(), now) else {
+            return Classified::Missing { generation: 0, now };
+        };
+        match copy.tags.as_deref() {
+            None => self.classify(key, Some(copy), now, None),
+            Some(tagged) => match tags::verdict_now(self.core(), tagged, now) {
+                Some(verdict) => {
+                    self.classify(key, Some(tags::judged(copy, verdict, now)), now, None)
+                }
+                None => Classified::Missing { generation: 0, now },
+            },
         }
     }
 
@@ -301,18 +312,8 @@ impl<J: Job> JobHandle<J> {
     ) -> NowOrLater<'_, Lookup<Value<J>>> {
         let job = &*self.job;
         let outcome = Ok(memory.claim_sync(key, now, job.policy.refresh_timeout));
-        let age = now.since(meta.fetched_at);
-        let stale = move |refresh_triggered| {
-            job.metrics.stale.increment(1);
-            job.metrics.served_age.record(age.as_secs_f64());
-            job.metrics.tally(|t| t.served(Count::Stale, age));
-            Lookup {
-                value: Some(value),
-                status: Status::Stale,
-                age: Some(age),
-                refresh_triggered,
-            }
-        };
+        let stale =
+            move |refresh_triggered| self.stale_lookup(value, &meta, now, refresh_triggered);
         match self.won(outcome) {
             Ok((token, failures)) => {
                 let digest = key.digest();

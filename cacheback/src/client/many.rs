@@ -7,6 +7,7 @@ use futures_util::future::{BoxFuture, Either, join, join_all};
 use crate::client::coalesce::AnyValue;
 use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
+use crate::client::trigger::Asked;
 use crate::engine::registry::JobEntry;
 use crate::engine::{Core, backoff, fetch, tags};
 use crate::error::{Error, Result};
@@ -24,19 +25,42 @@ type Missing<J> = (usize, Args<J>, u128, u64);
 /// A read that goes on as a single read: its place in the answer, and the rest of it.
 type Later<'a, J> = (usize, BoxFuture<'a, Result<Lookup<Value<J>>>>);
 
+/// A batch read under way: the answers so far (in the order asked), the reads that go on as
+/// single reads, the misses to fetch together and the refreshes to trigger together.
+struct Batch<'a, J: Job> {
+    answers: Vec<Option<Result<Lookup<Value<J>>>>>,
+    slow: Vec<Later<'a, J>>,
+    missing: Vec<Missing<J>>,
+    asked: Vec<Asked<J>>,
+}
+
+impl<J: Job> Default for Batch<'_, J> {
+    fn default() -> Self {
+        Batch {
+            answers: Vec::new(),
+            slow: Vec::new(),
+            missing: Vec::new(),
+            asked: Vec::new(),
+        }
+    }
+}
+
 impl<J: Job> JobHandle<J> {
     /// Reads many args at once, each as [`get_with_status`](Self::get_with_status) would, and
     /// returns their answers in the order given (one failed key does not fail the others).
     ///
     /// Keys the process answers by itself (the memory store, copies of a
     /// [near cache](crate::CachebackBuilder::near_cache)) cost no round trip; the entries of all
-    /// the others are read from the store together (one `MGET` on Redis). Hits are answered from
-    /// that one read; stale keys then go on concurrently, each as a single read would (one
-    /// refresh per stale key). The missing keys are fetched together, with one call of the
-    /// job's [`fetch_many`](Job::fetch_many) (keys another read of this process is fetching
-    /// already wait for that fetch instead), and stored as single fetches are; without
-    /// [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss) they are answered empty while
-    /// one refresh each is enqueued.
+    /// the others are read from the store together (one `MGET` on Redis). Hits and stale values
+    /// are answered from that one read. With a remote store, the refreshes of the stale keys
+    /// (and of missing keys not fetched) are triggered together after the answer, in the
+    /// background: one claim call for all of them (one script on Redis), one read of the keys
+    /// claimed, one queue call for their requests (one pipeline on Redis); each key still gets
+    /// at most one refresh, as with single reads. The missing keys are fetched together, with
+    /// one call of the job's [`fetch_many`](Job::fetch_many) (keys another read of this process
+    /// is fetching already wait for that fetch instead), and stored as single fetches are;
+    /// without [`Policy::fetch_on_miss`](crate::Policy::fetch_on_miss) they are answered empty
+    /// while one refresh each is enqueued.
     ///
     /// ```
     /// # use cacheback::{Cacheback, job_fn, Policy};
@@ -60,47 +84,52 @@ impl<J: Job> JobHandle<J> {
         args: impl IntoIterator<Item = Args<J>>,
     ) -> Vec<Result<Lookup<Value<J>>>> {
         let core = self.core();
-        let mut answers: Vec<Option<Result<Lookup<Value<J>>>>> = Vec::new();
-        let mut slow: Vec<Later<'_, J>> = Vec::new();
+        let mut batch = Batch::default();
         let mut pending: Vec<Pending<J>> = Vec::new();
-        let mut missing: Vec<Missing<J>> = Vec::new();
         let fetches = self.fetches_misses(Mode::Policy);
         let now = core.clock.now();
         for (i, args) in args.into_iter().enumerate() {
-            answers.push(None);
+            batch.answers.push(None);
             let digest = match self.digest(&args) {
                 Ok(digest) => digest,
                 Err(error) => {
-                    answers[i] = Some(Err(error));
+                    batch.answers[i] = Some(Err(error));
                     continue;
                 }
             };
-            let in_process = core.memory.is_some()
-                || core
+            let key = Key::new(&core.prefix, &self.job.name, digest);
+            let Some(memory) = &core.memory else {
+                // A remote store: a near copy answers, anything else is read with the rest.
+                match core
                     .near
-                    .as_ref()
-                    .is_some_and(|near| near.get(digest, now).is_some());
-            if !in_process {
-                pending.push((i, args, digest));
+                    .as_deref()
+                    .map(|near| self.near_read(near, key, now))
+                {
+                    None | Some(Classified::Missing { .. }) => pending.push((i, args, digest)),
+                    Some(read) => self.settle(&mut batch, i, args, digest, read),
+                }
+                continue;
+            };
+            if let Classified::Missing { generation, .. } =
+                self.classify(key, memory.get_sync(key), now, None)
+                && fetches
+            {
+                batch.missing.push((i, args, digest, generation));
                 continue;
             }
-            if let Some(memory) = &core.memory {
-                let key = Key::new(&core.prefix, &self.job.name, digest);
-                if let Classified::Missing { generation, .. } =
-                    self.classify(key, memory.get_sync(key), now, None)
-                    && fetches
-                {
-                    missing.push((i, args, digest, generation));
-                    continue;
-                }
-            }
             match self.lookup(args, Mode::Policy) {
-                Either::Left(answer) => answers[i] = Some(answer),
-                Either::Right(later) => slow.push((i, later)),
+                Either::Left(answer) => batch.answers[i] = Some(answer),
+                Either::Right(later) => batch.slow.push((i, later)),
             }
         }
-        self.read_pending(pending, &mut answers, &mut slow, &mut missing)
-            .await;
+        self.read_pending(pending, &mut batch).await;
+        let Batch {
+            mut answers,
+            slow,
+            missing,
+            asked,
+        } = batch;
+        self.trigger_many_in_background(asked, now);
         let (places, reads): (Vec<usize>, Vec<_>) = slow.into_iter().unzip();
         let (read, fetched) = join(join_all(reads), self.fetch_missing(missing)).await;
         for (i, answer) in places.into_iter().zip(read).chain(fetched) {
@@ -112,15 +141,51 @@ impl<J: Job> JobHandle<J> {
             .collect()
     }
 
-    /// Reads the entries of `pending` in one store call: hits go into `answers`, missing keys
-    /// to fetch into `missing`, the rest into `slow` to go on as single reads do.
-    async fn read_pending<'a>(
+    /// Answers one read of a batch of a remote store from what was read: a hit now; a stale
+    /// value now, its refresh asked for with the batch's (see
+    /// [`trigger_many_in_background`](Self::trigger_many_in_background)), and a miss that is
+    /// not fetched likewise; a miss to fetch joins the batch fetch; the rest goes on as a
+    /// single read would.
+    fn settle<'a>(
         &'a self,
-        pending: Vec<Pending<J>>,
-        answers: &mut [Option<Result<Lookup<Value<J>>>>],
-        slow: &mut Vec<Later<'a, J>>,
-        missing: &mut Vec<Missing<J>>,
+        batch: &mut Batch<'a, J>,
+        i: usize,
+        args: Args<J>,
+        digest: u128,
+        read: Classified<Value<J>>,
     ) {
+        let answer = match read {
+            Classified::Hit(lookup) => lookup,
+            Classified::Stale { value, meta, now } if !self.refetch(Mode::Policy, now, &meta) => {
+                let asks = self.hint_says_claim(digest, now);
+                if asks {
+                    batch.asked.push((digest, args, meta.generation));
+                }
+                self.stale_lookup(value, &meta, now, asks)
+            }
+            Classified::Missing { generation, .. } if self.fetches_misses(Mode::Policy) => {
+                batch.missing.push((i, args, digest, generation));
+                return;
+            }
+            Classified::Missing { generation, now } => {
+                let asks = self.hint_says_claim(digest, now);
+                if asks {
+                    batch.asked.push((digest, args, generation));
+                }
+                self.miss_lookup(asks)
+            }
+            read => {
+                let rest = self.finish(args, digest, read, Mode::Policy);
+                batch.slow.push((i, Box::pin(rest)));
+                return;
+            }
+        };
+        batch.answers[i] = Some(Ok(answer));
+    }
+
+    /// Reads the entries of `pending` in one store call and settles each read with what it
+    /// found; when the store cannot be read, each goes on as a single read would.
+    async fn read_pending<'a>(&'a self, pending: Vec<Pending<J>>, batch: &mut Batch<'a, J>) {
         if pending.is_empty() {
             return;
         }
@@ -143,18 +208,8 @@ impl<J: Job> JobHandle<J> {
                     .zip(keys.iter().zip(tickets));
                 for (((i, args, digest), entry), (&key, ticket)) in reads {
                     let entry = tags::judge(core, entry).await;
-                    match self.classify(key, entry, now, ticket) {
-                        Classified::Hit(lookup) => answers[i] = Some(Ok(lookup)),
-                        Classified::Missing { generation, .. }
-                            if self.fetches_misses(Mode::Policy) =>
-                        {
-                            missing.push((i, args, digest, generation));
-                        }
-                        read => {
-                            let rest = self.finish(args, digest, read, Mode::Policy);
-                            slow.push((i, Box::pin(rest)));
-                        }
-                    }
+                    let read = self.classify(key, entry, now, ticket);
+                    self.settle(batch, i, args, digest, read);
                 }
             }
             Err(error) => {
@@ -169,11 +224,12 @@ impl<J: Job> JobHandle<J> {
                             Box::pin(self.read_without_store(args, digest, error, Mode::Policy))
                         }
                     };
-                    slow.push((i, rest));
+                    batch.slow.push((i, rest));
                 }
             }
         }
     }
+
     /// Fetches the `missing` keys with one call of the job's `fetch_many` (through the
     /// coalescer: keys in flight already join their fetch), and stores each value as a single
     /// fetch would. Returns each key's place in the answer and its answer.

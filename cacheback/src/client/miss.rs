@@ -78,8 +78,6 @@ impl<J: Job> JobHandle<J> {
         now: Timestamp,
         mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
-        let job = &*self.job;
-        let age = now.since(meta.fetched_at);
         if self.refetch(mode, now, &meta) {
             let condition = Some(PutCondition::IfGeneration(meta.generation));
             match self.fetch_coalesced(key.digest(), args, condition).await {
@@ -93,25 +91,43 @@ impl<J: Job> JobHandle<J> {
             let triggered = self
                 .trigger_for_read(key, &args, meta.generation, now)
                 .await;
-            job.metrics.stale.increment(1);
-            job.metrics.served_age.record(age.as_secs_f64());
-            job.metrics.tally(|t| t.served(Count::Stale, age));
-            return Ok(Lookup {
-                value: Some(value),
-                status: Status::Stale,
-                age: Some(age),
-                refresh_triggered: triggered,
-            });
+            return Ok(self.stale_lookup(value, &meta, now, triggered));
         }
-        job.metrics.stale.increment(1);
-        job.metrics.served_age.record(age.as_secs_f64());
-        job.metrics.tally(|t| t.served(Count::Stale, age));
-        Ok(Lookup {
+        Ok(self.stale_lookup(value, &meta, now, false))
+    }
+
+    /// The answer of a read that serves a stale value (counted as such).
+    pub(super) fn stale_lookup(
+        &self,
+        value: Arc<Value<J>>,
+        meta: &EntryMeta,
+        now: Timestamp,
+        refresh_triggered: bool,
+    ) -> Lookup<Value<J>> {
+        let metrics = &self.job.metrics;
+        let age = now.since(meta.fetched_at);
+        metrics.stale.increment(1);
+        metrics.served_age.record(age.as_secs_f64());
+        metrics.tally(|t| t.served(Count::Stale, age));
+        Lookup {
             value: Some(value),
             status: Status::Stale,
             age: Some(age),
-            refresh_triggered: false,
-        })
+            refresh_triggered,
+        }
+    }
+
+    /// The answer of a read that finds nothing and does not fetch (counted as a miss).
+    pub(super) fn miss_lookup(&self, refresh_triggered: bool) -> Lookup<Value<J>> {
+        let metrics = &self.job.metrics;
+        metrics.miss.increment(1);
+        metrics.tally(|t| t.count(Count::Miss));
+        Lookup {
+            value: None,
+            status: Status::Miss,
+            age: None,
+            refresh_triggered,
+        }
     }
 
     pub(super) async fn serve_miss(
@@ -122,21 +138,13 @@ impl<J: Job> JobHandle<J> {
         now: Timestamp,
         mode: Mode,
     ) -> Result<Lookup<Value<J>>> {
-        let job = &*self.job;
         if self.fetches_misses(mode) {
             let condition = Some(PutCondition::IfGeneration(generation));
             let fetched = self.fetch_coalesced(key.digest(), args, condition).await?;
             Ok(self.fetched(&fetched, Status::MissFetched))
         } else {
             let triggered = self.trigger_for_read(key, &args, generation, now).await;
-            job.metrics.miss.increment(1);
-            job.metrics.tally(|t| t.count(Count::Miss));
-            Ok(Lookup {
-                value: None,
-                status: Status::Miss,
-                age: None,
-                refresh_triggered: triggered,
-            })
+            Ok(self.miss_lookup(triggered))
         }
     }
 

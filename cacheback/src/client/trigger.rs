@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use tracing::{Instrument, debug_span, warn};
 
 use crate::client::QueueFallback;
@@ -10,7 +11,7 @@ use crate::client::handle::{Args, JobHandle};
 use crate::client::hints::ClaimHints;
 use crate::clock::Timestamp;
 use crate::engine::refresh::{self, Claimed};
-use crate::error::{Chain, Result};
+use crate::error::{Chain, Error, Result};
 use crate::job::Job;
 use crate::key::Key;
 use crate::observe::Event;
@@ -59,7 +60,7 @@ impl<J: Job> JobHandle<J> {
     /// Whether this read should ask the store for the claim of `digest`: always with an
     /// in-process store, else when no other read of this process asked within the hint window
     /// (the hint is then set; a read told no is counted as finding the claim held).
-    fn hint_says_claim(&self, digest: u128, now: Timestamp) -> bool {
+    pub(super) fn hint_says_claim(&self, digest: u128, now: Timestamp) -> bool {
         let Some(hints) = &self.reads().claim_hints else {
             return true;
         };
@@ -104,6 +105,94 @@ impl<J: Job> JobHandle<J> {
             }
         });
         true
+    }
+
+    /// Triggers the refreshes a batch read asked for (each key's hint already said so, see
+    /// [`hint_says_claim`](Self::hint_says_claim)), in the background: the claims of all the
+    /// keys in one store call, one read of the entries claimed (the stale events may be over
+    /// already), and one queue call for all their requests. Each key ends as
+    /// [`trigger_in_background`](Self::trigger_in_background) would leave it.
+    pub(super) fn trigger_many_in_background(&self, asked: Vec<Asked<J>>, now: Timestamp) {
+        if asked.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        self.core()
+            .tasks
+            .spawn(async move { this.trigger_many(asked, now).await });
+    }
+
+    async fn trigger_many(&self, asked: Vec<Asked<J>>, now: Timestamp) {
+        let core = self.core();
+        let job = &*self.job;
+        let keys: Vec<Key<'_>> = asked
+            .iter()
+            .map(|&(digest, ..)| Key::new(&core.prefix, &job.name, digest))
+            .collect();
+        let outcomes = core
+            .store
+            .claim_many(&keys, now, job.policy.refresh_timeout)
+            .instrument(debug_span!("cacheback.claim_many", keys = keys.len()))
+            .await;
+        let mut decided: Vec<Option<Trigger>> = vec![None; asked.len()];
+        let mut won = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match self.won(outcome) {
+                Ok(claim) => won.push((i, claim)),
+                Err(refused) => decided[i] = Some(refused),
+            }
+        }
+        let won_keys: Vec<Key<'_>> = won.iter().map(|&(i, _)| keys[i]).collect();
+        // As in `after_claim`: a failed read goes on with the refresh.
+        let current = match won_keys.is_empty() {
+            true => Ok(Vec::new()),
+            false => core.store.get_many(&won_keys).await,
+        };
+        let mut requests = Vec::new();
+        let mut sent = Vec::new();
+        for (j, &(i, (token, failures))) in won.iter().enumerate() {
+            let (_, args, generation) = &asked[i];
+            let entry = current
+                .as_ref()
+                .ok()
+                .and_then(|entries| entries.get(j)?.as_ref());
+            if entry.is_some_and(|entry| entry.meta.generation != *generation) {
+                decided[i] = Some(self.written_since(keys[i], token).await);
+                continue;
+            }
+            let claimed = self.claimed(*generation, token, failures);
+            match self.request(keys[i], args, claimed, now) {
+                Ok(request) => {
+                    requests.push(request);
+                    sent.push((i, claimed));
+                }
+                Err(error) => decided[i] = Some(self.unencodable(keys[i], token, &error).await),
+            }
+        }
+        let results = core.queue.enqueue_many(requests).await;
+        let after = sent.iter().zip(results).map(|(&(i, claimed), result)| {
+            let (key, args) = (keys[i], &asked[i].1);
+            async move { (i, self.after_enqueue(key, args, claimed, result).await) }
+        });
+        for (i, trigger) in join_all(after).await {
+            decided[i] = Some(trigger);
+        }
+        for ((digest, ..), decided) in asked.iter().zip(decided) {
+            self.settle_hint(*digest, now, decided.unwrap_or(Trigger::Retry));
+        }
+    }
+
+    /// Records what a read's trigger decided in the key's hint: the next reads of the window
+    /// ask again only when nothing started and nothing holds the key.
+    fn settle_hint(&self, digest: u128, now: Timestamp, decided: Trigger) {
+        let Some(hints) = &self.reads().claim_hints else {
+            return;
+        };
+        if decided == Trigger::Retry {
+            hints.forget(digest);
+        } else {
+            hints.note(digest, now, ClaimHints::window(self.job.policy.lifetime));
+        }
     }
 
     /// Takes the key's claim and, if won, enqueues one refresh. Never fails the
@@ -158,7 +247,6 @@ impl<J: Job> JobHandle<J> {
         failures: u32,
     ) -> Trigger {
         let core = self.core();
-        let job = &*self.job;
         let current = match &core.memory {
             _ if !recheck => Ok(None),
             Some(memory) => Ok(memory.get_sync(key)),
@@ -167,30 +255,60 @@ impl<J: Job> JobHandle<J> {
         if let Ok(Some(current)) = current
             && current.meta.generation != generation
         {
-            refresh::release(core, job, key, token, Release::Abandoned).await;
-            job.metrics.claim_held.increment(1);
-            return Trigger::Taken;
+            return self.written_since(key, token).await;
         }
-        job.metrics.claim_won.increment(1);
-        let claimed = Claimed {
+        let claimed = self.claimed(generation, token, failures);
+        let request = match self.request(key, args, claimed, now) {
+            Ok(request) => request,
+            Err(error) => return self.unencodable(key, token, &error).await,
+        };
+        let sent = core.queue.enqueue(request).await;
+        self.after_enqueue(key, args, claimed, sent).await
+    }
+
+    /// A won claim of a key whose entry was written since the read saw it: the stale event is
+    /// over, the claim is let go of.
+    async fn written_since(&self, key: Key<'_>, token: ClaimToken) -> Trigger {
+        let job = &*self.job;
+        refresh::release(self.core(), job, key, token, Release::Abandoned).await;
+        job.metrics.claim_held.increment(1);
+        Trigger::Taken
+    }
+
+    /// A won claim that goes on to a refresh (counted as such).
+    fn claimed(&self, generation: u64, token: ClaimToken, failures: u32) -> Claimed {
+        self.job.metrics.claim_won.increment(1);
+        Claimed {
             token,
             generation,
             prior_failures: failures,
-        };
-        let request = match self.request(key, args, claimed, now) {
-            Ok(request) => request,
-            Err(error) => {
-                warn!(error = %Chain(&error), "could not encode the refresh request");
-                refresh::release(core, job, key, token, Release::Abandoned).await;
-                return Trigger::Retry;
-            }
-        };
-        match core.queue.enqueue(request).await {
+        }
+    }
+
+    /// A won claim whose request could not be encoded: let go of, nothing started.
+    async fn unencodable(&self, key: Key<'_>, token: ClaimToken, error: &Error) -> Trigger {
+        warn!(error = %Chain(error), "could not encode the refresh request");
+        refresh::release(self.core(), &self.job, key, token, Release::Abandoned).await;
+        Trigger::Retry
+    }
+
+    /// What the queue said to a claimed key's request: started, dropped (the queue is full:
+    /// the claim is let go of) or the queue is down (fall back).
+    async fn after_enqueue(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        claimed: Claimed,
+        sent: std::result::Result<(), EnqueueError>,
+    ) -> Trigger {
+        let core = self.core();
+        let job = &*self.job;
+        match sent {
             Ok(()) => Trigger::Started,
             Err(EnqueueError::Full) => {
                 job.metrics.enqueue_dropped.increment(1);
                 warn!(job = %job.name, "refresh queue is full; dropped the refresh (the next read retries)");
-                refresh::release(core, job, key, token, Release::Abandoned).await;
+                refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
                 core.emit(|| Event::EnqueueDropped {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),
@@ -261,6 +379,10 @@ impl<J: Job> JobHandle<J> {
         })
     }
 }
+
+/// A refresh a batch read asked for: the key's digest, its args and the generation the read
+/// saw.
+pub(super) type Asked<J> = (u128, Args<J>, u64);
 
 /// What [`JobHandle::trigger`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -220,6 +220,18 @@ pub trait Queue: Any + Send + Sync + fmt::Debug {
         request: RefreshRequest,
     ) -> BoxFuture<'_, std::result::Result<(), EnqueueError>>;
 
+    /// Sends several requests: what [`enqueue`](Queue::enqueue) of each returns, in the order
+    /// given. Backends that can send many in one round trip (a Redis pipeline) override this;
+    /// the default makes the calls concurrently.
+    fn enqueue_many(
+        &self,
+        requests: Vec<RefreshRequest>,
+    ) -> BoxFuture<'_, Vec<std::result::Result<(), EnqueueError>>> {
+        Box::pin(futures_util::future::join_all(
+            requests.into_iter().map(|request| self.enqueue(request)),
+        ))
+    }
+
     /// Receives up to `max` deliveries.
     fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>>;
 

@@ -299,6 +299,22 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>>;
 
+    /// Tries to take the refresh claims of several keys at `now` for `ttl`: what
+    /// [`claim`](Store::claim) of each returns, in the order given, each key decided as if
+    /// claimed alone (one failed key does not fail the others). Backends that can take many
+    /// claims in one round trip (a Redis script) override this; the default makes the calls
+    /// concurrently.
+    fn claim_many<'a>(
+        &'a self,
+        keys: &'a [Key<'a>],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Vec<Result<ClaimOutcome>>> {
+        Box::pin(futures_util::future::join_all(
+            keys.iter().map(move |&key| self.claim(key, now, ttl)),
+        ))
+    }
+
     /// Lets go of a claim, if `token` still owns it (a claim that expired and was re-taken by
     /// someone else is left alone), and records the refresh's outcome. The failure state is
     /// recorded even when the claim is no longer owned.

@@ -59,6 +59,7 @@ pub async fn queue_suite(queue: &dyn Queue) {
     requests_round_trip(queue).await;
     acked_messages_are_not_redelivered(queue).await;
     batches_respect_max(queue).await;
+    many_requests_are_sent_at_once(queue).await;
     dead_letters_are_not_redelivered(queue).await;
 }
 
@@ -100,6 +101,27 @@ async fn batches_respect_max(queue: &dyn Queue) {
         generations,
         (10..15).collect(),
         "every enqueued request must be delivered exactly once"
+    );
+    for d in &got {
+        queue.ack(d).await.expect("ack failed");
+    }
+}
+
+async fn many_requests_are_sent_at_once(queue: &dyn Queue) {
+    assert!(queue.enqueue_many(Vec::new()).await.is_empty());
+    // Fewer than a consumer may hold unacknowledged (a broker prefetch of 10).
+    let sent: Vec<RefreshRequest> = (30..38).map(request).collect();
+    let results = queue.enqueue_many(sent.clone()).await;
+    assert_eq!(results.len(), sent.len(), "one result per request");
+    for result in results {
+        result.unwrap_or_else(|e| panic!("enqueue_many failed: {e}"));
+    }
+    let got = receive_all(queue, sent.len(), 5).await;
+    let mut arrived: Vec<RefreshRequest> = got.iter().map(|d| request_of(d).clone()).collect();
+    arrived.sort_by_key(|r| r.generation);
+    assert_eq!(
+        arrived, sent,
+        "every request of a batch must arrive, unchanged and once"
     );
     for d in &got {
         queue.ack(d).await.expect("ack failed");

@@ -105,6 +105,7 @@ pub async fn store_suite(store: &dyn Store) {
     failures_back_off_and_clear(store).await;
     put_and_release_frees_the_owners_claim(store).await;
     concurrent_claims_have_one_winner(store).await;
+    claims_of_many_keys_are_each_decided_alone(store).await;
     entries_keep_their_tags(store).await;
     tag_bumps_move_one_clock(store).await;
 }
@@ -390,6 +391,83 @@ async fn concurrent_claims_have_one_winner(store: &dyn Store) {
     assert_eq!(
         winners, 1,
         "64 concurrent claims must have exactly one winner"
+    );
+}
+
+async fn claims_of_many_keys_are_each_decided_alone(store: &dyn Store) {
+    let outcomes = store.claim_many(&[], NOW, TTL).await;
+    assert!(outcomes.is_empty(), "no keys, no outcomes");
+    let (free, held, backing) = (fresh_key(), fresh_key(), fresh_key());
+    let holder = claim(store, held, NOW).await;
+    let failed = claim(store, backing, NOW).await;
+    let retry_after = NOW.saturating_add(Duration::from_secs(10));
+    let failure = Release::Failed {
+        failures: 2,
+        retry_after,
+        forget_at: NOW.saturating_add(Duration::from_secs(600)),
+    };
+    release(store, backing, &failed, failure).await;
+    // More keys than one round of a batching backend takes at once.
+    let mut keys = vec![held, free, backing];
+    keys.extend((0..300).map(|_| fresh_key()));
+    let outcomes: Vec<ClaimOutcome> = store
+        .claim_many(&keys, NOW, TTL)
+        .await
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|e| panic!("claim_many failed: {e}")))
+        .collect();
+    assert_eq!(outcomes.len(), keys.len(), "one outcome per key");
+    let ClaimOutcome::Won { token, .. } = holder else {
+        panic!("the first claim must win, got {holder:?}");
+    };
+    assert!(
+        matches!(outcomes[0], ClaimOutcome::Held { .. }),
+        "a held key stays held, got {:?}",
+        outcomes[0]
+    );
+    assert_eq!(
+        outcomes[2],
+        ClaimOutcome::BackingOff {
+            retry_after,
+            failures: 2
+        },
+        "a key backing off says so"
+    );
+    let mut tokens = std::collections::HashSet::from([token]);
+    for (n, outcome) in outcomes
+        .iter()
+        .enumerate()
+        .filter(|&(n, _)| n != 0 && n != 2)
+    {
+        match outcome {
+            ClaimOutcome::Won { token, failures: 0 } => {
+                assert!(
+                    tokens.insert(*token),
+                    "key {n}: every claim has its own token"
+                );
+            }
+            other => panic!("key {n} was free: it must be won, got {other:?}"),
+        }
+    }
+    for (n, &k) in keys.iter().enumerate().skip(1).step_by(50) {
+        assert!(
+            matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
+            "key {n}: a claim taken in a batch is held like any other"
+        );
+    }
+    // The same key twice in one batch, and in concurrent batches: one winner.
+    let twice = fresh_key();
+    let batches = (0..8).map(|_| store.claim_many(std::slice::from_ref(&twice), NOW, TTL));
+    let mut outcomes = futures_util::future::join_all(batches).await;
+    outcomes.push(store.claim_many(&[twice, twice], NOW, TTL).await);
+    let winners = outcomes
+        .into_iter()
+        .flatten()
+        .filter(|o| matches!(o, Ok(ClaimOutcome::Won { .. })))
+        .count();
+    assert_eq!(
+        winners, 1,
+        "a key claimed in several batches has one winner"
     );
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, join_all};
 use redis::{Client, Script, Value};
 
 use self::acks::PendingAck;
@@ -587,6 +587,56 @@ impl RedisQueue {
     }
 
     async fn do_enqueue(&self, request: RefreshRequest) -> std::result::Result<(), EnqueueError> {
+        let cmd = self.xadd(&request)?;
+        let _: Value = self
+            .inner
+            .conn
+            .query(&cmd, "XADD")
+            .await
+            .map_err(|e| EnqueueError::Unavailable(e.into_queue()))?;
+        self.inner.enqueued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Several requests in one pipeline of `XADD`s on one Redis; on a cluster, where a
+    /// pipeline must stay in one hash slot, one `XADD` each (sent together all the same).
+    async fn do_enqueue_many(
+        &self,
+        requests: Vec<RefreshRequest>,
+    ) -> Vec<std::result::Result<(), EnqueueError>> {
+        if self.inner.conn.is_cluster() {
+            return join_all(requests.into_iter().map(|r| self.do_enqueue(r))).await;
+        }
+        let mut pipe = redis::pipe();
+        let mut results = Vec::with_capacity(requests.len());
+        for request in &requests {
+            results.push(self.xadd(request).map(|cmd| {
+                pipe.add_command(cmd).ignore();
+            }));
+        }
+        if pipe.is_empty() {
+            return results;
+        }
+        let sent: std::result::Result<(), Failure> = self.inner.conn.pipeline(&pipe, "XADD").await;
+        match sent {
+            Ok(()) => {
+                let n = results.iter().filter(|r| r.is_ok()).count() as u64;
+                self.inner.enqueued.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                let error = failure.into_queue();
+                for result in &mut results {
+                    if result.is_ok() {
+                        *result = Err(EnqueueError::Unavailable(error.clone()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// The `XADD` of `request`, to the next shard of its queue.
+    fn xadd(&self, request: &RefreshRequest) -> std::result::Result<redis::Cmd, EnqueueError> {
         let inner = &*self.inner;
         validate_name(&request.queue)
             .map_err(|m| EnqueueError::Unavailable(Error::queue(BACKEND, m)))?;
@@ -602,13 +652,7 @@ impl RedisQueue {
             .arg("*")
             .arg(replies::MESSAGE_FIELD)
             .arg(bytes);
-        let _: Value = inner
-            .conn
-            .query(&cmd, "XADD")
-            .await
-            .map_err(|e| EnqueueError::Unavailable(e.into_queue()))?;
-        inner.enqueued.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(cmd)
     }
 
     /// The stream of a delivery (receipts are `<shard>/<queue name>/<message id>`): its key,
@@ -643,6 +687,13 @@ impl Queue for RedisQueue {
         request: RefreshRequest,
     ) -> BoxFuture<'_, std::result::Result<(), EnqueueError>> {
         Box::pin(self.do_enqueue(request))
+    }
+
+    fn enqueue_many(
+        &self,
+        requests: Vec<RefreshRequest>,
+    ) -> BoxFuture<'_, Vec<std::result::Result<(), EnqueueError>>> {
+        Box::pin(self.do_enqueue_many(requests))
     }
 
     fn receive(&self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>>> {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, join_all};
 use redis::aio::ConnectionManager;
 use redis::{Client, ScriptInvocation, Value};
 use tracing::{debug, warn};
@@ -38,6 +38,10 @@ use crate::tags::{TagAction, TagState};
 
 /// Default limit on an entry read back from Redis (value plus the 48-byte header).
 pub(crate) const DEFAULT_MAX_ENTRY_BYTES: usize = 64 << 20;
+
+/// Keys per run of the claim script when many keys are claimed at once: a bigger batch runs as
+/// several scripts (sent together), so that no one script keeps Redis busy for long.
+const CLAIMS_PER_SCRIPT: usize = 128;
 
 /// Default extra time Redis keeps entries and claims past their own end (clock skew between
 /// processes, and a last chance for `stale_if_error`).
@@ -503,16 +507,66 @@ impl RedisStore {
     }
 
     async fn do_claim(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> Result<ClaimOutcome> {
+        let mut outcomes = self.claim_group(&[key], now, ttl).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// The claims of `keys`, one script per group: [`CLAIMS_PER_SCRIPT`] keys on one Redis; on
+    /// a cluster one key per script, as a script's keys must share a hash slot (the scripts go
+    /// out together on the connection all the same).
+    async fn do_claim_many(
+        &self,
+        keys: &[Key<'_>],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Vec<Result<ClaimOutcome>> {
+        let size = if self.conn.is_cluster() {
+            1
+        } else {
+            CLAIMS_PER_SCRIPT
+        };
+        let groups = join_all(
+            keys.chunks(size)
+                .map(|group| self.claim_group(group, now, ttl)),
+        )
+        .await;
+        let mut outcomes = Vec::with_capacity(keys.len());
+        for (result, group) in groups.into_iter().zip(keys.chunks(size)) {
+            match result {
+                Ok(group) => outcomes.extend(group.into_iter().map(Ok)),
+                Err(error) => outcomes.extend(group.iter().map(|_| Err(error.clone()))),
+            }
+        }
+        outcomes
+    }
+
+    /// One run of the claim script over `keys` (in one hash slot on a cluster).
+    async fn claim_group(
+        &self,
+        keys: &[Key<'_>],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Vec<ClaimOutcome>> {
         self.check_eviction_once().await;
-        let token = ClaimToken::random();
+        let claims: Vec<(Key<'_>, ClaimToken)> = keys
+            .iter()
+            .map(|&key| (key, ClaimToken::random()))
+            .collect();
         let (now_text, until) = (time_text(now), time_text(now.saturating_add(ttl)));
         let px = px(ttl.saturating_add(self.expiry_grace));
-        let invocation = self.scripts.claim(key, &now_text, token, &until, px);
-        Ok(
-            match self
-                .run(invocation, "claim script", ClaimReply::decode)
-                .await?
-            {
+        let invocation = self.scripts.claim(&claims, &now_text, &until, px);
+        let what = "claim script";
+        let reply: Value = self
+            .conn
+            .script(&invocation, what)
+            .await
+            .map_err(Failure::into_store)?;
+        let replies = ClaimReply::decode_many(reply, claims.len())
+            .map_err(|message| Failure::protocol(what, message).into_store())?;
+        Ok(replies
+            .into_iter()
+            .zip(claims)
+            .map(|(reply, (_, token))| match reply {
                 ClaimReply::Won { failures } => ClaimOutcome::Won {
                     token,
                     failures: clamp_u32(failures),
@@ -527,8 +581,8 @@ impl RedisStore {
                     retry_after: Timestamp::from_millis(retry_after),
                     failures: clamp_u32(failures),
                 },
-            },
-        )
+            })
+            .collect())
     }
 
     async fn do_release(&self, key: Key<'_>, token: ClaimToken, release: Release) -> Result<()> {
@@ -677,6 +731,15 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>> {
         Box::pin(self.do_claim(key, now, ttl))
+    }
+
+    fn claim_many<'a>(
+        &'a self,
+        keys: &'a [Key<'a>],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Vec<Result<ClaimOutcome>>> {
+        Box::pin(self.do_claim_many(keys, now, ttl))
     }
 
     fn release<'a>(

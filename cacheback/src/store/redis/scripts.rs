@@ -72,22 +72,23 @@ impl Scripts {
         invocation
     }
 
-    /// `claim`: times as [`time_text`](super::layout::time_text).
+    /// `claim` of `keys` (in one hash slot on a cluster), one token each: times as
+    /// [`time_text`](super::layout::time_text).
     pub(super) fn claim(
         &self,
-        key: Key<'_>,
+        keys: &[(Key<'_>, ClaimToken)],
         now: &str,
-        token: ClaimToken,
         until: &str,
         px: u64,
     ) -> ScriptInvocation<'_> {
-        let mut invocation = self.claim.key(claim_key(key));
-        invocation
-            .key(fail_key(key))
-            .arg(now)
-            .arg(token.to_string())
-            .arg(until)
-            .arg(px);
+        let mut invocation = self.claim.prepare_invoke();
+        for &(key, _) in keys {
+            invocation.key(claim_key(key)).key(fail_key(key));
+        }
+        invocation.arg(now).arg(until).arg(px);
+        for &(_, token) in keys {
+            invocation.arg(token.to_string());
+        }
         invocation
     }
 
@@ -209,6 +210,17 @@ impl ClaimReply {
     const HELD: i64 = 1;
     const BACKING_OFF: i64 = 2;
 
+    /// Decodes the script's reply for `n` keys: one `{code, numbers...}` per key.
+    pub(super) fn decode_many(reply: Value, n: usize) -> Result<Vec<Self>, String> {
+        let Value::Array(replies) = reply else {
+            return Err(format!("{reply:?}"));
+        };
+        if replies.len() != n {
+            return Err(format!("{} replies to {n} keys", replies.len()));
+        }
+        replies.into_iter().map(Self::decode).collect()
+    }
+
     /// Decodes `{code, numbers...}`. A missing failure count reads as 0; a missing time is an
     /// error.
     pub(super) fn decode(reply: Value) -> Result<Self, String> {
@@ -328,6 +340,24 @@ mod tests {
                 failures: 4
             })
         );
+    }
+
+    #[test]
+    fn claim_replies_of_many_keys_decode_in_order() {
+        let won = Value::Array(vec![Value::Int(0), bulk(b"2")]);
+        let held = Value::Array(vec![Value::Int(1), bulk(b"00000000000000000007")]);
+        assert_eq!(
+            ClaimReply::decode_many(Value::Array(vec![won.clone(), held.clone()]), 2),
+            Ok(vec![
+                ClaimReply::Won { failures: 2 },
+                ClaimReply::Held { until: 7 }
+            ])
+        );
+        let short = ClaimReply::decode_many(Value::Array(vec![won.clone()]), 2);
+        assert_eq!(short, Err("1 replies to 2 keys".to_owned()));
+        let bad = Value::Array(vec![won, Value::Array(vec![Value::Int(9)])]);
+        assert!(ClaimReply::decode_many(bad, 2).is_err());
+        assert!(ClaimReply::decode_many(Value::Okay, 1).is_err());
     }
 
     #[test]
