@@ -13,6 +13,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError,
     RedisFuture, Value,
@@ -317,6 +318,30 @@ impl Conn {
         let run = || {
             let mut link = self.link.clone();
             async move { cmd.query_async(&mut link).await }
+        };
+        bounded(what, self.timeout, again_if_refused(run)).await
+    }
+
+    /// Runs one command on the master that holds `key`'s hash slot, on a cluster (one Redis
+    /// runs it as [`query`](Self::query) does): for a command without keys that must reach
+    /// the node of some keys (`SCAN` of one shard's streams).
+    pub(crate) async fn query_at<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        key: &str,
+        what: &'static str,
+    ) -> Result<T, Failure> {
+        let Link::Cluster(cluster) = &self.link else {
+            return self.query(cmd, what).await;
+        };
+        let run = || {
+            let mut cluster = cluster.clone();
+            let route = Route::with_key(key, SlotAddr::Master);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            async move {
+                let value = cluster.route_command(cmd.clone(), routing).await?;
+                Ok(T::from_redis_value(value)?)
+            }
         };
         bounded(what, self.timeout, again_if_refused(run)).await
     }

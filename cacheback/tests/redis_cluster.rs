@@ -3,7 +3,8 @@
 //! after the other (the last ones reshard it and kill a master).
 //!
 //! - The store, queue and client suites pass on the cluster; a hit is one `GET`; the queue's
-//!   shards spread over the masters; a near cache is refused clearly.
+//!   shards spread over the masters, and its names, stats and dead letters (paged, found,
+//!   replayed, removed) are read over every shard; a near cache is refused clearly.
 //! - 4 reader processes × 16 readers on one stale key, a worker process: exactly one fetch per
 //!   stale event (the processes count fetches on a plain `redis-server` beside the cluster).
 //! - Slots resharded with `redis-cli --cluster reshard` while stale keys are being refreshed:
@@ -170,21 +171,27 @@ fn a_busy_queue_spreads_over_the_masters(fx: &Fixture) {
             .build()
             .unwrap();
         assert_eq!(queue.shards(), 8, "8 shards by default on a cluster");
+        let request = |n: u64, name: &str| RefreshRequest {
+            job: "spread".to_owned(),
+            key: format!("{prefix}:spread:{n:032x}"),
+            args: n.to_be_bytes().to_vec(),
+            codec: 1,
+            token: ClaimToken::random(),
+            generation: n,
+            enqueued_at: Timestamp::from_millis(T0),
+            prior_failures: 0,
+            queue: name.to_owned(),
+        };
         for n in 0..80u64 {
-            let request = RefreshRequest {
-                job: "spread".to_owned(),
-                key: format!("{prefix}:spread:{n:032x}"),
-                args: n.to_be_bytes().to_vec(),
-                codec: 1,
-                token: ClaimToken::random(),
-                generation: n,
-                enqueued_at: Timestamp::from_millis(T0),
-                prior_failures: 0,
-                queue: "default".to_owned(),
-            };
-            queue.enqueue(request).await.unwrap();
+            queue.enqueue(request(n, "default")).await.unwrap();
         }
         assert_eq!(queue.len("default").await.unwrap(), 80);
+        // A queue with one request is on one shard, on one master: the names are scanned on
+        // every shard's master.
+        queue.enqueue(request(999, "lonely")).await.unwrap();
+        assert_eq!(queue.queue_names().await.unwrap(), ["default", "lonely"]);
+        let stats = queue.stats("default").await.unwrap();
+        assert_eq!((stats.depth, stats.dead_letters), (80, 0));
         let per_node: Vec<u64> = cluster
             .nodes()
             .iter()
@@ -204,6 +211,7 @@ fn a_busy_queue_spreads_over_the_masters(fx: &Fixture) {
             3,
             "every master holds requests: {per_node:?}"
         );
+        // Every tenth request is dead-lettered, the rest acknowledged.
         let mut seen = HashSet::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while seen.len() < 80 {
@@ -211,11 +219,61 @@ fn a_busy_queue_spreads_over_the_masters(fx: &Fixture) {
             for delivery in queue.receive(32).await.unwrap() {
                 let request = delivery.message.as_ref().unwrap();
                 seen.insert(request.args.clone());
-                queue.ack(&delivery).await.unwrap();
+                if request.generation % 10 == 0 {
+                    queue.dead_letter(&delivery, "tenth").await.unwrap();
+                } else {
+                    queue.ack(&delivery).await.unwrap();
+                }
             }
         }
         assert_eq!(queue.len("default").await.unwrap(), 0);
         assert_eq!(queue.pending("default").await.unwrap(), 0);
+        let stats = queue.stats("default").await.unwrap();
+        assert_eq!((stats.depth, stats.dead_letters), (0, 8));
+        assert_eq!(stats.groups.len(), 1, "one group over the 8 shards");
+
+        // Paged through every shard, in order, each dead letter once.
+        let mut ids: Vec<String> = Vec::new();
+        loop {
+            let page = queue
+                .dead_letter_page("default", ids.last().map(String::as_str), 3)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            ids.extend(page.into_iter().map(|letter| letter.id));
+        }
+        let order = |id: &str| {
+            let (shard, stream_id) = id.split_once('/').unwrap();
+            let (ms, seq) = stream_id.split_once('-').unwrap();
+            let number = |s: &str| s.parse::<u64>().unwrap();
+            (number(ms), number(seq), number(shard))
+        };
+        assert_eq!(ids.len(), 8, "{ids:?}");
+        assert!(
+            ids.windows(2).all(|w| order(&w[0]) < order(&w[1])),
+            "{ids:?}"
+        );
+        let found = queue.find_dead_letter("default", &ids[3]).await.unwrap();
+        assert_eq!(found.map(|letter| letter.reason), Some("tenth".to_owned()));
+        assert_eq!(
+            queue.replay_dead_letter("default", &ids[3]).await.unwrap(),
+            cacheback::queue::Replay::Replayed
+        );
+        assert_eq!(queue.len("default").await.unwrap(), 1, "back on its shard");
+        assert_eq!(queue.remove_dead_letters("default", &ids).await.unwrap(), 7);
+        assert_eq!(queue.stats("default").await.unwrap().dead_letters, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queue.len("default").await.unwrap() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the replayed request is delivered"
+            );
+            for delivery in queue.receive(32).await.unwrap() {
+                queue.ack(&delivery).await.unwrap();
+            }
+        }
     });
 }
 

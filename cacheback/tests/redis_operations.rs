@@ -42,8 +42,18 @@ impl Job for Echo {
 }
 
 fn client(url: &str, prefix: &str, fleet_stats: bool) -> (Cacheback, RedisQueue) {
+    sharded_client(url, prefix, fleet_stats, 1)
+}
+
+fn sharded_client(
+    url: &str,
+    prefix: &str,
+    fleet_stats: bool,
+    shards: usize,
+) -> (Cacheback, RedisQueue) {
     let queue = RedisQueue::builder(url)
         .poll_interval(Duration::from_millis(50))
+        .shards(shards)
         .build()
         .unwrap();
     let cache = Cacheback::builder()
@@ -58,11 +68,26 @@ fn client(url: &str, prefix: &str, fleet_stats: bool) -> (Cacheback, RedisQueue)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_stats_and_dead_letters_one_by_one() {
+    stats_and_dead_letters(1).await;
+}
+
+/// The same on a queue spread over 3 streams: counts add up over the shards, a group and a
+/// consumer seen on several shards are one, dead-letter ids name their shard, pages go
+/// through every shard in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_stats_and_dead_letters_over_shards() {
+    stats_and_dead_letters(3).await;
+}
+
+async fn stats_and_dead_letters(shards: usize) {
     let Some(server) = RedisServer::start() else {
         return;
     };
     let (url, prefix) = (server.url(), unique_prefix("ops"));
-    let (web, queue) = client(&url, &prefix, false);
+    let client = |fleet_stats| sharded_client(&url, &prefix, fleet_stats, shards);
+    // An id no dead letter has.
+    let absent = if shards == 1 { "1-0" } else { "0/1-0" };
+    let (web, queue) = client(false);
     assert!(queue.queue_names().await.unwrap().is_empty());
     let echo = web.job(Echo);
     for n in 0..3 {
@@ -81,7 +106,7 @@ async fn queue_stats_and_dead_letters_one_by_one() {
     assert!(Timestamp::now().since(oldest) < Duration::from_secs(60));
 
     // A worker that does not know `echo` dead-letters the three requests.
-    let (worker_client, _) = client(&url, &prefix, false);
+    let (worker_client, _) = client(false);
     let stop = CancellationToken::new();
     let worker = Worker::builder(&worker_client).build().unwrap();
     let task = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
@@ -118,11 +143,22 @@ async fn queue_stats_and_dead_letters_one_by_one() {
     assert!(found.reason.contains("unknown job"), "{}", found.reason);
     assert!(
         queue
-            .find_dead_letter("default", "1-0")
+            .find_dead_letter("default", absent)
             .await
             .unwrap()
             .is_none()
     );
+    if shards > 1 {
+        assert!(first.iter().chain(&rest).all(|l| l.id.contains('/')));
+        let refused = queue.find_dead_letter("default", "1-0").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("<shard>/<stream id>"),
+            "{refused}"
+        );
+        let shard_9 = ["9/1-0".to_owned()];
+        let refused = queue.remove_dead_letters("default", &shard_9).await;
+        assert!(refused.is_err(), "shard 9 of 3");
+    }
 
     // Now the worker knows `echo`: a replayed dead letter is refreshed, and only once.
     stop.cancel();
@@ -154,7 +190,7 @@ async fn queue_stats_and_dead_letters_one_by_one() {
     assert_eq!(queue.stats("default").await.unwrap().dead_letters, 2);
 
     // Removed for good.
-    let ids = [first[1].id.clone(), rest[0].id.clone(), "1-0".to_owned()];
+    let ids = [first[1].id.clone(), rest[0].id.clone(), absent.to_owned()];
     assert_eq!(queue.remove_dead_letters("default", &ids).await.unwrap(), 2);
     assert_eq!(queue.stats("default").await.unwrap().dead_letters, 0);
     stop.cancel();

@@ -31,16 +31,18 @@ struct Dash {
     refresh_secs: u64,
 }
 
-/// Serves the dashboard of `prefix` on `listen` until Ctrl-C.
+/// Serves the dashboard of `prefix` (its queues read through `queue`) on `listen` until
+/// Ctrl-C.
 pub(crate) async fn serve(
     url: &str,
     prefix: &str,
+    queue: RedisQueue,
     listen: SocketAddr,
     refresh_secs: u64,
 ) -> Outcome {
     let dash = Arc::new(Dash {
         prefix: prefix.to_owned(),
-        queue: RedisQueue::builder(url).prefix(prefix).build()?,
+        queue,
         reader: FleetStatsReader::from_url(url, prefix)?,
         refresh_secs,
     });

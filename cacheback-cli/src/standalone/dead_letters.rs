@@ -106,21 +106,28 @@ impl DeadLetterJson {
     }
 }
 
-/// A stream id (`<ms>-<seq>`) as numbers, to compare ids.
-pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+/// A dead letter id as numbers, in the order the queue pages through them: a stream id
+/// (`<ms>-<seq>`), prefixed with its shard (`<shard>/<ms>-<seq>`) on a queue spread over
+/// several shards; ordered by stream id, then shard.
+pub(crate) fn parse_id(id: &str) -> Option<(u64, u64, u64)> {
+    let (shard, stream_id) = match id.split_once('/') {
+        Some((shard, rest)) => (shard.parse().ok()?, rest),
+        None => (0, id),
+    };
+    let (ms, seq) = stream_id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?, shard))
 }
 
 pub(crate) fn id_time(id: &str) -> Option<cacheback::clock::Timestamp> {
-    parse_id(id).map(|(ms, _)| cacheback::clock::Timestamp::from_millis(ms))
+    parse_id(id).map(|(ms, ..)| cacheback::clock::Timestamp::from_millis(ms))
 }
 
 fn check_id(id: &str) -> Result<(), Failed> {
     match parse_id(id) {
         Some(_) => Ok(()),
         None => Err(Failed::usage(format!(
-            "`{id}` is not a dead letter id (like 1700000000000-0)"
+            "`{id}` is not a dead letter id (like 1700000000000-0, or 3/1700000000000-0 on a \
+             queue spread over shards)"
         ))),
     }
 }
@@ -243,7 +250,7 @@ pub(crate) enum Which {
     /// These ids.
     Ids(Vec<String>),
     /// Those up to this id (the newest when the command started).
-    UpTo((u64, u64)),
+    UpTo((u64, u64, u64)),
 }
 
 /// The newest dead letter of `name` now, what `--all` goes up to (`None`: there are none).
@@ -398,6 +405,12 @@ mod tests {
         assert!(parse_id("10-0") > parse_id("9-5"));
         assert!(parse_id("9-10") > parse_id("9-9"));
         assert_eq!(parse_id("nope"), None);
+        // Shards: by stream id first, then shard.
+        assert!(parse_id("1/9-9") > parse_id("0/9-9"));
+        assert!(parse_id("0/10-0") > parse_id("7/9-9"));
+        assert_eq!(parse_id("3/9-9"), Some((9, 9, 3)));
+        assert_eq!(parse_id("x/9-9"), None);
+        assert!(check_id("2/1-0").is_ok());
         assert!(check_id("1-0").is_ok());
         assert_eq!(check_id("x").unwrap_err().code, crate::exit::USAGE);
     }

@@ -40,7 +40,8 @@ pub struct Cli {
 /// Where the fleet lives.
 #[derive(Debug, Clone, clap::Args)]
 struct Target {
-    /// The fleet's Redis (`redis://`, `rediss://`, `redis+unix:///path`).
+    /// The fleet's Redis (`redis://`, `rediss://`, `redis+unix:///path`,
+    /// `redis+cluster://host:port,host:port`).
     #[arg(
         long,
         global = true,
@@ -51,6 +52,11 @@ struct Target {
     /// The fleet's prefix (the clients' `.prefix(...)`).
     #[arg(long, global = true, env = "CACHEBACK_PREFIX", default_value = "")]
     prefix: String,
+    /// How many streams each queue of the fleet is spread over, when the fleet's queues set
+    /// it (`RedisQueueBuilder::shards`); default: the library's (1 on one Redis, 8 on a
+    /// Redis Cluster).
+    #[arg(long, global = true, env = "CACHEBACK_QUEUE_SHARDS")]
+    shards: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,9 +93,11 @@ impl Target {
     }
 
     fn queue(&self) -> Result<RedisQueue, Failed> {
-        Ok(RedisQueue::builder(&self.url)
-            .prefix(self.prefix()?)
-            .build()?)
+        let mut builder = RedisQueue::builder(&self.url).prefix(self.prefix()?);
+        if let Some(shards) = self.shards {
+            builder = builder.shards(shards);
+        }
+        Ok(builder.build()?)
     }
 
     fn store(&self) -> Result<RedisStore, Failed> {
@@ -106,12 +114,15 @@ impl Cli {
             Command::DeadLetters(command) => dead_letters::run(&self.target, command, json).await,
             Command::Entry(args) => entry::run(&self.target, args, json).await,
             Command::Top(args) => top::run(&self.target, args, json).await,
-            Command::Dashboard { listen, refresh } => match self.target.prefix() {
-                Ok(prefix) => {
-                    crate::dashboard::serve(&self.target.url, prefix, listen, refresh).await
+            Command::Dashboard { listen, refresh } => {
+                match (self.target.prefix(), self.target.queue()) {
+                    (Ok(prefix), Ok(queue)) => {
+                        let url = &self.target.url;
+                        crate::dashboard::serve(url, prefix, queue, listen, refresh).await
+                    }
+                    (Err(failed), _) | (_, Err(failed)) => Err(failed),
                 }
-                Err(failed) => Err(failed),
-            },
+            }
         })
     }
 }

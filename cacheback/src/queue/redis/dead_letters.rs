@@ -23,7 +23,10 @@ const JOB_FIELD: &str = "job";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisDeadLetter {
-    /// The dead letter's id in the dead-letter stream.
+    /// The dead letter's id: its id in the dead-letter stream, prefixed with its shard
+    /// (`<shard>/<stream id>`) when the queue is spread over several
+    /// ([`RedisQueueBuilder::shards`](super::RedisQueueBuilder::shards)). The inspection and
+    /// replay methods take it as they give it.
     pub id: String,
     /// Why it was dead-lettered.
     pub reason: String,
@@ -69,7 +72,7 @@ impl RedisQueue {
     /// The newest `count` dead letters of `queue` (of all its shards), newest first.
     pub async fn dead_letters(&self, queue: &str, count: usize) -> Result<Vec<RedisDeadLetter>> {
         let count = count.max(1);
-        let mut entries = Vec::new();
+        let mut letters = Vec::new();
         for shard in 0..self.inner.options.shards {
             let mut cmd = redis::cmd("XREVRANGE");
             cmd.arg(dead_key(self.prefix(), shard, queue))
@@ -83,15 +86,15 @@ impl RedisQueue {
                 .query(&cmd, "XREVRANGE")
                 .await
                 .map_err(Failure::into_queue)?;
-            entries.extend(entry_list(reply));
+            letters.extend(entry_list(reply).into_iter().map(|entry| (shard, entry)));
         }
         // Stream ids are `<ms>-<seq>`: newest first across shards.
-        entries.sort_by_key(|entry| std::cmp::Reverse(id_order(&entry.id)));
-        entries.truncate(count);
+        letters.sort_by_key(|(shard, entry)| std::cmp::Reverse((id_order(&entry.id), *shard)));
+        letters.truncate(count);
         let limit = self.inner.options.max_message_bytes;
-        Ok(entries
+        Ok(letters
             .into_iter()
-            .map(|entry| RedisDeadLetter::from_entry(entry, limit))
+            .map(|(shard, entry)| self.named(shard, RedisDeadLetter::from_entry(entry, limit)))
             .collect())
     }
 
@@ -122,7 +125,7 @@ impl RedisQueue {
 }
 
 /// A stream id (`<ms>-<seq>`) as numbers, for ordering ids of different streams.
-fn id_order(id: &str) -> (u64, u64) {
+pub(super) fn id_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
