@@ -411,3 +411,66 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
         "one message per key"
     );
 }
+
+/// A worker that receives a batch of requests reads their entries with one `MGET` (the check
+/// that a key was not written since its request), instead of one `GET` per refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_the_entries_of_a_batch_with_one_mget() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let queue = RedisQueue::builder(&server.url())
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let client = Cacheback::builder()
+        .prefix(unique_prefix("batch-read"))
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .queue(queue.clone())
+        .in_process_worker(false)
+        .build()
+        .unwrap();
+    let squares = client.job(job_fn(
+        "squares",
+        Policy::default().lifetime(Duration::from_secs(60)),
+        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
+    ));
+    const N: u64 = 64;
+    for n in 0..N {
+        assert!(squares.refresh_async(n).await.unwrap(), "key {n} enqueued");
+    }
+    let (gets, mgets) = (server.command_calls("get"), server.command_calls("mget"));
+    let worker = cacheback::Worker::builder(&client)
+        .options(
+            cacheback::WorkerOptions::default()
+                .concurrency(N as usize)
+                .batch(N as usize),
+        )
+        .build()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    // Waits with `XLEN` (not `GET`): the stream is empty once every request was acknowledged.
+    let drained = || {
+        let queue = queue.clone();
+        move || {
+            let queue = queue.clone();
+            async move { queue.len("default").await.unwrap() == 0 }
+        }
+    };
+    eventually("every request processed and acknowledged", WAIT, drained()).await;
+    stop.cancel();
+    assert_eq!(running.await.unwrap().processed, N);
+    // Each put-and-release script reads the claim and the entry (`GET`s inside the script);
+    // a refresh that read its entry alone would add one `GET` more (a batch of one does).
+    let own_gets = server.command_calls("get") - gets - 2 * N;
+    assert!(own_gets <= 4, "{own_gets} refreshes read their entry alone");
+    assert!(
+        server.command_calls("mget") > mgets,
+        "the batch was read with MGET"
+    );
+    for n in 0..N {
+        let peek = squares.peek(n).await.unwrap().expect("refreshed");
+        assert_eq!(peek.value.as_deref(), Some(&(n * n)));
+    }
+}

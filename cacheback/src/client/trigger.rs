@@ -10,7 +10,7 @@ use crate::client::QueueFallback;
 use crate::client::handle::{Args, JobHandle};
 use crate::client::hints::ClaimHints;
 use crate::clock::Timestamp;
-use crate::engine::refresh::{self, Claimed};
+use crate::engine::refresh::{self, Claimed, ReadBefore};
 use crate::error::{Chain, Error, Result};
 use crate::job::Job;
 use crate::key::Key;
@@ -339,14 +339,24 @@ impl<J: Job> JobHandle<J> {
                     key.digest(),
                 );
                 self.core().tasks.spawn(async move {
-                    refresh::refresh_claimed(&core, &job, args, digest, claimed).await;
+                    refresh::refresh_claimed(
+                        &core,
+                        &job,
+                        args,
+                        digest,
+                        claimed,
+                        ReadBefore::Unread,
+                    )
+                    .await;
                 });
                 Trigger::Started
             }
             QueueFallback::SyncRefresh => {
                 job.metrics.fallback_sync.increment(1);
                 warn!(error = %Chain(&error), "queue unavailable; refreshing before answering");
-                refresh::refresh_claimed(core, job, args.clone(), key.digest(), claimed).await;
+                let (args, digest) = (args.clone(), key.digest());
+                refresh::refresh_claimed(core, job, args, digest, claimed, ReadBefore::Unread)
+                    .await;
                 Trigger::Started
             }
             QueueFallback::Skip => {

@@ -22,11 +22,23 @@ use crate::queue::RefreshRequest;
 use crate::store::{ClaimToken, Put, PutCondition, PutOutcome, Release};
 use crate::tally::Count;
 
+/// The key's entry before a refresh, when the worker read it for the whole batch of requests
+/// it received (one store call instead of one per refresh).
+#[derive(Debug, Default)]
+pub(crate) enum ReadBefore {
+    /// Not read: the refresh reads the entry itself.
+    #[default]
+    Unread,
+    /// Read just before, while no refresh of the key ran in this process.
+    Read(Option<Entry>),
+}
+
 /// Turns a received request back into typed args and runs it (worker side).
 pub(crate) async fn process_request<J: Job>(
     core: Arc<Core>,
     job: Arc<JobEntry<J>>,
     request: RefreshRequest,
+    before: ReadBefore,
 ) -> Processed {
     // The requester encodes args with its codec and reads values with it: a worker that
     // would write values in another codec feeds it entries it cannot read, and every read
@@ -82,7 +94,7 @@ pub(crate) async fn process_request<J: Job>(
         generation: request.generation,
         prior_failures: request.prior_failures,
     };
-    Processed::Done(refresh_claimed(&core, &job, args, digest, claimed).await)
+    Processed::Done(refresh_claimed(&core, &job, args, digest, claimed, before).await)
 }
 
 /// What a refresh holds while it runs: the claim and the generation it may overwrite.
@@ -101,15 +113,23 @@ pub(crate) async fn refresh_claimed<J: Job>(
     args: J::Args,
     digest: u128,
     claimed: Claimed,
+    before: ReadBefore,
 ) -> RefreshOutcome {
     let key = Key::new(&core.prefix, &job.name, digest);
     let span = info_span!("cacheback.refresh", job = %job.name, key = %key);
     async move {
         // Another request for the key may be running here (its claim was lost and re-taken):
         // wait for it, and the check below skips this one once it has written.
-        let _running = core.running.enter(digest).await;
+        let running = core.running.enter(digest).await;
         // A backlog can hold requests for keys that were written since: don't redo their work.
-        let current = core.store.get(key).await;
+        // The worker's read of the batch stands in for this one unless a refresh of the key ran
+        // here meanwhile. (Should one have run and finished between that read and this point
+        // without this one waiting for it, the fetch below is spent for nothing: the write is
+        // conditional on the generation, so it is discarded, never stored twice.)
+        let current = match before {
+            ReadBefore::Read(entry) if !running.waited() => Ok(entry),
+            _ => core.store.get(key).await,
+        };
         if let Ok(Some(current)) = &current
             && current.tags.is_some()
         {

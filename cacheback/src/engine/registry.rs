@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use futures_util::future::BoxFuture;
 
 use crate::engine::Core;
+use crate::engine::refresh::ReadBefore;
 use crate::job::Job;
 use crate::observe::JobMetrics;
 use crate::policy::Policy;
@@ -69,6 +70,7 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
         self: Arc<Self>,
         core: Arc<Core>,
         request: RefreshRequest,
+        before: ReadBefore,
     ) -> BoxFuture<'static, Processed>;
 }
 
@@ -85,8 +87,11 @@ impl<J: Job> ErasedJob for JobEntry<J> {
         self: Arc<Self>,
         core: Arc<Core>,
         request: RefreshRequest,
+        before: ReadBefore,
     ) -> BoxFuture<'static, Processed> {
-        Box::pin(crate::engine::refresh::process_request(core, self, request))
+        Box::pin(crate::engine::refresh::process_request(
+            core, self, request, before,
+        ))
     }
 }
 

@@ -26,6 +26,14 @@ pub(crate) struct RunningGuard<'a> {
     digest: u128,
     lock: KeyLock,
     guard: Option<OwnedMutexGuard<()>>,
+    waited: bool,
+}
+
+impl RunningGuard<'_> {
+    /// Whether another refresh of the key ran here first (this one waited for it).
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl Running {
@@ -39,13 +47,22 @@ impl Running {
     /// Waits until no other refresh of `digest` runs in this process, then holds the key.
     pub(crate) async fn enter(&self, digest: u128) -> RunningGuard<'_> {
         let lock = Arc::clone(self.map().entry(digest).or_default());
-        let guard = Arc::clone(&lock).lock_owned().await;
+        let (guard, waited) = match Arc::clone(&lock).try_lock_owned() {
+            Ok(guard) => (guard, false),
+            Err(_) => (Arc::clone(&lock).lock_owned().await, true),
+        };
         RunningGuard {
             running: self,
             digest,
             lock,
             guard: Some(guard),
+            waited,
         }
+    }
+
+    /// Whether a refresh of `digest` runs (or waits to) in this process now.
+    pub(crate) fn is_running(&self, digest: u128) -> bool {
+        self.map().contains_key(&digest)
     }
 
     #[cfg(test)]
@@ -74,18 +91,18 @@ mod tests {
     async fn a_second_refresh_of_a_key_waits_for_the_first() {
         let running = Arc::new(Running::default());
         let first = running.enter(7).await;
+        assert!(!first.waited() && running.is_running(7) && !running.is_running(9));
         let other_key = running.enter(8).await;
         let waiter = {
             let running = Arc::clone(&running);
-            tokio::spawn(async move {
-                let _second = running.enter(7).await;
-            })
+            tokio::spawn(async move { running.enter(7).await.waited() })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the second refresh must wait");
         drop(first);
-        waiter.await.unwrap();
+        assert!(waiter.await.unwrap(), "and it says it waited");
         drop(other_key);
         assert_eq!(running.len(), 0, "no lock is left behind");
+        assert!(!running.is_running(7));
     }
 }

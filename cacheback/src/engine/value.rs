@@ -170,7 +170,7 @@ mod tests {
     use crate::LocalQueue;
     use crate::client::Cacheback;
     use crate::clock::{Clock, TestClock};
-    use crate::engine::refresh::{Claimed, refresh_claimed};
+    use crate::engine::refresh::{Claimed, ReadBefore, refresh_claimed};
     use crate::engine::registry::RefreshOutcome;
     use crate::observe::JobMetrics;
     use crate::policy::{Lifespan, Policy};
@@ -289,7 +289,8 @@ mod tests {
             generation: entry.meta.generation,
             prior_failures: 0,
         };
-        let outcome = refresh_claimed(&core, &entry_of_job, -1, digest, claimed).await;
+        let before = ReadBefore::Unread;
+        let outcome = refresh_claimed(&core, &entry_of_job, -1, digest, claimed, before).await;
         assert_eq!(outcome, RefreshOutcome::Failed);
         let after = core.store.get(key).await.unwrap().unwrap();
         assert_eq!(

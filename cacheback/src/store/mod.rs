@@ -272,15 +272,13 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
     fn get<'a>(&'a self, key: Key<'a>) -> BoxFuture<'a, Result<Option<Entry>>>;
 
     /// Reads the entries of several keys (tombstones included), in the order given: what
-    /// [`get`](Store::get) of each returns. Backends that can read many keys in one round trip
-    /// (a Redis `MGET`) override this; the default reads them one after the other.
+    /// [`get`](Store::get) of each returns (an error if any read fails). Backends that can
+    /// read many keys in one round trip (a Redis `MGET`) override this; the default reads
+    /// them concurrently.
     fn get_many<'a>(&'a self, keys: &'a [Key<'a>]) -> BoxFuture<'a, Result<Vec<Option<Entry>>>> {
         Box::pin(async move {
-            let mut entries = Vec::with_capacity(keys.len());
-            for &key in keys {
-                entries.push(self.get(key).await?);
-            }
-            Ok(entries)
+            let reads = futures_util::future::join_all(keys.iter().map(|&key| self.get(key)));
+            reads.await.into_iter().collect()
         })
     }
 

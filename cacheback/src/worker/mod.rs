@@ -20,8 +20,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Timestamp;
 use crate::engine::Core;
+use crate::engine::refresh::ReadBefore;
 use crate::engine::registry::Processed;
 use crate::error::{Chain, Error, Result};
+use crate::key::Key;
 use crate::observe::{Event, dead_letter_metric};
 use crate::queue::{Delivery, Queue};
 
@@ -419,7 +421,8 @@ impl Worker {
     ) -> bool {
         let permits = concurrency.permits();
         let mut first = Some(first);
-        for delivery in deliveries {
+        let befores = read_before(&self.core, &deliveries).await;
+        for (delivery, before) in deliveries.into_iter().zip(befores) {
             let permit = match first.take() {
                 Some(permit) => permit,
                 None => match Arc::clone(permits).try_acquire_owned() {
@@ -447,7 +450,7 @@ impl Worker {
             let (concurrency, spawned) = (Arc::clone(concurrency), tokio::time::Instant::now());
             running.spawn(async move {
                 concurrency.started_after(spawned.elapsed());
-                handle_delivery(&core, &*queue, &health, delivery, max_deliveries).await;
+                handle_delivery(&core, &*queue, &health, delivery, before, max_deliveries).await;
                 health.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
@@ -513,11 +516,42 @@ fn log_join(result: std::result::Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// The entries a batch of deliveries is for, read in one store call (one `MGET` on Redis) so
+/// that each refresh need not read its own before its fetch. With the in-process store (whose
+/// reads cost no round trip), a batch of one, or when the read fails, every refresh reads its
+/// entry itself; so does one whose key is being refreshed in this process already (it waits
+/// for that refresh, then reads what it wrote), and one that names no key of this prefix.
+async fn read_before(core: &Core, deliveries: &[Delivery]) -> Vec<ReadBefore> {
+    let mut befores: Vec<ReadBefore> = deliveries.iter().map(|_| ReadBefore::Unread).collect();
+    if core.memory.is_some() || deliveries.len() < 2 {
+        return befores;
+    }
+    let (places, keys): (Vec<usize>, Vec<Key<'_>>) = deliveries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, delivery)| {
+            let key = Key::parse(&delivery.message.as_ref().ok()?.key).ok()?;
+            let ours = key.prefix() == &*core.prefix;
+            (ours && !core.running.is_running(key.digest())).then_some((i, key))
+        })
+        .unzip();
+    if keys.len() < 2 {
+        return befores;
+    }
+    if let Ok(entries) = core.store.get_many(&keys).await {
+        for (i, entry) in places.into_iter().zip(entries) {
+            befores[i] = ReadBefore::Read(entry);
+        }
+    }
+    befores
+}
+
 async fn handle_delivery(
     core: &Arc<Core>,
     queue: &dyn Queue,
     health: &WorkerHealth,
     delivery: Delivery,
+    before: ReadBefore,
     max_deliveries: u32,
 ) {
     let request = match &delivery.message {
@@ -567,7 +601,7 @@ async fn handle_delivery(
         )
         .await;
     };
-    match job.process(Arc::clone(core), request.clone()).await {
+    match job.process(Arc::clone(core), request.clone(), before).await {
         Processed::Done(outcome) => {
             debug!(job = %request.job, ?outcome, "refresh processed");
             health.inner.processed.fetch_add(1, Ordering::Relaxed);
