@@ -140,7 +140,7 @@ fn memory_entries() -> Vec<Workload> {
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 11] {
+fn redis_entries() -> [Workload; 12] {
     [
         Workload {
             id: "W1",
@@ -201,6 +201,12 @@ fn redis_entries() -> [Workload; 11] {
             title: "batch read of 100 keys, Redis",
             needs: Needs::Redis,
             run: near::batch,
+        },
+        Workload {
+            id: "N2",
+            title: "batch read of 100 stale keys, Redis queue",
+            needs: Needs::Redis,
+            run: near::stale_batch,
         },
         Workload {
             id: "T1",

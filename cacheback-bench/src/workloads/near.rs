@@ -7,11 +7,14 @@
 //! longer serving its old copy, over many writes.
 //!
 //! N2: `get_many` of 100 fresh keys against 100 `get`s one after the other and 100 `get`s at
-//! once, on the same client: time per call and Redis commands per call.
+//! once, on the same client: time per call and Redis commands per call. Then 100 stale keys
+//! (past their lifetime by the client's clock), with a Redis queue: `get_many` against 100 `get`s at once, the time to
+//! answer, the time until their 100 refreshes are on the queue, and the Redis commands.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cacheback::clock::TestClock;
 use cacheback::{Cacheback, Job, JobHandle, NearCache, Policy};
 use futures_util::future::join_all;
 
@@ -193,6 +196,166 @@ pub(crate) fn batch(ctx: &Ctx) -> Result<Vec<Record>, String> {
         "get_many faster than 100 concurrent gets",
         report::times(at_once.median / many.median),
         many.median < at_once.median,
+    );
+    Ok(vec![r])
+}
+
+/// What triggering the refreshes of 100 stale keys cost one way of reading them: the read's
+/// time, the time until the 100 requests were on the queue, the commands Redis processed
+/// (those the claim script runs included) and the claim scripts run.
+struct StaleRound {
+    read_us: f64,
+    enqueued_us: f64,
+    commands: u64,
+    scripts: u64,
+}
+
+/// Writes 100 keys from `first` and lets them go stale (the client's clock moves on by their
+/// lifetime), then reads them with `read` and waits until their 100 refreshes are on the
+/// queue.
+async fn stale_round<F>(
+    (server, clock): (&cacheback_test_support::RedisServer, &TestClock),
+    squares: &JobHandle<Squares>,
+    queue: &cacheback::RedisQueue,
+    first: u64,
+    read: F,
+) -> Result<StaleRound, String>
+where
+    F: AsyncFnOnce(Vec<u64>) -> bool,
+{
+    let keys: Vec<u64> = (first..first + 100).collect();
+    for &n in &keys {
+        squares.set(n, n * n).await.map_err(|e| e.to_string())?;
+    }
+    clock.advance(Squares.policy().lifetime);
+    let expected = queue.enqueued() + 100;
+    let scripts = server.command_calls("evalsha");
+    let before = server.total_commands();
+    let t = Instant::now();
+    if !read(keys).await {
+        return Err("a read did not serve its stale value and ask for its refresh".to_owned());
+    }
+    let read_us = t.elapsed().as_secs_f64() * 1e6;
+    while queue.enqueued() < expected {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(format!(
+                "{} refreshes never enqueued",
+                expected - queue.enqueued()
+            ));
+        }
+        tokio::task::yield_now().await;
+    }
+    let enqueued_us = t.elapsed().as_secs_f64() * 1e6;
+    // Less the `INFO`s that counted first.
+    let commands = server.total_commands() - before - 1;
+    let scripts = server.command_calls("evalsha") - scripts;
+    Ok(StaleRound {
+        read_us,
+        enqueued_us,
+        commands,
+        scripts,
+    })
+}
+
+/// N2, stale keys: `get_many` of 100 stale keys against 100 stale `get`s at once, each with
+/// a Redis queue: the answer, the time until every refresh is enqueued, and the Redis commands.
+pub(crate) fn stale_batch(ctx: &Ctx) -> Result<Vec<Record>, String> {
+    let server = ctx.redis()?;
+    let url = server.url();
+    let rounds: u64 = ctx.scale.pick(50, 5);
+    let prefix = format!("n2s-{}", std::process::id());
+    let results = runtime().block_on(async {
+        let store = cacheback::RedisStore::from_url(&url).map_err(|e| e.to_string())?;
+        let queue = cacheback::RedisQueue::from_url(&url).map_err(|e| e.to_string())?;
+        let clock = TestClock::at(cacheback::clock::Timestamp::now());
+        let client = Cacheback::builder()
+            .prefix(prefix.as_str())
+            .clock(clock.clone())
+            .store(store)
+            .queue(queue.clone())
+            .in_process_worker(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let squares = client.job(Squares);
+        let at = (server, &clock);
+        let asked = |a: &cacheback::Result<cacheback::Lookup<u64>>| {
+            a.as_ref().is_ok_and(|a| a.refresh_triggered)
+        };
+        let mut many = Vec::new();
+        let mut singles = Vec::new();
+        for round in 0..rounds {
+            let first = round * 200;
+            many.push(
+                stale_round(at, &squares, &queue, first, async |keys: Vec<u64>| {
+                    squares.get_many(keys).await.iter().all(asked)
+                })
+                .await?,
+            );
+            singles.push(
+                stale_round(at, &squares, &queue, first + 100, async |keys: Vec<u64>| {
+                    let reads = keys.into_iter().map(|n| squares.get_with_status(n));
+                    join_all(reads).await.iter().all(asked)
+                })
+                .await?,
+            );
+        }
+        Ok::<_, String>((many, singles))
+    })?;
+    let (many, singles) = results;
+    let spread = |rounds: &[StaleRound], f: fn(&StaleRound) -> f64| {
+        Spread::of(&rounds.iter().map(f).collect::<Vec<_>>()).ok_or("no rounds")
+    };
+    // The median round (the first one also loads the claim script).
+    let most = |rounds: &[StaleRound], f: fn(&StaleRound) -> u64| {
+        let mut counts: Vec<u64> = rounds.iter().map(f).collect();
+        counts.sort_unstable();
+        counts.get(counts.len() / 2).copied().unwrap_or(0)
+    };
+    let (many_read, many_enqueued) = (
+        spread(&many, |r| r.read_us)?,
+        spread(&many, |r| r.enqueued_us)?,
+    );
+    let (single_read, single_enqueued) = (
+        spread(&singles, |r| r.read_us)?,
+        spread(&singles, |r| r.enqueued_us)?,
+    );
+    let (many_commands, single_commands) =
+        (most(&many, |r| r.commands), most(&singles, |r| r.commands));
+    let (many_scripts, single_scripts) =
+        (most(&many, |r| r.scripts), most(&singles, |r| r.scripts));
+    let mut r = Record::new(
+        "N2",
+        "batch read of 100 stale keys, Redis queue",
+        "cacheback",
+    )
+    .param("rounds", rounds)
+    .param("keys", 100);
+    r.figure("get_many_read_us", many_read.json());
+    r.figure("get_many_all_enqueued_us", many_enqueued.json());
+    r.figure("get_many_redis_commands", many_commands);
+    r.figure("get_many_claim_scripts", many_scripts);
+    r.figure("concurrent_gets_read_us", single_read.json());
+    r.figure("concurrent_gets_all_enqueued_us", single_enqueued.json());
+    r.figure("concurrent_gets_redis_commands", single_commands);
+    r.figure("concurrent_gets_claim_scripts", single_scripts);
+    r.summary = format!(
+        "get_many answers in {}, all 100 refreshes enqueued after {} ({many_scripts} claim \
+         script, {many_commands} Redis commands with the scripts' own); 100 gets at once answer \
+         in {}, enqueued after {} ({single_scripts} claim scripts, {single_commands} commands)",
+        report::micros(many_read.median),
+        report::micros(many_enqueued.median),
+        report::micros(single_read.median),
+        report::micros(single_enqueued.median),
+    );
+    r.check(
+        "one claim script for the 100 stale keys of a get_many",
+        many_scripts.to_string(),
+        many_scripts == 1,
+    );
+    r.check(
+        "every refresh enqueued sooner than with 100 gets at once",
+        report::times(single_enqueued.median / many_enqueued.median),
+        many_enqueued.median < single_enqueued.median,
     );
     Ok(vec![r])
 }

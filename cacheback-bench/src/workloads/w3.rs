@@ -172,7 +172,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             let queue = rt.block_on(async { ctx.brokers.queue(&url) })?;
             let (rate, took, enqueue_rate) =
                 rt.block_on(redis_end_to_end(&url, queue, &prefix, n, concurrency))?;
-            let r = record(
+            let mut r = record(
                 format!("{queue_name}, {n} keys, worker concurrency {concurrency}"),
                 n,
                 concurrency,
@@ -184,6 +184,22 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             )
             .param("store", "RedisStore")
             .param("queue", queue_name);
+            if concurrency == 64 {
+                // What Redis itself does at the same concurrency, in the same run.
+                let set_rate = rt.block_on(raw_sets(&url, &prefix, n, concurrency))?;
+                r.figure("raw_set_per_sec", stats::round3(set_rate));
+                r.figure("ratio_to_raw_set", stats::round3(rate / set_rate));
+                r.summary.push_str(&format!(
+                    "; redis-rs SET from {concurrency} tasks {} ({})",
+                    report::rate(set_rate),
+                    report::times(rate / set_rate)
+                ));
+                r.check(
+                    "≥ 0.5× redis-rs SET at the same concurrency",
+                    report::times(rate / set_rate),
+                    rate >= 0.5 * set_rate,
+                );
+            }
             records.push(r);
         }
     }
@@ -274,6 +290,38 @@ async fn redis_end_to_end(
     }
     client.shutdown(Duration::from_secs(5)).await;
     Ok((n as f64 / took.as_secs_f64(), took, enqueue_rate))
+}
+
+/// Raw redis-rs `SET` of `n` keys (values of the size of a refreshed entry) from `tasks`
+/// tasks on one `ConnectionManager`, the connection kind cacheback uses: SETs per second.
+#[cfg(feature = "redis")]
+async fn raw_sets(url: &str, prefix: &str, n: u64, tasks: usize) -> Result<f64, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let value = vec![b'x'; 96];
+    let start = Instant::now();
+    let workers: Vec<_> = (0..tasks as u64)
+        .map(|t| {
+            let (mut conn, value) = (conn.clone(), value.clone());
+            let prefix = format!("{prefix}:raw-set");
+            tokio::spawn(async move {
+                for key in (t..n).step_by(tasks) {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(format!("{prefix}:{key}")).arg(&value);
+                    cmd.query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.map_err(|e| e.to_string())??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// `refresh_async` of every key, from 64 tasks (as 64 request handlers would), each key's
