@@ -1,5 +1,6 @@
 //! Admin subcommands a service mounts in its own binary: inspect, warm, refresh, invalidate
-//! and delete a job's entries by job name and args given as JSON. The args are decoded into
+//! and delete a job's entries by job name and args given as JSON, and invalidate or delete
+//! every entry carrying a tag. The args are decoded into
 //! the registered job's own `Args` type and hashed by its own handle, so the key is exactly
 //! the one the fleet reads.
 
@@ -12,7 +13,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cacheback::{Job, JobHandle};
+use cacheback::{Cacheback, Job, JobHandle};
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -96,6 +97,21 @@ enum Action {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Marks every entry carrying a tag stale, of every job of the prefix, across the fleet
+    /// (still served; each refreshed on its next read).
+    InvalidateTag {
+        /// The tag (as the jobs' `tags` give it, e.g. `user:42`).
+        tag: String,
+    },
+    /// Makes every entry carrying a tag read as missing, of every job of the prefix, across
+    /// the fleet.
+    DeleteTag {
+        /// The tag.
+        tag: String,
+        /// Do it without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Refreshes the args listed in a file, one JSON value per line, with progress; Ctrl-C
     /// stops between keys and says how to resume.
     Warm {
@@ -127,13 +143,15 @@ trait AdminJob: Send + Sync {
 #[derive(Default)]
 pub struct Admin {
     jobs: BTreeMap<String, Arc<dyn AdminJob>>,
+    /// The client of the first job registered: tags act on its prefix.
+    client: Option<Cacheback>,
 }
 
 impl fmt::Debug for Admin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Admin")
             .field("jobs", &self.jobs.keys().collect::<Vec<_>>())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,7 +164,13 @@ impl Admin {
     /// Makes a job reachable by its name, through this handle (its client, prefix and
     /// policy: exactly what the service itself reads with).
     #[must_use]
+    ///
+    /// The tag commands act on the prefix of the first job's client (tags span every job of
+    /// a prefix).
     pub fn job<J: Job>(mut self, handle: &JobHandle<J>) -> Self {
+        if self.client.is_none() {
+            self.client = Some(handle.client().clone());
+        }
         self.jobs
             .insert(handle.name().to_owned(), Arc::new(Typed(handle.clone())));
         self
@@ -177,6 +201,8 @@ impl Admin {
             Action::Refresh { job, args } => self.find(&job)?.refresh(&args, json).await,
             Action::Invalidate { job, args } => self.find(&job)?.invalidate(&args, json).await,
             Action::Delete { job, args, yes } => self.find(&job)?.delete(&args, yes, json).await,
+            Action::InvalidateTag { tag } => self.tag(&tag, false, true, json).await,
+            Action::DeleteTag { tag, yes } => self.tag(&tag, true, yes, json).await,
             Action::Warm {
                 job,
                 file,
@@ -189,6 +215,38 @@ impl Admin {
                     .await
             }
         }
+    }
+
+    /// `invalidate_tag`, or with `delete` (after confirming) `delete_tag`, on the client's
+    /// prefix.
+    async fn tag(&self, tag: &str, delete: bool, yes: bool, json: bool) -> Outcome {
+        #[derive(Serialize)]
+        struct Done<'a> {
+            prefix: &'a str,
+            tag: &'a str,
+            done: &'a str,
+        }
+        let client = self.client.as_ref().ok_or_else(|| {
+            Failed::usage("no job is registered: tags act on the client of the jobs (Admin::job)")
+        })?;
+        let prefix = client.prefix();
+        let done = if delete {
+            confirm(
+                &format!("delete every entry tagged `{tag}` under prefix `{prefix}`"),
+                yes,
+            )?;
+            client.delete_tag(tag).await.map_err(tag_error)?;
+            "deleted"
+        } else {
+            client.invalidate_tag(tag).await.map_err(tag_error)?;
+            "invalidated"
+        };
+        if json {
+            print_json(&Done { prefix, tag, done })?;
+        } else {
+            println!("{done}: every entry tagged `{tag}` under prefix `{prefix}`");
+        }
+        Ok(OK)
     }
 
     fn find(&self, name: &str) -> Result<&Arc<dyn AdminJob>, Failed> {
@@ -236,6 +294,14 @@ impl<J: Job> Typed<J> {
             println!("{what}: {key}");
         }
         Ok(OK)
+    }
+}
+
+/// A tag command's error: a tag the library refuses is a bad command line.
+fn tag_error(error: cacheback::Error) -> Failed {
+    match error {
+        cacheback::Error::InvalidTag { message } => Failed::usage(message),
+        other => other.into(),
     }
 }
 

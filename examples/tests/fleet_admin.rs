@@ -140,6 +140,14 @@ async fn admin_commands_act_on_the_fleets_own_keys() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout.trim(), format!("deleted: {alice}"));
     assert_eq!(svc.admin(&["inspect", "user_tweets", "\"alice\""]).code, 3);
+
+    // Tag commands act on the prefix; deleting a tag asks first, like deleting an entry.
+    let run = svc.admin(&["delete-tag", "user:alice"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("--yes"), "{run:?}");
+    let done = svc.json(&["invalidate-tag", "user:alice"]);
+    assert_eq!(done["done"], "invalidated");
+    assert_eq!(done["prefix"], svc.prefix.as_str());
 }
 
 /// Reads a child's stderr lines into a channel.
