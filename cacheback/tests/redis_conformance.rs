@@ -206,36 +206,15 @@ async fn a_stale_burst_costs_one_claim_script() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let clock = TestClock::new();
-    let queue = RedisQueue::from_url(&server.url()).unwrap();
-    let client = Cacheback::builder()
-        .prefix(unique_prefix("burst"))
-        .clock(clock.clone())
-        .store(RedisStore::from_url(&server.url()).unwrap())
-        .queue(queue.clone())
-        .in_process_worker(false)
-        .build()
-        .unwrap();
-    let lifetime = Duration::from_secs(10);
-    let squares = client.job(job_fn(
-        "squares",
-        Policy::default().lifetime(lifetime),
-        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
-    ));
+    let (clock, queue, squares) = stale_squares(&server, "burst");
+    let lifetime = SQUARES_LIFETIME;
     squares.set(5, 0).await.unwrap();
     // Another stale key read once first, so Redis has loaded the claim script before the count.
     squares.set(50, 0).await.unwrap();
     clock.advance(lifetime);
     assert!(squares.get_with_status(50).await.unwrap().refresh_triggered);
     // A read never waits for the claim: it finishes in the background.
-    let queued = |n: u64| {
-        let queue = queue.clone();
-        move || {
-            let queue = queue.clone();
-            async move { queue.len("default").await.unwrap() == n }
-        }
-    };
-    eventually("the first key's refresh is enqueued", WAIT, queued(1)).await;
+    until_queued(&queue, 1, "the first key's refresh is enqueued").await;
     let claims_before = server.command_calls("evalsha");
     let reads = (0..64).map(|_| {
         let squares = squares.clone();
@@ -251,7 +230,7 @@ async fn a_stale_burst_costs_one_claim_script() {
         triggered += usize::from(read.refresh_triggered);
     }
     assert_eq!(triggered, 1, "exactly one reader asks for the refresh");
-    eventually("the burst's refresh is enqueued", WAIT, queued(2)).await;
+    until_queued(&queue, 2, "the burst's refresh is enqueued").await;
     assert_eq!(
         server.command_calls("evalsha") - claims_before,
         1,
@@ -333,22 +312,8 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let clock = TestClock::new();
-    let queue = RedisQueue::from_url(&server.url()).unwrap();
-    let client = Cacheback::builder()
-        .prefix(unique_prefix("many-stale"))
-        .clock(clock.clone())
-        .store(RedisStore::from_url(&server.url()).unwrap())
-        .queue(queue.clone())
-        .in_process_worker(false)
-        .build()
-        .unwrap();
-    let lifetime = Duration::from_secs(10);
-    let squares = client.job(job_fn(
-        "squares",
-        Policy::default().lifetime(lifetime),
-        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
-    ));
+    let (clock, queue, squares) = stale_squares(&server, "many-stale");
+    let lifetime = SQUARES_LIFETIME;
     for n in 0..=100u64 {
         squares.set(n, 0).await.unwrap();
     }
@@ -361,14 +326,7 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
             .unwrap()
             .refresh_triggered
     );
-    let queued = |n: u64| {
-        let queue = queue.clone();
-        move || {
-            let queue = queue.clone();
-            async move { queue.len("default").await.unwrap() == n }
-        }
-    };
-    eventually("the first key's refresh is enqueued", WAIT, queued(1)).await;
+    until_queued(&queue, 1, "the first key's refresh is enqueued").await;
     let before = |command: &str| server.command_calls(command);
     let (scripts, mgets, xadds) = (before("evalsha"), before("mget"), before("xadd"));
     let answers = squares.get_many(0..100u64).await;
@@ -384,7 +342,7 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
             "key {n}"
         );
     }
-    eventually("the batch's refreshes are enqueued", WAIT, queued(101)).await;
+    until_queued(&queue, 101, "the batch's refreshes are enqueued").await;
     assert_eq!(
         server.command_calls("evalsha") - scripts,
         1,
@@ -451,14 +409,7 @@ async fn a_worker_reads_the_entries_of_a_batch_with_one_mget() {
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
     // Waits with `XLEN` (not `GET`): the stream is empty once every request was acknowledged.
-    let drained = || {
-        let queue = queue.clone();
-        move || {
-            let queue = queue.clone();
-            async move { queue.len("default").await.unwrap() == 0 }
-        }
-    };
-    eventually("every request processed and acknowledged", WAIT, drained()).await;
+    until_queued(&queue, 0, "every request processed and acknowledged").await;
     stop.cancel();
     assert_eq!(running.await.unwrap().processed, N);
     // Each put-and-release script reads the claim and the entry (`GET`s inside the script);
@@ -473,4 +424,44 @@ async fn a_worker_reads_the_entries_of_a_batch_with_one_mget() {
         let peek = squares.peek(n).await.unwrap().expect("refreshed");
         assert_eq!(peek.value.as_deref(), Some(&(n * n)));
     }
+}
+
+/// How long the `squares` of [`stale_squares`] stay fresh.
+const SQUARES_LIFETIME: Duration = Duration::from_secs(10);
+
+/// A client on `server`'s store and queue with a test clock and no in-process worker, and its
+/// `squares` job: for tests that make keys stale and count what their reads cost Redis.
+fn stale_squares(
+    server: &RedisServer,
+    prefix: &str,
+) -> (
+    TestClock,
+    RedisQueue,
+    cacheback::JobHandle<impl cacheback::Job<Args = u64, Value = u64>>,
+) {
+    let clock = TestClock::new();
+    let queue = RedisQueue::from_url(&server.url()).unwrap();
+    let client = Cacheback::builder()
+        .prefix(unique_prefix(prefix))
+        .clock(clock.clone())
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .queue(queue.clone())
+        .in_process_worker(false)
+        .build()
+        .unwrap();
+    let squares = client.job(job_fn(
+        "squares",
+        Policy::default().lifetime(SQUARES_LIFETIME),
+        |n: u64| async move { Ok::<_, std::io::Error>(n * n) },
+    ));
+    (clock, queue, squares)
+}
+
+/// Waits until the `default` queue holds `n` requests (`XLEN`, no `GET`).
+async fn until_queued(queue: &RedisQueue, n: u64, what: &str) {
+    eventually(what, WAIT, || {
+        let queue = queue.clone();
+        async move { queue.len("default").await.unwrap() == n }
+    })
+    .await;
 }
