@@ -329,6 +329,7 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
     until_queued(&queue, 1, "the first key's refresh is enqueued").await;
     let before = |command: &str| server.command_calls(command);
     let (scripts, mgets, xadds) = (before("evalsha"), before("mget"), before("xadd"));
+    let stats_before = server.command_stats().unwrap();
     let answers = squares.get_many(0..100u64).await;
     for (n, answer) in answers.into_iter().enumerate() {
         let answer = answer.unwrap();
@@ -346,7 +347,8 @@ async fn a_batch_of_stale_keys_is_claimed_with_one_script() {
     assert_eq!(
         server.command_calls("evalsha") - scripts,
         1,
-        "one claim script for 100 keys"
+        "one claim script for 100 keys; commands before the batch: {stats_before:?}, after: {:?}",
+        server.command_stats().unwrap()
     );
     assert_eq!(
         server.command_calls("mget") - mgets,

@@ -309,6 +309,9 @@ impl<J: Job> JobHandle<J> {
                 job.metrics.enqueue_dropped.increment(1);
                 warn!(job = %job.name, "refresh queue is full; dropped the refresh (the next read retries)");
                 refresh::release(core, job, key, claimed.token, Release::Abandoned).await;
+                // Forgotten before the event: whoever sees the drop reported finds the next
+                // read free to try again.
+                self.forget_hint(key.digest());
                 core.emit(|| Event::EnqueueDropped {
                     job: Arc::clone(&job.name),
                     key: key.to_string(),

@@ -54,7 +54,7 @@ impl Recorded {
         }
     }
 
-    /// Requests the queue accepted.
+    /// Requests the queue accepted (counted when sent, so never behind what a worker saw).
     pub(super) fn enqueued(&self) -> u64 {
         self.enqueued.load(Ordering::SeqCst)
     }
@@ -99,16 +99,24 @@ impl Queue for Recorded {
         request: RefreshRequest,
     ) -> BoxFuture<'_, std::result::Result<(), EnqueueError>> {
         Box::pin(async move {
-            let result = if self.full.load(Ordering::SeqCst) {
-                Err(EnqueueError::Full)
-            } else {
-                self.inner.enqueue(request).await
-            };
+            if self.full.load(Ordering::SeqCst) {
+                self.refused_full.fetch_add(1, Ordering::SeqCst);
+                return Err(EnqueueError::Full);
+            }
+            // Counted before it is sent: a worker may receive the request (and a test see it
+            // handled) before the reply to the enqueue comes back.
+            self.enqueued.fetch_add(1, Ordering::SeqCst);
+            let result = self.inner.enqueue(request).await;
             match &result {
-                Ok(()) => self.enqueued.fetch_add(1, Ordering::SeqCst),
-                Err(EnqueueError::Full) => self.refused_full.fetch_add(1, Ordering::SeqCst),
-                Err(_) => 0,
-            };
+                Ok(()) => {}
+                Err(EnqueueError::Full) => {
+                    self.enqueued.fetch_sub(1, Ordering::SeqCst);
+                    self.refused_full.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => {
+                    self.enqueued.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
             result
         })
     }
