@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "jitter",
     "queue",
     "schema_version",
+    "tags",
     "client",
 ];
 
@@ -44,6 +45,17 @@ pub(crate) struct Args {
     pub(crate) fetch_on_miss: Option<bool>,
     /// The client expression; by default the global client.
     pub(crate) client: Option<Expr>,
+    /// How the job tags its values; by default it does not.
+    pub(crate) tags: Option<TagsArg>,
+}
+
+/// The two forms of `tags = ...`.
+pub(crate) enum TagsArg {
+    /// `tags = ["user:{user}", "users"]`: format strings over the key arguments.
+    Formats(Vec<LitStr>),
+    /// `tags = order_tags`: a fn (or a closure that captures nothing) given the key arguments
+    /// and the value by reference, returning `cacheback::Tags`.
+    Function(Expr),
 }
 
 /// One `key = value` pair, before its value is checked.
@@ -118,6 +130,7 @@ impl Args {
                     .push(quote_spanned!(value.span()=> .#setter(#flag)));
             }
             "client" => self.client = Some(value),
+            "tags" => self.tags = Some(tags(value)?),
             _ => {
                 let call = policy_setter(key, key_text, &setter, &value)?;
                 self.policy.push(call);
@@ -313,7 +326,139 @@ fn check_job_name(name: &LitStr) -> syn::Result<()> {
     }
 }
 
+/// The longest tag and the most tags per entry, as the core crate's `Tags` checks them.
+const MAX_TAG_LEN: usize = 128;
+const MAX_TAGS_PER_ENTRY: usize = 32;
+
+/// `tags = [...]` (each a string literal, checked as far as it can be before the arguments are
+/// known) or any other expression, taken as the tag function.
+fn tags(value: Expr) -> syn::Result<TagsArg> {
+    let Expr::Array(array) = value else {
+        return Ok(TagsArg::Function(value));
+    };
+    if array.elems.len() > MAX_TAGS_PER_ENTRY {
+        return Err(syn::Error::new_spanned(
+            &array,
+            format!(
+                "{} tags; an entry carries at most {MAX_TAGS_PER_ENTRY}",
+                array.elems.len()
+            ),
+        ));
+    }
+    let mut formats = Vec::with_capacity(array.elems.len());
+    let mut errors: Option<syn::Error> = None;
+    for elem in &array.elems {
+        let checked = string("tags", elem).and_then(|lit| {
+            check_tag_format(&lit)?;
+            Ok(lit)
+        });
+        match checked {
+            Ok(lit) => formats.push(lit),
+            Err(error) => match &mut errors {
+                Some(all) => all.combine(error),
+                None => errors = Some(error),
+            },
+        }
+    }
+    match errors {
+        Some(errors) => Err(errors),
+        None if formats.is_empty() => Err(syn::Error::new_spanned(
+            &array,
+            "`tags = []` tags nothing; leave `tags` out instead",
+        )),
+        None => Ok(TagsArg::Formats(formats)),
+    }
+}
+
+/// What can be checked of a tag's format string before its arguments are known: the text
+/// around the `{...}` placeholders is printable ASCII without `{`/`}` of its own (the
+/// placeholders' values are checked when a value is written), and without placeholders the tag
+/// is no longer than a tag may be.
+fn check_tag_format(lit: &LitStr) -> syn::Result<()> {
+    let text = lit.value();
+    let fixed = fixed_text(&text);
+    let problem = if text.is_empty() {
+        Some("is empty".to_owned())
+    } else if fixed.chars().any(|c| !c.is_ascii_graphic()) {
+        Some("must be printable ASCII without whitespace".to_owned())
+    } else if fixed.contains(['{', '}']) {
+        Some(
+            "must not contain `{` or `}` (Redis Cluster reads them as a hash tag); `{{` in a \
+             format string is a literal `{`"
+                .to_owned(),
+        )
+    } else if !text.contains('{') && text.len() > MAX_TAG_LEN {
+        Some(format!(
+            "is {} bytes long; the limit is {MAX_TAG_LEN}",
+            text.len()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(syn::Error::new(
+            lit.span(),
+            format!("the tag {text:?} {problem}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The text a format string writes around its placeholders: `"user:{id}"` gives `"user:"`,
+/// `"{{x}}"` gives `"{x}"`.
+fn fixed_text(format: &str) -> String {
+    let mut fixed = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                fixed.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                fixed.push('}');
+            }
+            '{' => {
+                for inner in chars.by_ref() {
+                    if inner == '}' {
+                        break;
+                    }
+                }
+            }
+            c => fixed.push(c),
+        }
+    }
+    fixed
+}
+
 /// The default for `client = ...`: the process-wide client.
 pub(crate) fn default_client() -> TokenStream {
     quote!(::cacheback::__private::global())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fixed_text_of_a_format_string_leaves_out_its_placeholders() {
+        assert_eq!(fixed_text("user:{id}"), "user:");
+        assert_eq!(fixed_text("{a}:{b:>4}:c"), "::c");
+        assert_eq!(fixed_text("{{x}}"), "{x}");
+        assert_eq!(fixed_text("plain"), "plain");
+        assert_eq!(fixed_text("{unclosed"), "");
+    }
+
+    #[test]
+    fn tag_formats_are_checked_as_far_as_they_can_be() {
+        let check = |text: &str| check_tag_format(&LitStr::new(text, Span::call_site()));
+        assert!(check("user:{id}").is_ok());
+        assert!(check("page:{user}:{page}").is_ok());
+        // A placeholder may make a long tag short, or a short one too long: checked at write.
+        assert!(check(&format!("{{id}}{}", "x".repeat(200))).is_ok());
+        for bad in ["", "user {id}", "é:{id}", "{{id}}", &"x".repeat(129)] {
+            assert!(check(bad).is_err(), "{bad:?} is accepted");
+        }
+    }
 }

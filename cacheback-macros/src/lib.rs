@@ -130,6 +130,7 @@ use proc_macro::TokenStream;
 /// | `jitter` | `jitter = 0.1` | 0 | shorten each lifetime by up to this fraction (0.0 to 1.0) to spread expiries |
 /// | `queue` | `queue = "reports"` | `"default"` | the queue this job's refreshes go to |
 /// | `schema_version` | `schema_version = 2` | 0 | bump it when the value's encoding changes; older entries read as misses |
+/// | `tags` | `tags = ["user:{user}"]` | none | the tags of each value, for `invalidate_tag` and `delete_tag` (see [Tags](#tags)) |
 /// | `client` | `client = crate::cache()` | the global client | the `Cacheback` client to register with: any expression of type `Cacheback`, `&Cacheback`, `&'static Cacheback` or `Arc<Cacheback>`, evaluated once, on the first call |
 ///
 /// These map one to one onto `cacheback::Policy`, whose docs describe them in full. The global
@@ -153,6 +154,34 @@ use proc_macro::TokenStream;
 /// Workers find the job by name: a worker process must register the same job with its client,
 /// which calling `exchange_rate::job()` once at start-up does (`init` for a fn with
 /// dependencies).
+///
+/// # Tags
+///
+/// `tags = ...` gives each value its tags, so that `invalidate_tag` and `delete_tag` on the
+/// client reach every entry about one thing at once. Two forms:
+///
+/// ```text
+/// // Format strings over the key arguments, each a `format!` that sees them by name:
+/// #[cacheback(tags = ["user:{user}", "orders"])]
+/// async fn orders_page(user: u64, page: u32) -> Result<Vec<Order>, DbError> { ... }
+///
+/// // A fn (or a closure that captures nothing) given each key argument and the value by
+/// // reference, returning `cacheback::Tags`; for tags that depend on the value:
+/// fn order_tags(id: &u64, order: &Order) -> cacheback::Tags {
+///     cacheback::Tags::new().with(format!("order:{id}")).with(format!("customer:{}", order.customer))
+/// }
+/// #[cacheback(tags = order_tags)]
+/// async fn order(id: u64) -> Result<Order, DbError> { ... }
+///
+/// // Every page of user 42, and every order of customer 7, served stale and refreshed once:
+/// orders_page::job().client().invalidate_tag("user:42").await?;
+/// order::job().client().invalidate_tag("customer:7").await?;
+/// ```
+///
+/// A tag is printable ASCII without whitespace, `{` or `}`, at most 128 bytes; an entry has at
+/// most 32. The literal text of each format string is checked while your crate compiles; a
+/// tag that turns out invalid once its arguments are filled in is refused when the value is
+/// written (that value is not cached, and the read that fetched it says so).
 ///
 /// # Requirements
 ///

@@ -475,3 +475,87 @@ async fn dependencies_anywhere_leave_the_other_arguments_as_the_key() {
     assert_eq!(*handle.refresh(()).await.unwrap(), "db");
     assert_eq!(*pool_name().await.unwrap().unwrap(), "db");
 }
+
+// --- tags = ...: from format strings over the key arguments, or from a fn. ---
+
+static TAGGED_FETCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// One page of a user's orders, tagged with the user (format strings see the key arguments).
+#[cacheback(client = client_without_worker(), tags = ["user:{user}", "orders", "page:{user}:{page}"])]
+async fn orders_page(user: u64, page: u32) -> Vec<String> {
+    TAGGED_FETCHES.fetch_add(1, Ordering::SeqCst);
+    vec![format!("order of {user} on page {page}")]
+}
+
+/// An order, tagged from its value (a closure that captures nothing is given the key argument
+/// and the value by reference).
+#[cacheback(
+    client = client_without_worker(),
+    tags = |id, order| cacheback::Tags::new().with(format!("order:{id}")).with(format!("customer:{}", order.1))
+)]
+async fn order(id: u64) -> (String, u64) {
+    (format!("order {id}"), id % 2)
+}
+
+/// The same, with a named fn.
+fn invoice_tags(id: &u64, total: &u64) -> cacheback::Tags {
+    cacheback::Tags::new().with(format!("invoice:{id}:{}", total / 100))
+}
+
+#[cacheback(client = client_without_worker(), tags = invoice_tags)]
+async fn invoice(id: u64) -> u64 {
+    id * 150
+}
+
+#[tokio::test(start_paused = true)]
+async fn tags_from_format_strings_and_fns_reach_the_entries() {
+    use cacheback::Job as _;
+
+    let job = orders_page::job();
+    assert_eq!(
+        job.job().tags(&(7, 2), &vec![]).iter().collect::<Vec<_>>(),
+        ["user:7", "orders", "page:7:2"]
+    );
+    orders_page(7, 1).await.unwrap();
+    orders_page(7, 2).await.unwrap();
+    orders_page(8, 1).await.unwrap();
+    assert_eq!(TAGGED_FETCHES.load(Ordering::SeqCst), 3);
+    // Every page of user 7, and nothing else, is gone at once.
+    job.client().delete_tag("user:7").await.unwrap();
+    for (user, page, kept) in [(7, 1, false), (7, 2, false), (8, 1, true)] {
+        let peeked = job.peek((user, page)).await.unwrap();
+        assert_eq!(peeked.is_some(), kept, "user {user} page {page}");
+    }
+    orders_page(7, 1).await.unwrap();
+    assert_eq!(TAGGED_FETCHES.load(Ordering::SeqCst), 4);
+
+    let order_job = order::job();
+    assert_eq!(
+        order_job
+            .job()
+            .tags(&3, &("order 3".to_owned(), 1))
+            .iter()
+            .collect::<Vec<_>>(),
+        ["order:3", "customer:1"]
+    );
+    order(3).await.unwrap();
+    order(4).await.unwrap();
+    order_job
+        .client()
+        .invalidate_tag("customer:1")
+        .await
+        .unwrap();
+    let stale = order_job.get_with_status(3).await.unwrap();
+    assert_eq!(stale.status, Status::Stale, "order 3 is customer 1's");
+    let fresh = order_job.get_with_status(4).await.unwrap();
+    assert_eq!(fresh.status, Status::Hit, "order 4 is customer 0's");
+
+    assert_eq!(
+        invoice::job()
+            .job()
+            .tags(&2, &300)
+            .iter()
+            .collect::<Vec<_>>(),
+        ["invoice:2:3"]
+    );
+}

@@ -6,12 +6,13 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
 use syn::{Attribute, Block, Ident, ItemFn, Signature, Token, Type, TypeTuple, Visibility};
 
 mod registration;
 
 use super::{Output, Param};
-use crate::args::Args;
+use crate::args::{Args, TagsArg};
 use registration::{register, registration_by_init, registration_on_first_use};
 
 /// What every generated item refers to: the fn's names, the names derived from them, and its
@@ -193,6 +194,7 @@ fn job_impl(
         }
     };
     let policy = &args.policy;
+    let tags_method = args.tags.as_ref().map(|tags| tags_method(cx, tags));
     let Context { job_type, cfgs, .. } = cx;
     let job_impl = quote! {
         #(#cfgs)*
@@ -210,9 +212,47 @@ fn job_impl(
             }
 
             #fetch_method
+
+            #tags_method
         }
     };
     (value, job_impl)
+}
+
+/// The job's `tags` method, from `tags = [...]` (format strings that see the key arguments by
+/// name, as references) or `tags = f` (called with each key argument and the value, by
+/// reference; given the type of a fn pointer so that a closure's parameters need no types).
+fn tags_method(cx: &Context<'_>, tags: &TagsArg) -> TokenStream {
+    let args_value = cx.args_value();
+    let body = match tags {
+        TagsArg::Formats(formats) => quote! {
+            ::cacheback::Tags::new() #(.with(::std::format!(#formats)))*
+        },
+        TagsArg::Function(function) => {
+            let key_types = cx.keys.iter().map(|p| &p.ty);
+            let key_names = &cx.key_names;
+            let typed = quote_spanned! {function.span()=>
+                let __cacheback_tags: fn(#(&#key_types,)* &Self::Value) -> ::cacheback::Tags =
+                    #function;
+            };
+            quote! {
+                #typed
+                __cacheback_tags(#(#key_names,)* __cacheback_value)
+            }
+        }
+    };
+    // Parameter names no key argument can shadow.
+    quote! {
+        #[allow(unused_variables)]
+        fn tags(
+            &self,
+            __cacheback_args: &Self::Args,
+            __cacheback_value: &Self::Value,
+        ) -> ::cacheback::Tags {
+            let #args_value = __cacheback_args;
+            #body
+        }
+    }
 }
 
 /// The job's `Args`: the key arguments' types, as a tuple unless there is exactly one. One key
