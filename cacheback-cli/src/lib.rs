@@ -11,14 +11,16 @@
 //!   | `cacheback queues [QUEUE...]` | depth, oldest request's age, dead letters; each consumer group's pending and lag; each consumer's pending and idle time |
 //!   | `cacheback dead-letters list QUEUE` | the newest dead letters: id, age, attempt, job, reason |
 //!   | `cacheback dead-letters show QUEUE ID` | one dead letter: reason, attempt, the decoded request and the raw payload |
-//!   | `cacheback dead-letters replay QUEUE (ID... \| --all) [--yes]` | puts them back on the queue as new requests, removes them |
-//!   | `cacheback dead-letters purge QUEUE (ID... \| --all) [--yes]` | deletes them |
+//!   | `cacheback dead-letters replay QUEUE (ID... \| --all) [--rate N] [--yes]` | puts them back on the queue as new requests, removes them |
+//!   | `cacheback dead-letters purge QUEUE (ID... \| --all) [--rate N] [--yes]` | deletes them |
 //!   | `cacheback entry KEY` | an entry by its raw key: windows, age, generation, size, claim holder, failures, retry-after |
 //!
 //!   Tables by default, `--json` for scripts. Commands that write ask for confirmation on a
 //!   terminal and refuse without `--yes` elsewhere. `--all` shows a progress bar with rate and
 //!   ETA on a terminal (plain lines every second otherwise), stops cleanly on Ctrl-C with a
-//!   summary, and goes on where it stopped when run again.
+//!   summary, and goes on where it stopped when run again. `--rate N` replays or purges at
+//!   most N dead letters a second, so that replaying 50,000 does not hand the workers 50,000
+//!   refreshes at once.
 //!
 //! - **Admin subcommands a service mounts** in its own binary ([`AdminCommand`], [`Admin`]):
 //!   `inspect`, `refresh`, `invalidate`, `delete` and `warm` an entry by job name and args

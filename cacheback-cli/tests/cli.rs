@@ -4,9 +4,13 @@
 
 mod support;
 
+use std::process::Stdio;
+
 use cacheback_test_support::process::wait_for;
 use serde_json::Value;
-use support::{Fleet, Profile, Report, WITHIN, row};
+use support::{
+    Fleet, Killed, Profile, Report, Run, WITHIN, ctrl_c, exit_code, lines, next_line, row,
+};
 
 #[test]
 fn child_process() {
@@ -255,4 +259,208 @@ fn dead_letters_are_listed_shown_replayed_and_purged() {
     );
     let run = fleet.cli(&["dead-letters", "list", "default"]);
     assert!(run.stdout.contains("no dead letters"), "{run:?}");
+}
+
+/// `count` dead letters in queue `default` (reads of reports, a job the old workers do not
+/// know), and no worker left running: what is put back on the queue stays there, countable.
+fn dead_letters_and_no_worker(fleet: &Fleet, count: u64) {
+    let mut old = fleet.worker("worker");
+    let reports: Vec<String> = (1..=count).map(|n| n.to_string()).collect();
+    assert_eq!(fleet.web("", &reports.join(",")), count);
+    wait_for("every report dead-lettered", WITHIN, || {
+        fleet.depth_and_dead_letters() == (0, count)
+    });
+    old.kill();
+}
+
+/// Runs `cacheback ARGS` with no terminal, presses Ctrl-C (SIGINT) once it printed its first
+/// progress line, and returns what it printed (stderr from that line on) and its exit code.
+fn ctrl_c_at_the_first_progress_line(fleet: &Fleet, args: &[&str]) -> Run {
+    let mut child = Killed(
+        fleet
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cacheback"),
+    );
+    let stderr = lines(child.0.stderr.take().unwrap());
+    let stdout = lines(child.0.stdout.take().unwrap());
+    let progress = next_line(&stderr, "progress line", |l| l.contains(" ("));
+    ctrl_c(&child.0);
+    let code = exit_code(&mut child.0);
+    let collect = |lines: std::sync::mpsc::Receiver<String>| {
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+    };
+    Run {
+        code,
+        stdout: collect(stdout),
+        stderr: format!("{progress}\n{}", collect(stderr)),
+    }
+}
+
+/// The number after `verb ` at the start of a summary: `replayed 12 of 40 ...` gives 12.
+fn done_of(summary: &str, verb: &str) -> u64 {
+    summary
+        .strip_prefix(&format!("{verb} "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{verb} N` in {summary:?}"))
+}
+
+/// What an interrupted `--all` printed: a progress line, exit 130, a summary with how many were
+/// done and how to go on. Returns how many were done.
+fn check_interrupted(run: &Run, verb: &str, total: u64) -> u64 {
+    let progress = run.stderr.lines().next().unwrap_or_default();
+    assert!(
+        progress.starts_with(&format!("{verb} ")) && progress.contains(&format!("/{total} (")),
+        "a plain progress line: {run:?}"
+    );
+    assert!(progress.contains("/s, ETA "), "{run:?}");
+    assert_eq!(run.code, 130, "{run:?}");
+    let done = done_of(&run.stdout, verb);
+    assert!(
+        (1..total).contains(&done),
+        "stopped between two dead letters: {run:?}"
+    );
+    assert_eq!(
+        run.stdout.trim_end(),
+        format!(
+            "{verb} {done} of {total} dead letter(s) of queue `default`; interrupted by Ctrl-C: \
+             run the same command again to go on"
+        ),
+        "{run:?}"
+    );
+    done
+}
+
+#[test]
+fn replay_all_stops_on_ctrl_c_between_two_letters_and_goes_on_when_run_again() {
+    let Some(fleet) = Fleet::start("cli-replay-ctrl-c") else {
+        return;
+    };
+    const TOTAL: u64 = 40;
+    dead_letters_and_no_worker(&fleet, TOTAL);
+
+    // 40 dead letters at 10 a second take 4 s; at the first progress line (after 1 s), Ctrl-C.
+    let replay = ["dead-letters", "replay", "default", "--all", "--yes"];
+    let run = ctrl_c_at_the_first_progress_line(&fleet, &[&replay[..], &["--rate", "10"]].concat());
+    let done = check_interrupted(&run, "replayed", TOTAL);
+    // Nothing lost, nothing twice: each replayed dead letter is one request on the queue, the
+    // others are still dead letters.
+    assert_eq!(fleet.depth_and_dead_letters(), (done, TOTAL - done));
+
+    // The same command again replays the rest, and only the rest.
+    let rest = fleet.json(&replay);
+    assert_eq!(rest["done"], TOTAL - done, "{rest}");
+    assert_eq!(rest["not_found"], 0, "{rest}");
+    assert_eq!(rest["interrupted"], false, "{rest}");
+    assert_eq!(fleet.depth_and_dead_letters(), (TOTAL, 0));
+
+    // Workers that know `report` run every replayed refresh: none fails, each report is
+    // written.
+    let _new = fleet.worker("worker-v2");
+    wait_for("the replayed refreshes run", WITHIN, || {
+        fleet.depth_and_dead_letters() == (0, 0)
+    });
+    for n in [1, 20, 40] {
+        let key = fleet.key(Report, &n);
+        wait_for("the report is written", WITHIN, || {
+            fleet.cli(&["entry", &key]).code == 0
+        });
+    }
+}
+
+#[test]
+fn purge_all_stops_on_ctrl_c_between_two_batches_and_goes_on_when_run_again() {
+    let Some(fleet) = Fleet::start("cli-purge-ctrl-c") else {
+        return;
+    };
+    const TOTAL: u64 = 60;
+    dead_letters_and_no_worker(&fleet, TOTAL);
+
+    // 60 at 20 a second (in batches of 2) take 3 s; at the first progress line, Ctrl-C.
+    let purge = ["dead-letters", "purge", "default", "--all", "--yes"];
+    let run = ctrl_c_at_the_first_progress_line(&fleet, &[&purge[..], &["--rate", "20"]].concat());
+    let done = check_interrupted(&run, "purged", TOTAL);
+    assert_eq!(done % 2, 0, "whole batches of 2: {run:?}");
+    // The purged are gone, the others still there, nothing was put back on the queue.
+    assert_eq!(fleet.depth_and_dead_letters(), (0, TOTAL - done));
+
+    let rest = fleet.json(&purge);
+    assert_eq!(rest["done"], TOTAL - done, "{rest}");
+    assert_eq!(rest["not_found"], 0, "{rest}");
+    assert_eq!(rest["interrupted"], false, "{rest}");
+    assert_eq!(fleet.depth_and_dead_letters(), (0, 0));
+
+    // A rate must be a positive number of dead letters a second.
+    let run = fleet.cli(&[&purge[..], &["--rate", "0"]].concat());
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn top_prints_a_screen_per_interval_showing_what_changed_and_stops_on_ctrl_c() {
+    let Some(fleet) = Fleet::start("cli-top-screens") else {
+        return;
+    };
+    assert_eq!(fleet.web("ann,bob,cid", ""), 3);
+
+    // Without a terminal: plain screens one after the other, no escape codes. After the
+    // first, two more requests wait; the screens after it show them.
+    let mut top = Killed(
+        fleet
+            .command(&["top", "--iterations", "3", "--interval", "0.5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cacheback top"),
+    );
+    let screens = lines(top.0.stdout.take().unwrap());
+    let first = next_line(&screens, "the queue on the first screen", |l| {
+        l.starts_with("default ")
+    });
+    assert_eq!(first.split_whitespace().nth(1), Some("3"), "{first}");
+    assert_eq!(fleet.read_here(&["dan", "eve"]), 2);
+    assert_eq!(exit_code(&mut top.0), 0);
+    let rest: String = screens.iter().map(|l| format!("{l}\n")).collect();
+    assert!(!rest.contains('\x1b'), "no escape codes: {rest:?}");
+    let after: Vec<&str> = rest.split("cacheback top  prefix").skip(1).collect();
+    assert_eq!(after.len(), 2, "three screens in all: {first}\n{rest}");
+    let depth = |screen: &str| row(screen, "default")[1].to_owned();
+    assert_eq!(depth(after[1]), "5", "the last screen: {rest}");
+
+    // --json: one document per line, one line per screen.
+    let mut top = Killed(
+        fleet
+            .command(&["top", "--iterations", "3", "--interval", "0.5", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cacheback top --json"),
+    );
+    let screens = lines(top.0.stdout.take().unwrap());
+    let first = next_line(&screens, "the first screen", |_| true);
+    assert_eq!(fleet.read_here(&["fay", "gus"]), 2);
+    assert_eq!(exit_code(&mut top.0), 0);
+    let all: Vec<Value> = std::iter::once(first)
+        .chain(screens.iter())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0]["queues"][0]["depth"], 5, "{all:?}");
+    assert_eq!(all[2]["queues"][0]["depth"], 7, "{all:?}");
+    let times: Vec<&str> = all.iter().map(|s| s["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|t| t[0] < t[1]), "{times:?}");
+
+    // Ctrl-C while `top` waits an hour for its next screen ends it at once.
+    let mut top = Killed(
+        fleet
+            .command(&["top", "--interval", "3600", "--json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cacheback top --interval 3600"),
+    );
+    let screens = lines(top.0.stdout.take().unwrap());
+    next_line(&screens, "the first screen", |_| true);
+    ctrl_c(&top.0);
+    assert_eq!(exit_code(&mut top.0), 0);
+    assert_eq!(screens.iter().count(), 0, "no second screen");
 }

@@ -1,7 +1,9 @@
 //! `cacheback dashboard` loaded in a real headless Chromium (driven over WebDriver by
 //! fantoccini) while a real fleet runs: the page shows the live queue depth and the fleet's
-//! published counts, a dead letter appears, and its Replay button replays it. Skips loudly
-//! without `chromium` and `chromedriver`, unless `CACHEBACK_REQUIRE_CHROMIUM=1`.
+//! published counts, a dead letter appears, and its Replay button replays it; then "Replay
+//! all" puts several back on the queue, and "Purge all" deletes several. One test, so one
+//! Redis and one chromedriver per run. Skips loudly without `chromium` and `chromedriver`,
+//! unless `CACHEBACK_REQUIRE_CHROMIUM=1`.
 //!
 //! `CACHEBACK_DASHBOARD_SCREENSHOT=path` also saves a screenshot of the page there (the
 //! README's `docs/dashboard.png`).
@@ -10,25 +12,15 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use support::{Fleet, WITHIN};
+use support::{Fleet, Killed, WITHIN};
 
 #[test]
 fn child_process() {
     support::child_main();
-}
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -123,6 +115,63 @@ async fn text(browser: &Client, css: &str) -> String {
     }
 }
 
+/// Clicks the button at `css` and returns the notice of the page the form's post redirects to.
+async fn click(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+        .click()
+        .await
+        .unwrap();
+    let notice = browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css("#notice"))
+        .await
+        .unwrap_or_else(|e| panic!("no notice after clicking `{css}`: {e}"));
+    notice.text().await.unwrap()
+}
+
+/// Clicks the button at `css`, which asks first: checks the question, leaves once with "no"
+/// (nothing done), then clicks it again and answers "yes"; returns the notice of the page the
+/// confirmed post redirects to.
+async fn click_confirmed(browser: &Client, css: &str, question: &str) -> String {
+    let ask = || async {
+        browser
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+            .click()
+            .await
+            .unwrap();
+        let asked = browser
+            .wait()
+            .at_most(WITHIN)
+            .for_element(Locator::Css("#question"))
+            .await
+            .unwrap_or_else(|e| panic!("no question after clicking `{css}`: {e}"));
+        let text = asked.text().await.unwrap();
+        assert!(text.contains(question), "{text}");
+    };
+    ask().await;
+    browser
+        .find(Locator::Css("a.cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(WITHIN)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}` back on the dashboard: {e}"));
+    ask().await;
+    click(browser, "button.confirm").await
+}
+
 /// Reloads `url` until the element at `css` reads `want`.
 async fn until_text(browser: &Client, url: &str, css: &str, want: &str) {
     let deadline = Instant::now() + WITHIN;
@@ -142,7 +191,7 @@ async fn until_text(browser: &Client, url: &str, css: &str, want: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_dashboard_shows_a_live_fleet_and_replays_a_dead_letter() {
+async fn the_dashboard_shows_a_live_fleet_and_replays_and_purges_dead_letters() {
     let Some((_driver, webdriver)) = chromedriver() else {
         return;
     };
@@ -185,7 +234,7 @@ async fn the_dashboard_shows_a_live_fleet_and_replays_a_dead_letter() {
 
     // The new release's worker knows `report`: Replay on the newest dead letter refreshes it.
     old.kill();
-    let _new = fleet.worker("worker-v2");
+    let mut new = fleet.worker("worker-v2");
     let id = rows[0]
         .attr("data-id")
         .await
@@ -202,25 +251,9 @@ async fn the_dashboard_shows_a_live_fleet_and_replays_a_dead_letter() {
     if listed[0]["id"] != id.as_str() {
         keys.reverse();
     }
-    let button = format!("tr[data-id='{id}'] button.replay");
-    browser
-        .find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
     // The form posts, and the page it redirects to says what was done.
-    let notice = browser
-        .wait()
-        .at_most(WITHIN)
-        .for_element(Locator::Css("#notice"))
-        .await
-        .expect("the notice of the replay");
-    assert_eq!(
-        notice.text().await.unwrap(),
-        "replayed 1 dead letter(s) of queue default"
-    );
+    let notice = click(&browser, &format!("tr[data-id='{id}'] button.replay")).await;
+    assert_eq!(notice, "replayed 1 dead letter(s) of queue default");
     let rows = browser
         .find_all(Locator::Css("tr.dead-letter"))
         .await
@@ -243,5 +276,69 @@ async fn the_dashboard_shows_a_live_fleet_and_replays_a_dead_letter() {
         assert!(Instant::now() < deadline, "reports written: {written:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    new.kill();
+
+    replay_all_then_purge_all(&browser, &url, &fleet).await;
     browser.close().await.unwrap();
+}
+
+/// Goes on from one dead letter and no worker: "Replay all" puts several back on the queue,
+/// then "Purge all" deletes several (none put back). No worker runs while a button acts, so
+/// the queue's depth counts what was put back.
+async fn replay_all_then_purge_all(browser: &Client, url: &str, fleet: &Fleet) {
+    // The old release dead-letters five more reports: six in all.
+    let mut old = fleet.worker("worker");
+    assert_eq!(fleet.web("", "3,4,5,6,7"), 5);
+    until_text(browser, url, "tr[data-queue='default'] td.dead", "6").await;
+    until_text(browser, url, "tr[data-queue='default'] td.depth", "0").await;
+    old.kill();
+    let rows = browser
+        .find_all(Locator::Css("tr.dead-letter"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 6);
+
+    // Replay all (asked first; "no" does nothing): none left on the page, all six back on
+    // the queue.
+    assert_eq!(fleet.depth_and_dead_letters(), (0, 6));
+    let notice = click_confirmed(
+        browser,
+        "button.replay-all",
+        "Replay every dead letter of queue default?",
+    )
+    .await;
+    assert_eq!(notice, "replayed 6 dead letter(s) of queue default");
+    assert!(
+        browser.find(Locator::Css("#no-dead-letters")).await.is_ok(),
+        "{}",
+        browser.source().await.unwrap_or_default()
+    );
+    assert_eq!(
+        text(browser, "tr[data-queue='default'] td.depth").await,
+        "6"
+    );
+    assert_eq!(text(browser, "tr[data-queue='default'] td.dead").await, "0");
+    assert_eq!(fleet.depth_and_dead_letters(), (6, 0));
+
+    // The old release dead-letters the six again, and two new reports: eight.
+    let mut old = fleet.worker("worker");
+    assert_eq!(fleet.web("", "8,9"), 2);
+    until_text(browser, url, "tr[data-queue='default'] td.dead", "8").await;
+    until_text(browser, url, "tr[data-queue='default'] td.depth", "0").await;
+    old.kill();
+
+    // Purge all (asked first): none left, and nothing was put back on the queue.
+    let notice = click_confirmed(
+        browser,
+        "button.purge-all",
+        "Purge every dead letter of queue default? They are deleted for good.",
+    )
+    .await;
+    assert_eq!(notice, "purged 8 dead letter(s) of queue default");
+    assert!(browser.find(Locator::Css("#no-dead-letters")).await.is_ok());
+    assert_eq!(
+        text(browser, "tr[data-queue='default'] td.depth").await,
+        "0"
+    );
+    assert_eq!(fleet.depth_and_dead_letters(), (0, 0));
 }

@@ -37,6 +37,7 @@ pub struct RedisClusterBuilder {
     masters: usize,
     replicas: usize,
     node_timeout: Duration,
+    tls: bool,
 }
 
 impl Default for RedisClusterBuilder {
@@ -45,6 +46,7 @@ impl Default for RedisClusterBuilder {
             masters: 3,
             replicas: 0,
             node_timeout: Duration::from_millis(1000),
+            tls: false,
         }
     }
 }
@@ -69,6 +71,14 @@ impl RedisClusterBuilder {
         self
     }
 
+    /// TLS only (`rediss+cluster://`): every node listens with TLS, and the nodes talk to
+    /// each other over TLS (`tls-cluster`, `tls-replication`), with certificates for
+    /// `127.0.0.1` signed by one throwaway CA ([`RedisCluster::ca_path`]); needs `openssl`.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Starts the nodes, joins them into a cluster and waits (up to 30 s) until every node
     /// serves all slots.
     ///
@@ -86,10 +96,28 @@ impl RedisClusterBuilder {
         let cli = cli()?;
         let count = self.masters * (1 + self.replicas);
         let timeout_ms = self.node_timeout.as_millis().max(1).to_string();
+        let certificates = if self.tls {
+            crate::tls::check_openssl()?;
+            let dir = tempfile::tempdir()
+                .map_err(|e| Error::Server(format!("cannot make a temp dir: {e}")))?;
+            crate::tls::make_certificates(dir.path())?;
+            Some(dir)
+        } else {
+            None
+        };
         let mut nodes = Vec::with_capacity(count);
         for _ in 0..count {
+            let mut node = RedisServer::builder();
+            if let Some(dir) = &certificates {
+                node = node
+                    .tls_from(dir.path().to_owned())
+                    .arg("--tls-cluster")
+                    .arg("yes")
+                    .arg("--tls-replication")
+                    .arg("yes");
+            }
             // The bus port is set: the default (port + 10000) may be taken, or past 65535.
-            let node = RedisServer::builder()
+            let node = node
                 .arg("--cluster-enabled")
                 .arg("yes")
                 .arg("--cluster-port")
@@ -102,9 +130,15 @@ impl RedisClusterBuilder {
                 .try_start()?;
             nodes.push(node);
         }
-        let mut create = Command::new(&cli);
+        let cluster = RedisCluster {
+            cli,
+            nodes,
+            killed: Vec::new(),
+            certificates,
+        };
+        let mut create = cluster.cli();
         create.arg("--cluster").arg("create");
-        for node in &nodes {
+        for node in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", node.port()));
         }
         create
@@ -112,11 +146,6 @@ impl RedisClusterBuilder {
             .arg(self.replicas.to_string())
             .arg("--cluster-yes");
         run(create, "redis-cli --cluster create")?;
-        let cluster = RedisCluster {
-            cli,
-            nodes,
-            killed: Vec::new(),
-        };
         cluster.wait_until_healthy(Duration::from_secs(30))?;
         Ok(cluster)
     }
@@ -149,6 +178,8 @@ pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     /// Indexes of the nodes killed so far.
     killed: Vec<usize>,
+    /// For a TLS cluster, the dir of the CA and certificate every node uses.
+    certificates: Option<tempfile::TempDir>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -167,14 +198,36 @@ impl RedisCluster {
         RedisClusterBuilder::default()
     }
 
-    /// The cluster's URL: `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...` (every node).
+    /// The cluster's URL: `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...` (every node;
+    /// `rediss+cluster://` for a TLS cluster).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = match self.certificates {
+            Some(_) => "rediss",
+            None => "redis",
+        };
+        format!("{scheme}+cluster://{}", hosts.join(","))
+    }
+
+    /// For a TLS cluster, the PEM file of the CA that signed every node's certificate (for a
+    /// client's trust store, e.g. `SSL_CERT_FILE`).
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.certificates
+            .as_ref()
+            .map(|dir| crate::tls::ca_path(dir.path()))
+    }
+
+    /// `redis-cli`, with TLS and the CA for a TLS cluster.
+    fn cli(&self) -> Command {
+        let mut cli = Command::new(&self.cli);
+        if let Some(ca) = self.ca_path() {
+            cli.arg("--tls").arg("--cacert").arg(ca);
+        }
+        cli
     }
 
     /// The nodes' own URLs (`redis://127.0.0.1:PORT`).
@@ -339,7 +392,7 @@ impl RedisCluster {
                 .ok_or_else(|| Error::Server(format!("node {index} is not in the cluster")))
         };
         let (from_id, to_id) = (id(from)?, id(to)?);
-        let mut reshard = Command::new(&self.cli);
+        let mut reshard = self.cli();
         reshard
             .arg("--cluster")
             .arg("reshard")

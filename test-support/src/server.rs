@@ -22,12 +22,14 @@ pub(crate) enum Listen {
 }
 
 /// How the server is reached, before it has a port or a socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 enum Transport {
     #[default]
     Tcp,
     Unix,
     Tls,
+    /// TLS with the CA and certificate made already in this dir (shared by a cluster's nodes).
+    TlsFrom(PathBuf),
 }
 
 /// A server to start: loopback TCP unless asked otherwise, plus any extra config arguments.
@@ -62,6 +64,14 @@ impl RedisServerBuilder {
         self
     }
 
+    /// TLS as [`tls`](Self::tls), with the CA and certificate `tls::make_certificates` made
+    /// in `certificates` (copied into the server's own dir), so that several servers trust
+    /// each other.
+    pub(crate) fn tls_from(mut self, certificates: PathBuf) -> Self {
+        self.transport = Transport::TlsFrom(certificates);
+        self
+    }
+
     /// One more argument for `redis-server` (after the harness's own), e.g. `--maxmemory`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
@@ -81,7 +91,7 @@ impl RedisServerBuilder {
                     .to_owned(),
             )
         })?;
-        if self.transport == Transport::Tls {
+        if matches!(self.transport, Transport::Tls | Transport::TlsFrom(_)) {
             crate::tls::check_openssl()?;
         }
         let mut last = Error::Server("did not start".to_owned());
@@ -89,11 +99,15 @@ impl RedisServerBuilder {
         for _ in 0..5 {
             let dir = tempfile::tempdir()
                 .map_err(|e| Error::Server(format!("cannot make a temp dir: {e}")))?;
-            let listen = match self.transport {
+            let listen = match &self.transport {
                 Transport::Tcp => Listen::Tcp(free_port()?),
                 Transport::Unix => Listen::Unix(dir.path().join("redis.sock")),
                 Transport::Tls => {
                     crate::tls::make_certificates(dir.path())?;
+                    Listen::Tls(free_port()?)
+                }
+                Transport::TlsFrom(certificates) => {
+                    crate::tls::copy_certificates(certificates, dir.path())?;
                     Listen::Tls(free_port()?)
                 }
             };

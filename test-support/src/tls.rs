@@ -95,6 +95,18 @@ pub(crate) fn make_certificates(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// The files [`make_certificates`] made, as a server reads them.
+const FILES: [&str; 3] = ["ca.crt", "server.crt", "server.key"];
+
+/// Copies the CA and the server's certificate made in `from` into `to`.
+pub(crate) fn copy_certificates(from: &Path, to: &Path) -> Result<(), Error> {
+    for name in FILES {
+        std::fs::copy(from.join(name), to.join(name))
+            .map_err(|e| Error::Server(format!("cannot copy the TLS file {name}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// The CA's certificate in a TLS server's dir.
 pub(crate) fn ca_path(dir: &Path) -> PathBuf {
     dir.join("ca.crt")

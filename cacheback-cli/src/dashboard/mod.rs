@@ -1,7 +1,8 @@
 //! `cacheback dashboard`: a small web page for one prefix, served on the operator's machine
 //! (`page.rs` renders it). It reads what `cacheback queues` and `dead-letters list` read, plus
 //! the counts the fleet's processes publish, at each load; its buttons replay and purge dead
-//! letters.
+//! letters (a purge, and a replay of a whole queue's dead letters, ask on a page of their own
+//! first).
 
 mod page;
 
@@ -19,7 +20,7 @@ use serde::Deserialize;
 
 use crate::exit::{ERROR, Failed, OK, Outcome};
 use crate::output::now;
-use crate::standalone::{self, Which, Write};
+use crate::standalone::{self, Steps, Which, Write};
 
 /// Dead letters shown per queue.
 const DEAD_LETTERS_SHOWN: usize = 20;
@@ -124,6 +125,8 @@ struct Button {
     queue: String,
     /// A dead letter's id, or `all`.
     id: String,
+    /// `yes` once the confirmation page was answered.
+    confirm: Option<String>,
 }
 
 async fn replay(State(dash): State<Arc<Dash>>, Form(button): Form<Button>) -> Response {
@@ -134,9 +137,34 @@ async fn purge(State(dash): State<Arc<Dash>>, Form(button): Form<Button>) -> Res
     act(&dash, button, Write::Purge).await
 }
 
-/// Runs a button's write, then shows the page again with what it did.
+/// Runs a button's write, then shows the page again with what it did. A purge, and a replay
+/// of every dead letter of a queue, ask first (a page whose "yes" posts again, confirmed).
 async fn act(dash: &Dash, button: Button, op: Write) -> Response {
-    let which = if button.id == "all" {
+    let all = button.id == "all";
+    let asks = matches!(op, Write::Purge) || all;
+    if asks && button.confirm.as_deref() != Some("yes") {
+        let action = match op {
+            Write::Replay => "replay",
+            Write::Purge => "purge",
+        };
+        let question = match (op, all) {
+            (Write::Purge, true) => format!(
+                "Purge every dead letter of queue {}? They are deleted for good.",
+                button.queue
+            ),
+            (Write::Purge, false) => format!(
+                "Purge dead letter {} of queue {}? It is deleted for good.",
+                button.id, button.queue
+            ),
+            (Write::Replay, _) => format!(
+                "Replay every dead letter of queue {}? Each goes back on the queue.",
+                button.queue
+            ),
+        };
+        let page = page::confirm(&dash.prefix, action, &button.queue, &button.id, &question);
+        return Html(page).into_response();
+    }
+    let which = if all {
         match standalone::newest(&dash.queue, &button.queue).await {
             Ok(Some(which)) => which,
             Ok(None) => Which::Ids(Vec::new()),
@@ -147,7 +175,16 @@ async fn act(dash: &Dash, button: Button, op: Write) -> Response {
     } else {
         return (StatusCode::BAD_REQUEST, "not a dead letter id").into_response();
     };
-    match standalone::apply(&dash.queue, &button.queue, which, op, None, |_| {}).await {
+    match standalone::apply(
+        &dash.queue,
+        &button.queue,
+        which,
+        op,
+        Steps::default(),
+        |_| {},
+    )
+    .await
+    {
         Ok(report) => {
             let done = format!(
                 "{} {} dead letter(s) of queue {}",

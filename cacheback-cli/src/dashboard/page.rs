@@ -171,6 +171,27 @@ fn queues_table(out: &mut String, queues: &[QueueJson]) {
     out.push_str("</table>");
 }
 
+/// The page that asks before a button's write that cannot be undone (a purge) or that acts on
+/// every dead letter of a queue: its "yes" posts the same form again, confirmed; "no" goes
+/// back to the page. No meta refresh: a reload must not confirm anything.
+pub(crate) fn confirm(prefix: &str, action: &str, queue: &str, id: &str, question: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <title>cacheback: {prefix}</title><style>{STYLE}</style></head><body>\
+         <h1>cacheback <span class=\"muted\">prefix</span> {prefix}</h1>\
+         <p id=\"question\">{question}</p>\
+         <form method=\"post\" action=\"/{action}\"><input type=\"hidden\" name=\"queue\" \
+         value=\"{queue}\"><input type=\"hidden\" name=\"id\" value=\"{id}\">\
+         <input type=\"hidden\" name=\"confirm\" value=\"yes\">\
+         <button type=\"submit\" class=\"confirm\">Yes, {action}</button> \
+         <a href=\"/\" class=\"cancel\">No, back to the dashboard</a></form></body></html>",
+        prefix = escape(prefix),
+        question = escape(question),
+        queue = escape(queue),
+        id = escape(id),
+    )
+}
+
 fn button(action: &str, queue: &str, id: &str, label: &str, class: &str) -> String {
     format!(
         "<form method=\"post\" action=\"/{action}\"><input type=\"hidden\" name=\"queue\" \

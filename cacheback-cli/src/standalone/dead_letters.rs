@@ -1,7 +1,8 @@
 //! `cacheback dead-letters`: list, show (reason and payload), replay (one, several or all),
 //! purge (one, several or all). Replay and purge of all walk the dead letters that existed when
-//! the command started, page by page, with progress, and stop cleanly on Ctrl-C; replayed and
-//! purged dead letters are gone, so running the same command again goes on where it stopped.
+//! the command started, page by page, with progress, at an optional pace (`--rate`), and stop
+//! cleanly on Ctrl-C; replayed and purged dead letters are gone, so running the same command
+//! again goes on where it stopped.
 
 use cacheback::RedisQueue;
 use cacheback::queue::{RedisDeadLetter, Replay};
@@ -11,7 +12,7 @@ use serde::Serialize;
 use super::{Target, confirm};
 use crate::exit::{Failed, INTERRUPTED, OK, Outcome};
 use crate::output::{Table, clip, hex, now, print_json, relative, time};
-use crate::progress::{Interrupt, Progress};
+use crate::progress::{Interrupt, Pace, Progress};
 
 /// Dead letters read or changed per round trip by `--all`.
 const PAGE: usize = 100;
@@ -53,6 +54,10 @@ pub(super) struct Selection {
     /// Do it without asking.
     #[arg(long, short = 'y')]
     yes: bool,
+    /// At most N dead letters a second (default: as fast as Redis answers), so that replaying
+    /// thousands does not hand the workers thousands of refreshes at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
 }
 
 /// A dead letter, as `--json` prints it.
@@ -122,14 +127,36 @@ pub(crate) fn id_time(id: &str) -> Option<cacheback::clock::Timestamp> {
     parse_id(id).map(|(ms, ..)| cacheback::clock::Timestamp::from_millis(ms))
 }
 
-fn check_id(id: &str) -> Result<(), Failed> {
-    match parse_id(id) {
-        Some(_) => Ok(()),
-        None => Err(Failed::usage(format!(
+/// Checks that `id` is a dead-letter id of a queue spread over `shards` streams: a stream id
+/// (`1700000000000-0`), prefixed with its shard (`3/1700000000000-0`) when there are several.
+fn check_id(id: &str, shards: usize) -> Result<(), Failed> {
+    let Some((.., shard)) = parse_id(id) else {
+        return Err(Failed::usage(format!(
             "`{id}` is not a dead letter id (like 1700000000000-0, or 3/1700000000000-0 on a \
              queue spread over shards)"
-        ))),
+        )));
+    };
+    let sharded = id.contains('/');
+    if shards <= 1 && sharded {
+        return Err(Failed::usage(format!(
+            "`{id}` names a shard, but the queue is one stream: its dead letter ids read like \
+             1700000000000-0 (pass --shards if the fleet's queues set it)"
+        )));
     }
+    if shards > 1 && !sharded {
+        return Err(Failed::usage(format!(
+            "`{id}` names no shard: the queue is spread over {shards} shards, and its dead \
+             letter ids read `<shard>/<stream id>` (like 3/1700000000000-0)"
+        )));
+    }
+    if shards > 1 && usize::try_from(shard).map_or(true, |shard| shard >= shards) {
+        return Err(Failed::usage(format!(
+            "`{id}` names a shard the queue does not have: it is spread over {shards} shards, \
+             0 to {}",
+            shards - 1
+        )));
+    }
+    Ok(())
 }
 
 pub(super) async fn run(target: &Target, command: DeadLetterCommand, json: bool) -> Outcome {
@@ -168,7 +195,7 @@ async fn list(queue: &RedisQueue, name: &str, count: usize, json: bool) -> Outco
 }
 
 async fn show(queue: &RedisQueue, name: &str, id: &str, json: bool) -> Outcome {
-    check_id(id)?;
+    check_id(id, queue.shards())?;
     let Some(letter) = queue.find_dead_letter(name, id).await? else {
         return Err(Failed::not_found(format!(
             "no dead letter `{id}` in queue `{name}`"
@@ -262,32 +289,57 @@ pub(crate) async fn newest(queue: &RedisQueue, name: &str) -> Result<Option<Whic
         .map(Which::UpTo))
 }
 
+/// How a write goes from one batch of dead letters to the next: the command's at its pace
+/// (if any) until Ctrl-C; the dashboard's buttons (the default) at once to the end.
+#[derive(Debug, Default)]
+pub(crate) struct Steps {
+    pace: Option<Pace>,
+    interrupt: Option<Interrupt>,
+}
+
+impl Steps {
+    /// Dead letters replayed or purged per call to Redis: a page, or fewer at a pace.
+    fn batch(&self, op: Write) -> usize {
+        match (op, &self.pace) {
+            // One script per dead letter.
+            (Write::Replay, _) => 1,
+            (Write::Purge, Some(pace)) => pace.batch(PAGE),
+            (Write::Purge, None) => PAGE,
+        }
+    }
+
+    /// Waits until a batch of `n` may go; `false` once Ctrl-C was pressed.
+    async fn next(&mut self, n: usize) -> bool {
+        let interrupt = self.interrupt.as_ref();
+        if interrupt.is_some_and(Interrupt::is_set) {
+            return false;
+        }
+        match &mut self.pace {
+            Some(pace) => pace.wait(n as u64, interrupt).await,
+            None => true,
+        }
+    }
+}
+
 /// Applies `op` to the dead letters `which` of queue `name`, in pages, calling `advance` with
-/// each batch's size; stops between two batches once `interrupt` is set.
+/// each batch's size; stops between two batches on Ctrl-C (`interrupted` in the report).
 pub(crate) async fn apply(
     queue: &RedisQueue,
     name: &str,
     which: Which,
     op: Write,
-    interrupt: Option<&Interrupt>,
+    mut steps: Steps,
     mut advance: impl FnMut(u64),
 ) -> Result<WriteReport, Failed> {
     let mut result = WriteReport::default();
-    let stop = |result: &mut WriteReport| {
-        let stop = interrupt.is_some_and(Interrupt::is_set);
-        result.interrupted |= stop;
-        stop
-    };
     let mut after: Option<String> = None;
     let mut ids = match &which {
         Which::Ids(ids) => ids.clone(),
         Which::UpTo(_) => Vec::new(),
     };
+    let size = steps.batch(op);
     loop {
-        if stop(&mut result) {
-            break;
-        }
-        let batch: Vec<String> = match &which {
+        let page: Vec<String> = match &which {
             Which::Ids(_) => ids.drain(..ids.len().min(PAGE)).collect(),
             Which::UpTo(end) => queue
                 .dead_letter_page(name, after.as_deref(), PAGE)
@@ -297,29 +349,34 @@ pub(crate) async fn apply(
                 .take_while(|id| parse_id(id).is_some_and(|id| id <= *end))
                 .collect(),
         };
-        if batch.is_empty() {
+        if page.is_empty() {
             break;
         }
-        let full = batch.len() == PAGE;
-        after = batch.last().cloned();
-        match op {
-            Write::Replay => {
-                for id in batch {
-                    match queue.replay_dead_letter(name, &id).await? {
-                        Replay::Replayed => result.done += 1,
-                        Replay::NotFound => result.not_found += 1,
-                        _ => result.no_message += 1,
+        let full = page.len() == PAGE;
+        after = page.last().cloned();
+        for batch in page.chunks(size) {
+            if !steps.next(batch.len()).await {
+                result.interrupted = true;
+                return Ok(result);
+            }
+            let asked = batch.len() as u64;
+            match op {
+                Write::Replay => {
+                    for id in batch {
+                        match queue.replay_dead_letter(name, id).await? {
+                            Replay::Replayed => result.done += 1,
+                            Replay::NotFound => result.not_found += 1,
+                            _ => result.no_message += 1,
+                        }
                     }
-                    advance(1);
+                }
+                Write::Purge => {
+                    let removed = queue.remove_dead_letters(name, batch).await?;
+                    result.done += removed;
+                    result.not_found += asked.saturating_sub(removed);
                 }
             }
-            Write::Purge => {
-                let asked = batch.len() as u64;
-                let removed = queue.remove_dead_letters(name, &batch).await?;
-                result.done += removed;
-                result.not_found += asked.saturating_sub(removed);
-                advance(asked);
-            }
+            advance(asked);
         }
         if matches!(which, Which::UpTo(_)) && !full {
             break;
@@ -334,9 +391,10 @@ async fn write(queue: &RedisQueue, selection: Selection, op: Write, json: bool) 
         ids,
         all,
         yes,
+        rate,
     } = selection;
     for id in &ids {
-        check_id(id)?;
+        check_id(id, queue.shards())?;
     }
     // What `--all` covers: the dead letters up to the newest one now. Later ones (a replayed
     // request dead-lettered again) are left for the next run.
@@ -354,12 +412,12 @@ async fn write(queue: &RedisQueue, selection: Selection, op: Write, json: bool) 
         (Which::Ids(ids), total, what)
     };
     confirm(&what, yes)?;
-    let interrupt = Interrupt::listen();
+    let steps = Steps {
+        pace: rate.map(Pace::new),
+        interrupt: Some(Interrupt::listen()),
+    };
     let mut progress = Progress::new(op.done(), Some(total));
-    let result = apply(queue, &name, which, op, Some(&interrupt), |n| {
-        progress.advance(n);
-    })
-    .await?;
+    let result = apply(queue, &name, which, op, steps, |n| progress.advance(n)).await?;
     progress.finish();
     report(op, &name, &result, total, json)?;
     Ok(if result.interrupted { INTERRUPTED } else { OK })
@@ -410,8 +468,15 @@ mod tests {
         assert!(parse_id("0/10-0") > parse_id("7/9-9"));
         assert_eq!(parse_id("3/9-9"), Some((9, 9, 3)));
         assert_eq!(parse_id("x/9-9"), None);
-        assert!(check_id("2/1-0").is_ok());
-        assert!(check_id("1-0").is_ok());
-        assert_eq!(check_id("x").unwrap_err().code, crate::exit::USAGE);
+        assert!(check_id("2/1-0", 8).is_ok());
+        assert!(check_id("1-0", 1).is_ok());
+        for (id, shards) in [("x", 1), ("x", 8), ("2/1-0", 1), ("1-0", 8), ("8/1-0", 8)] {
+            let refused = check_id(id, shards).unwrap_err();
+            assert_eq!(
+                refused.code,
+                crate::exit::USAGE,
+                "{id} with {shards} shards"
+            );
+        }
     }
 }

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use crate::exit::{Failed, exit_code};
 
 pub(crate) use self::confirm::confirm;
-pub(crate) use self::dead_letters::{Which, Write, apply, id_time, newest, parse_id};
+pub(crate) use self::dead_letters::{Steps, Which, Write, apply, id_time, newest, parse_id};
 pub(crate) use self::queues::QueueJson;
 
 /// Operate a cacheback fleet on Redis: queues, dead letters, entries.
@@ -41,7 +41,9 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct Target {
     /// The fleet's Redis (`redis://`, `rediss://`, `redis+unix:///path`,
-    /// `redis+cluster://host:port,host:port`).
+    /// `redis+cluster://host:port,host:port`, `rediss+cluster://...`). Over TLS the server's
+    /// certificate is checked against the system's roots, or against the PEM file named by
+    /// `SSL_CERT_FILE` (a private CA).
     #[arg(
         long,
         global = true,

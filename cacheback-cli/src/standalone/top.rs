@@ -112,9 +112,11 @@ pub(super) async fn run(target: &Target, args: TopArgs, json: bool) -> Outcome {
     let mut every = tokio::time::interval(interval);
     let mut shown = 0u64;
     loop {
-        every.tick().await;
-        if interrupt.is_set() {
-            break;
+        // Ctrl-C ends the wait for the next screen at once, however long `--interval` is.
+        tokio::select! {
+            biased;
+            () = interrupt.pressed() => break,
+            _ = every.tick() => {}
         }
         let now = now();
         let stats = reader.read(now).await?;

@@ -4,8 +4,10 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use cacheback::fleet_stats::StatsPublisher;
 use cacheback::{Cacheback, Job, Policy, RedisQueue, RedisStore, Status, Worker};
@@ -186,14 +188,39 @@ impl Fleet {
         spawn_self(role, &self.vars("", ""))
     }
 
-    /// Runs `cacheback --url .. --prefix .. ARGS` with no terminal.
-    pub fn cli(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_cacheback"))
+    /// Reads these users' profiles from this process (all misses: each enqueues a refresh) and
+    /// returns how many refreshes it enqueued: quicker than [`Fleet::web`], for a change that
+    /// must land between two screens of `top`.
+    pub fn read_here(&self, users: &[&str]) -> u64 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cache = client(&self.server.url(), &self.prefix);
+            let profiles = cache.job(Profile);
+            let mut enqueued = 0;
+            for user in users {
+                let read = profiles.get_with_status((*user).to_owned()).await.unwrap();
+                assert_eq!(read.status, Status::Miss);
+                enqueued += u64::from(read.refresh_triggered);
+            }
+            // The enqueues finish in the background; shutting down waits for them.
+            cache.shutdown(Duration::from_secs(5)).await;
+            enqueued
+        })
+    }
+
+    /// `cacheback --url .. --prefix .. ARGS` with no terminal (stdin closed), not started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cacheback"));
+        command
             .args(["--url", &self.server.url(), "--prefix", &self.prefix])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cacheback");
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `cacheback --url .. --prefix .. ARGS` with no terminal.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().expect("run cacheback");
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -212,6 +239,17 @@ impl Fleet {
     pub fn dead_letters(&self) -> usize {
         let listed = self.json(&["dead-letters", "list", "default"]);
         listed.as_array().map_or(0, Vec::len)
+    }
+
+    /// Queue `default`'s depth (requests waiting) and dead letters, as `queues --json` says.
+    pub fn depth_and_dead_letters(&self) -> (u64, u64) {
+        let queues = self.json(&["queues", "default"]);
+        let count = |field: &str| {
+            queues[0][field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {field} in {queues}"))
+        };
+        (count("depth"), count("dead_letters"))
     }
 
     /// Runs a command that must succeed and returns its table.
@@ -237,4 +275,73 @@ pub fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|cells| cells.first() == Some(&first))
         .unwrap_or_else(|| panic!("no row `{first}` in\n{table}"))
+}
+
+/// The lines `from` prints, as they come (read on a thread until it closes).
+pub fn lines(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line of `lines` that `wanted` accepts, waiting at most [`WITHIN`] in all; panics
+/// (with the lines skipped) when none comes.
+pub fn next_line(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + WITHIN;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return line,
+            Ok(line) => skipped.push(line),
+            Err(e) => panic!("no {what} ({e}); got {skipped:#?}"),
+        }
+    }
+}
+
+/// A child process killed (and waited for) when dropped, so that a failed test leaves none
+/// running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Presses Ctrl-C in `child`: sends it SIGINT.
+pub fn ctrl_c(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -INT: {status}");
+}
+
+/// Waits at most [`WITHIN`] for `child` to exit and returns its exit code (killing it and
+/// panicking if it does not).
+pub fn exit_code(child: &mut Child) -> i32 {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        if let Some(status) = child.try_wait().expect("the command's status") {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the command did not exit within {WITHIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

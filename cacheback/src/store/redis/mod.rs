@@ -283,6 +283,10 @@ impl RedisStore {
     /// failover, reads of the failed master's slots fail (and follow the client's
     /// [`StoreFallback`](crate::StoreFallback)) until a replica takes over.
     ///
+    /// Over TLS (`rediss://` nodes, or a `rediss+cluster://` URL) the nodes' certificates
+    /// are checked against the system's trust store; a private CA is trusted by pointing
+    /// `SSL_CERT_FILE` at its PEM file (which then replaces the system's roots).
+    ///
     /// What a cluster does not do: a client with a [near cache](crate::NearCache) refuses a
     /// cluster store at build time (writes are not announced: classic pub/sub goes over the
     /// cluster bus, whose lost messages a subscriber cannot notice, and a missed
