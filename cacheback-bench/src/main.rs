@@ -26,6 +26,8 @@ mod peers;
 mod plot;
 #[cfg(feature = "redis")]
 mod queues;
+#[cfg(feature = "redis")]
+mod redis_cost;
 mod reliability;
 mod report;
 mod stats;

@@ -178,10 +178,13 @@ async fn app(
                         .prefix(&prefix)
                         .build()
                         .map_err(|e| e.to_string())?;
+                    // A Redis queue is drained by worker processes; this run's worker is
+                    // the in-process one, asked for (it starts by itself on local queues only).
                     builder
                         .prefix(&prefix)
                         .store(cacheback::RedisStore::from_url(url).map_err(|e| e.to_string())?)
                         .queue(queue)
+                        .in_process_worker(true)
                         .build()
                 }
                 #[cfg(not(feature = "redis"))]

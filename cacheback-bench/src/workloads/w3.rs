@@ -160,7 +160,8 @@ async fn end_to_end(n: u64, concurrency: usize) -> Result<(f64, Duration), Strin
 /// per variant so runs do not mix.
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
-    let url = ctx.redis()?.url();
+    let server = ctx.redis()?;
+    let url = server.url();
     let sizes: &[u64] = ctx.scale.pick(&[5_000, 50_000], &[1_000]);
     let rt = runtime();
     let queue_name = ctx.brokers.choice().name();
@@ -170,8 +171,14 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             let prefix = format!("w3-{n}-{concurrency}-{}", std::process::id());
             // Built inside the runtime: the Redis queue's connections need one.
             let queue = rt.block_on(async { ctx.brokers.queue(&url) })?;
-            let (rate, took, enqueue_rate) =
-                rt.block_on(redis_end_to_end(&url, queue, &prefix, n, concurrency))?;
+            let measured = rt.block_on(redis_end_to_end(
+                server,
+                queue,
+                &prefix,
+                n,
+                concurrency,
+            ))?;
+            let (rate, took, enqueue_rate) = (measured.rate, measured.took, measured.enqueue_rate);
             let mut r = record(
                 format!("{queue_name}, {n} keys, worker concurrency {concurrency}"),
                 n,
@@ -184,6 +191,16 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             )
             .param("store", "RedisStore")
             .param("queue", queue_name);
+            measured.cost.record_per(&mut r, n, "refresh");
+            r.figure(
+                "client_cpu_us_per_refresh",
+                stats::round3(measured.client_cpu_s * 1e6 / n as f64),
+            );
+            r.summary.push_str(&format!(
+                "; {}; this process's CPU {:.1} µs per refresh",
+                measured.cost.summary_per(n, "refresh"),
+                measured.client_cpu_s * 1e6 / n as f64
+            ));
             if concurrency == 64 {
                 // What Redis itself does at the same concurrency, in the same run.
                 let set_rate = rt.block_on(raw_sets(&url, &prefix, n, concurrency))?;
@@ -206,18 +223,34 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
+/// What W3 measured through Redis.
+#[cfg(feature = "redis")]
+struct Measured {
+    rate: f64,
+    took: Duration,
+    enqueue_rate: f64,
+    /// What the timed refreshes cost Redis.
+    cost: crate::redis_cost::Cost,
+    /// CPU this process (clients and worker) used for them.
+    client_cpu_s: f64,
+}
+
 /// Enqueues N refreshes with nobody draining (the enqueue rate alone), lets a worker drain them,
 /// then times N more refreshes from the first enqueue, with the worker running, until all N
-/// landed in Redis (end to end).
+/// landed in Redis (end to end), with what they cost Redis and this process.
 #[cfg(feature = "redis")]
 async fn redis_end_to_end(
-    url: &str,
+    server: &cacheback_test_support::RedisServer,
     queue: std::sync::Arc<dyn cacheback::queue::Queue>,
     prefix: &str,
     n: u64,
     concurrency: usize,
-) -> Result<(f64, Duration, f64), String> {
+) -> Result<Measured, String> {
     use cacheback::{Cacheback, RedisStore, Worker, WorkerOptions};
+
+    use crate::redis_cost::Snapshot;
+
+    let url = &server.url();
 
     let refreshed = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
@@ -266,6 +299,8 @@ async fn redis_end_to_end(
         })?;
     refreshed.store(0, Ordering::Relaxed);
     fetcher.reset();
+    let redis_before = Snapshot::take(server)?;
+    let cpu_before = crate::machine::cpu_seconds().unwrap_or(0.0);
     let start = Instant::now();
     enqueue_concurrently(&handle, n..2 * n).await?;
     tokio::time::timeout(Duration::from_secs(300), done.notified())
@@ -277,6 +312,8 @@ async fn redis_end_to_end(
             )
         })?;
     let took = start.elapsed();
+    let client_cpu_s = crate::machine::cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let cost = redis_before.until(&Snapshot::take(server)?);
     stop.notify_one();
     let _ = worker.await;
     if fetcher.calls() != n {
@@ -289,7 +326,13 @@ async fn redis_end_to_end(
         }
     }
     client.shutdown(Duration::from_secs(5)).await;
-    Ok((n as f64 / took.as_secs_f64(), took, enqueue_rate))
+    Ok(Measured {
+        rate: n as f64 / took.as_secs_f64(),
+        took,
+        enqueue_rate,
+        cost,
+        client_cpu_s,
+    })
 }
 
 /// Raw redis-rs `SET` of `n` keys (values of the size of a refreshed entry) from `tasks`
