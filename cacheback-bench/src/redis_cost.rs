@@ -27,9 +27,7 @@ pub(crate) struct Cost {
 
 /// The CPU time (user + system, seconds) `server` has used so far.
 pub(crate) fn server_cpu_seconds(server: &RedisServer) -> Result<f64, String> {
-    let cpu: String = server
-        .query(&["INFO", "cpu"])
-        .map_err(|e| e.to_string())?;
+    let cpu: String = server.query(&["INFO", "cpu"]).map_err(|e| e.to_string())?;
     Ok(cpu_seconds(&cpu))
 }
 
@@ -94,7 +92,10 @@ impl Cost {
                 )
             })
             .collect();
-        record.figure(&format!("redis_per_{unit}"), serde_json::Value::Object(each));
+        record.figure(
+            &format!("redis_per_{unit}"),
+            serde_json::Value::Object(each),
+        );
     }
 
     /// One line: Redis CPU per unit and the most expensive commands.

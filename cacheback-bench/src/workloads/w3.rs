@@ -171,13 +171,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             let prefix = format!("w3-{n}-{concurrency}-{}", std::process::id());
             // Built inside the runtime: the Redis queue's connections need one.
             let queue = rt.block_on(async { ctx.brokers.queue(&url) })?;
-            let measured = rt.block_on(redis_end_to_end(
-                server,
-                queue,
-                &prefix,
-                n,
-                concurrency,
-            ))?;
+            let measured = rt.block_on(redis_end_to_end(server, queue, &prefix, n, concurrency))?;
             let (rate, took, enqueue_rate) = (measured.rate, measured.took, measured.enqueue_rate);
             let mut r = record(
                 format!("{queue_name}, {n} keys, worker concurrency {concurrency}"),

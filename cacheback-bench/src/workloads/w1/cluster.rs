@@ -127,7 +127,10 @@ async fn trials<C: HitRead, S: HitRead>(
         rates[0].push(throughput(on_cluster, tasks, reads).await);
         let after = cluster_commands(cluster)?;
         let cpu_after = nodes_cpu(cluster)?;
-        for (total, (b, a)) in nodes_cpu_s.iter_mut().zip(cpu_before.iter().zip(&cpu_after)) {
+        for (total, (b, a)) in nodes_cpu_s
+            .iter_mut()
+            .zip(cpu_before.iter().zip(&cpu_after))
+        {
             *total += (a - b).max(0.0);
         }
         if trial == 0 {
