@@ -1,7 +1,7 @@
 //! Child processes of the harness: the binary re-invokes itself as
 //! `cacheback-bench __child ROLE [ARGS...]` for workloads and reliability runs that need real OS
-//! processes (W2 across processes, the chaos run). Each role is a subcommand whose arguments
-//! belong to the module that owns it.
+//! processes (W2 across processes, N3/N4's readers, the chaos run). Each role is a subcommand
+//! whose arguments belong to the module that owns it.
 
 use std::process::{Child, Command, Stdio};
 
@@ -27,18 +27,34 @@ pub(crate) enum Role {
     #[cfg(feature = "redis")]
     #[command(name = "w2-worker")]
     W2Worker(crate::workloads::w2::FleetPlan),
+    /// An N3/N4 reader process: hears invalidations until its stdin closes.
+    #[cfg(feature = "redis")]
+    #[command(name = "coherence-reader")]
+    CoherenceReader(crate::workloads::coherence::ReaderPlan),
 }
 
 /// Starts this binary as a child with `role` and `args`, stdout piped (children report on
 /// stdout, one line per fact), stderr inherited.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn spawn(role: &str, args: &[String]) -> Result<Child, String> {
+    spawn_with(role, args, Stdio::null())
+}
+
+/// Starts this binary as a child with `role` and `args` as [`spawn`] does, with its stdin
+/// piped too, for a child the parent drives (it stops when its stdin closes).
+#[cfg(feature = "redis")]
+pub(crate) fn spawn_driven(role: &str, args: &[String]) -> Result<Child, String> {
+    spawn_with(role, args, Stdio::piped())
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+fn spawn_with(role: &str, args: &[String], stdin: Stdio) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     Command::new(exe)
         .arg(CHILD_COMMAND)
         .arg(role)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -65,6 +81,10 @@ fn run(role: Role) -> (&'static str, Result<(), String>) {
         Role::ChaosWorker(args) => ("chaos-worker", crate::reliability::chaos::worker(args)),
         Role::W2Reader(plan) => ("w2-reader", crate::workloads::w2::reader(plan)),
         Role::W2Worker(plan) => ("w2-worker", crate::workloads::w2::worker(plan)),
+        Role::CoherenceReader(plan) => (
+            "coherence-reader",
+            crate::workloads::coherence::reader_main(plan),
+        ),
     }
 }
 

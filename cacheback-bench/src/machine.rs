@@ -49,6 +49,7 @@ pub(crate) fn rss_bytes() -> Option<u64> {
 
 /// CPU time this process (all its threads) has used, user and system, in seconds
 /// (`/proc/self/stat`, in the kernel's 100 Hz ticks).
+#[cfg(feature = "redis")]
 pub(crate) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces; the fields after its `)` are fixed.

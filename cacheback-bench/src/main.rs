@@ -1,6 +1,7 @@
 //! # cacheback-bench
 //!
-//! The workload harness of `shared/bench/WORKLOADS.md`: runs W1–W7 and W11 against cacheback,
+//! The workload harness of `shared/bench/WORKLOADS.md`: runs W1–W7 and W11 (and the near
+//! cache's N1–N4 and the tags' T1) against cacheback,
 //! next to the raw baselines (in the same process run) and the peers (moka, cached,
 //! amalgam-cache; hitbox and http-cache-tower-server for the HTTP layer), and writes JSON lines,
 //! a Markdown table and an SVG plot of the read-latency distributions.

@@ -14,6 +14,8 @@ use cacheback_test_support::RedisServer;
 use crate::report::Record;
 
 #[cfg(feature = "redis")]
+pub(crate) mod coherence;
+#[cfg(feature = "redis")]
 pub(crate) mod near;
 pub(crate) mod tags;
 pub(crate) mod w1;
@@ -140,7 +142,7 @@ fn memory_entries() -> Vec<Workload> {
 
 /// The entries that need a Redis server, in workload order.
 #[cfg(feature = "redis")]
-fn redis_entries() -> [Workload; 12] {
+fn redis_entries() -> [Workload; 14] {
     [
         Workload {
             id: "W1",
@@ -213,6 +215,20 @@ fn redis_entries() -> [Workload; 12] {
             title: "invalidate_tag over tagged entries, Redis + near cache",
             needs: Needs::Redis,
             run: tags::redis,
+        },
+        Workload {
+            id: "N3",
+            title: "invalidation propagation to 4 processes: announcements, pub/sub, client \
+                    tracking",
+            needs: Needs::Redis,
+            run: coherence::propagation,
+        },
+        Workload {
+            id: "N4",
+            title: "announcement fan-out to 16 processes at rising write rates, and client \
+                    tracking",
+            needs: Needs::Redis,
+            run: coherence::fanout,
         },
     ]
 }

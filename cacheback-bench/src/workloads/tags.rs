@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use cacheback::{Cacheback, Job, JobHandle, LocalQueue, NearCache, Policy, Status, Tags};
+use cacheback::{Cacheback, Job, JobHandle, LocalQueue, Policy, Status, Tags};
 
 use crate::report::{self, Record};
 use crate::workloads::{Ctx, runtime};
@@ -136,7 +136,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             .queue(queue)
             .in_process_worker(false);
         if near {
-            builder = builder.near_cache(NearCache::new().max_entries(2 * n));
+            builder = builder.near_cache(cacheback::NearCache::new().max_entries(2 * n));
         }
         let cache = builder.build().map_err(|e| e.to_string())?;
         let job = cache.job(Tagged);
