@@ -14,6 +14,8 @@
 //!   | `cacheback dead-letters replay QUEUE (ID... \| --all) [--rate N] [--yes]` | puts them back on the queue as new requests, removes them |
 //!   | `cacheback dead-letters purge QUEUE (ID... \| --all) [--rate N] [--yes]` | deletes them |
 //!   | `cacheback entry KEY` | an entry by its raw key: windows, age, generation, size, claim holder, failures, retry-after |
+//!   | `cacheback top [--interval S] [--iterations N]` | the fleet at a glance, a screen every second until Ctrl-C (exit 0): each job's counts of the last minute from the processes that publish them, then the queues |
+//!   | `cacheback dashboard [--listen ADDR] [--refresh S]` | the same as a live web page, with the dead letters and their replay and purge buttons (a purge, and replaying a whole queue's, ask on a page of their own first) |
 //!
 //!   Tables by default, `--json` for scripts. Commands that write ask for confirmation on a
 //!   terminal and refuse without `--yes` elsewhere. `--all` shows a progress bar with rate and
@@ -22,9 +24,13 @@
 //!   most N dead letters a second, so that replaying 50,000 does not hand the workers 50,000
 //!   refreshes at once.
 //!
+//!   Over TLS (`rediss://`, `rediss+cluster://`) the server's certificate is checked against
+//!   the system's roots, or against the PEM file `SSL_CERT_FILE` names (a private CA).
+//!
 //! - **Admin subcommands a service mounts** in its own binary ([`AdminCommand`], [`Admin`]):
 //!   `inspect`, `refresh`, `invalidate`, `delete` and `warm` an entry by job name and args
-//!   given as JSON, decoded into the job's own `Args` type so the key is exactly the fleet's.
+//!   given as JSON, decoded into the job's own `Args` type so the key is exactly the fleet's;
+//!   `invalidate-tag` and `delete-tag` every entry carrying a tag.
 //!
 //! # Exit codes
 //!
