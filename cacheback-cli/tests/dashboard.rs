@@ -115,8 +115,8 @@ async fn text(browser: &Client, css: &str) -> String {
     }
 }
 
-/// Clicks the button at `css` and returns the notice of the page the form's post redirects to.
-async fn click(browser: &Client, css: &str) -> String {
+/// Clicks the element at `css`, then waits for the element at `then` on the page it leads to.
+async fn press(browser: &Client, css: &str, then: &str) -> fantoccini::elements::Element {
     browser
         .find(Locator::Css(css))
         .await
@@ -124,13 +124,17 @@ async fn click(browser: &Client, css: &str) -> String {
         .click()
         .await
         .unwrap();
-    let notice = browser
+    browser
         .wait()
         .at_most(WITHIN)
-        .for_element(Locator::Css("#notice"))
+        .for_element(Locator::Css(then))
         .await
-        .unwrap_or_else(|e| panic!("no notice after clicking `{css}`: {e}"));
-    notice.text().await.unwrap()
+        .unwrap_or_else(|e| panic!("no `{then}` after clicking `{css}`: {e}"))
+}
+
+/// Clicks the button at `css` and returns the notice of the page the form's post redirects to.
+async fn click(browser: &Client, css: &str) -> String {
+    press(browser, css, "#notice").await.text().await.unwrap()
 }
 
 /// Clicks the button at `css`, which asks first: checks the question, leaves once with "no"
@@ -138,36 +142,12 @@ async fn click(browser: &Client, css: &str) -> String {
 /// confirmed post redirects to.
 async fn click_confirmed(browser: &Client, css: &str, question: &str) -> String {
     let ask = || async {
-        browser
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
-            .click()
-            .await
-            .unwrap();
-        let asked = browser
-            .wait()
-            .at_most(WITHIN)
-            .for_element(Locator::Css("#question"))
-            .await
-            .unwrap_or_else(|e| panic!("no question after clicking `{css}`: {e}"));
-        let text = asked.text().await.unwrap();
+        let text = press(browser, css, "#question").await.text().await.unwrap();
         assert!(text.contains(question), "{text}");
     };
     ask().await;
-    browser
-        .find(Locator::Css("a.cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(WITHIN)
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no `{css}` back on the dashboard: {e}"));
+    // "No": back on the dashboard, nothing done.
+    press(browser, "a.cancel", css).await;
     ask().await;
     click(browser, "button.confirm").await
 }
