@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "stale_threshold",
     "stale_if_error",
     "fetch_on_miss",
+    "fleet_coalescing",
     "early_refresh",
     "jitter",
     "queue",
@@ -188,6 +189,10 @@ fn policy_setter(
                 return Err(syn::Error::new(queue.span(), "`queue` must not be empty"));
             }
             Ok(quote_spanned!(span=> .#setter(#queue)))
+        }
+        "fleet_coalescing" => {
+            let flag = boolean(key_text, value)?;
+            Ok(quote_spanned!(span=> .#setter(#flag)))
         }
         "schema_version" => {
             let version = match value {

@@ -126,6 +126,7 @@ use proc_macro::TokenStream;
 /// | `stale_threshold` | `stale_threshold = "5m"` | none | values stale by more than this are fetched synchronously instead of served |
 /// | `stale_if_error` | `stale_if_error = "1h"` | none | after a failed refresh, keep serving the old value this much longer |
 /// | `fetch_on_miss` | `fetch_on_miss = false` | `true` | whether a miss fetches synchronously (see above) |
+/// | `fleet_coalescing` | `fleet_coalescing = true` | `false` | on a store shared by a fleet, one synchronous fetch per key across the fleet: other processes wait for its write |
 /// | `early_refresh` | `early_refresh = 1.0` | off | XFetch `beta`: Fresh reads may refresh early, more eagerly for larger values |
 /// | `jitter` | `jitter = 0.1` | 0 | shorten each lifetime by up to this fraction (0.0 to 1.0) to spread expiries |
 /// | `queue` | `queue = "reports"` | `"default"` | the queue this job's refreshes go to |

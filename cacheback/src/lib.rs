@@ -91,7 +91,9 @@
 //! ([`Status::StaleRefetched`]). A miss is fetched before the read returns
 //! ([`Status::MissFetched`]) or, with [`Policy::fetch_on_miss`] off, answered empty
 //! ([`Status::Miss`]) while a refresh is triggered. Concurrent synchronous fetches of one key
-//! in one process share one fetch; cancelling a waiter does not cancel it. A read whose value
+//! in one process share one fetch; cancelling a waiter does not cancel it. With
+//! [`Policy::fleet_coalescing`] on a store shared by a fleet, they share one fetch across the
+//! fleet: the process holding the key's claim fetches, the others wait for its write. A read whose value
 //! could not be cached (the store unreachable, the value over
 //! [`CachebackBuilder::max_value_bytes`]) says so: [`Status::Bypassed`] and
 //! [`Event::CacheBypassed`]. A read never fails because a refresh could not be queued.

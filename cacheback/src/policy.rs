@@ -54,6 +54,19 @@ pub struct Policy {
     /// value) without calling the upstream. A burst of reads of a failing key then costs one
     /// upstream call per backoff window instead of one per read. Default: true.
     pub miss_backoff: bool,
+    /// Whether a synchronous fetch (a miss with `fetch_on_miss`, a value stale beyond
+    /// `stale_threshold`) on a store shared by a fleet (Redis, memcached) is made once per key
+    /// across the fleet rather than once per process: the process that takes the key's claim
+    /// fetches, and readers in other processes wait for its write (polling the store, at
+    /// most `fetch_timeout`) instead of calling the upstream too. If the fetch fails, one
+    /// waiter takes the claim and tries; a claim left by a crashed process expires after
+    /// `fetch_timeout`. A claim held by a *refresh* also makes readers wait for that refresh,
+    /// so this suits jobs whose refreshes run promptly. It costs one claim round trip per
+    /// synchronous fetch (it replaces `miss_backoff`'s read of the key's failure state).
+    /// No effect on the in-process memory store, where one fetch per key per process is
+    /// already one per store, nor on [`get_many`](crate::JobHandle::get_many)'s batch
+    /// fetches. Default: false.
+    pub fleet_coalescing: bool,
     /// XFetch `beta`: when set, a Fresh read may trigger a refresh early. Default: off.
     pub early_refresh: Option<f64>,
     /// Spread `fresh_until` by up to this fraction of `lifetime` (0.0..=1.0). Default: 0.
@@ -77,6 +90,7 @@ impl Default for Policy {
             fetch_timeout: Duration::from_secs(30),
             retry_backoff: Backoff::default(),
             miss_backoff: true,
+            fleet_coalescing: false,
             early_refresh: None,
             jitter: 0.0,
             queue: Cow::Borrowed("default"),
@@ -111,6 +125,8 @@ impl Policy {
         retry_backoff: Backoff);
     setter!(/// Sets [`Policy::miss_backoff`].
         miss_backoff: bool);
+    setter!(/// Sets [`Policy::fleet_coalescing`].
+        fleet_coalescing: bool);
     setter!(/// Sets [`Policy::schema_version`].
         schema_version: u32);
 

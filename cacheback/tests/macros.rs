@@ -227,6 +227,7 @@ fn static_client() -> &'static Cacheback {
     stale_threshold = "10m",
     stale_if_error = "1h",
     fetch_on_miss = true,
+    fleet_coalescing = true,
     early_refresh = 1.5,
     jitter = 0.25,
     queue = "reports",
@@ -263,6 +264,7 @@ async fn every_argument_reaches_the_policy() {
         .stale_threshold(Duration::from_secs(600))
         .stale_if_error(Duration::from_secs(3600))
         .fetch_on_miss(true)
+        .fleet_coalescing(true)
         .early_refresh(1.5)
         .jitter(0.25)
         .queue("reports")

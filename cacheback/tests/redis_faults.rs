@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cacheback::clock::TestClock;
+use cacheback::clock::{Clock, TestClock, Timestamp};
+use cacheback::store::{ClaimOutcome, ClaimToken, Key, Release, Store};
 use cacheback::worker::WorkerReport;
 use cacheback::{
     Backoff, Cacheback, Error, Freshness, Job, JobHandle, Policy, RedisQueue, RedisStore, Status,
     StoreFallback, Worker, WorkerOptions,
 };
+use futures_util::future::BoxFuture;
 use support::{RedisServer, eventually, unique_prefix};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -521,4 +523,155 @@ async fn redis_restart_degrades_then_recovers() {
     })
     .await;
     fx.stop_workers().await;
+}
+
+/// A `RedisStore` that counts the claims it finds held (what a reader waiting for another
+/// process's fetch sees), and otherwise forwards every call.
+#[derive(Debug)]
+struct CountingHeld {
+    inner: RedisStore,
+    held: Arc<AtomicUsize>,
+}
+
+impl Store for CountingHeld {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn get<'a>(
+        &'a self,
+        key: Key<'a>,
+    ) -> BoxFuture<'a, cacheback::Result<Option<cacheback::store::Entry>>> {
+        self.inner.get(key)
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: cacheback::store::Put,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::PutOutcome>> {
+        self.inner.put(key, put)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: Key<'a>,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, cacheback::Result<ClaimOutcome>> {
+        Box::pin(async move {
+            let outcome = self.inner.claim(key, now, ttl).await;
+            if matches!(outcome, Ok(ClaimOutcome::Held { .. })) {
+                self.held.fetch_add(1, Ordering::SeqCst);
+            }
+            outcome
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: Key<'a>,
+        token: ClaimToken,
+        release: Release,
+    ) -> BoxFuture<'a, cacheback::Result<()>> {
+        self.inner.release(key, token, release)
+    }
+
+    fn put_and_release<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: cacheback::store::Put,
+        token: ClaimToken,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::PutOutcome>> {
+        self.inner.put_and_release(key, put, token)
+    }
+
+    fn claim_state<'a>(
+        &'a self,
+        key: Key<'a>,
+        now: Timestamp,
+    ) -> BoxFuture<'a, cacheback::Result<cacheback::store::ClaimState>> {
+        self.inner.claim_state(key, now)
+    }
+}
+
+/// How another process's fetch of a cold key ends, seen by a reader of a job that coalesces
+/// misses across the fleet.
+enum Holder {
+    /// It gives up (its fetch failed): the claim is released without a write.
+    GivesUp,
+    /// It crashed: its claim stays until it expires.
+    Crashes,
+}
+
+/// A reader finds the key's claim held by "another process" (the test, through the store):
+/// it does not fetch while the claim is live, and fetches once when the holder lets go.
+async fn cold_key_waits_for_the_claim_holder(holder: Holder) {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("fleetmiss");
+    let clock = TestClock::new();
+    let held = Arc::new(AtomicUsize::new(0));
+    let store = CountingHeld {
+        inner: RedisStore::from_url(&server.url()).unwrap(),
+        held: Arc::clone(&held),
+    };
+    let cache = Cacheback::builder()
+        .prefix(&prefix)
+        .clock(clock.clone())
+        .store(store)
+        .build()
+        .unwrap();
+    let upstream = Arc::new(Upstream::default());
+    let job = cache.job(TestJob {
+        name: "cold",
+        policy: policy().fleet_coalescing(true),
+        upstream: Arc::clone(&upstream),
+    });
+    let other = RedisStore::from_url(&server.url()).unwrap();
+    let key_text = job.key(&7).unwrap();
+    let key = Key::parse(&key_text).unwrap();
+    let claim_ttl = Duration::from_secs(60);
+    let Ok(ClaimOutcome::Won { token, .. }) = other.claim(key, clock.now(), claim_ttl).await else {
+        panic!("the other process could not take the claim");
+    };
+    let reader = tokio::spawn({
+        let job = job.clone();
+        async move { job.get(7).await }
+    });
+    eventually("the reader found the claim held twice", WITHIN, || async {
+        held.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        upstream.calls(),
+        0,
+        "no fetch while another process holds the claim"
+    );
+    match holder {
+        Holder::GivesUp => other.release(key, token, Release::Abandoned).await.unwrap(),
+        Holder::Crashes => clock.advance(claim_ttl + Duration::from_millis(1)),
+    }
+    let value = reader.await.unwrap().unwrap();
+    assert_eq!(*value, "value 7 #1");
+    assert_eq!(upstream.calls(), 1);
+    let peeked = job.peek(7).await.unwrap().unwrap();
+    assert_eq!(
+        peeked.value.as_deref().map(String::as_str),
+        Some("value 7 #1")
+    );
+    // The reader's write released its claim: the key can be claimed again.
+    let again = other.claim(key, clock.now(), claim_ttl).await.unwrap();
+    assert!(matches!(again, ClaimOutcome::Won { .. }), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_cold_key_whose_fetching_process_gives_up_is_fetched_by_a_waiting_reader() {
+    cold_key_waits_for_the_claim_holder(Holder::GivesUp).await;
+}
+
+#[tokio::test]
+async fn a_cold_key_whose_fetching_process_crashed_is_fetched_once_its_claim_expires() {
+    cold_key_waits_for_the_claim_holder(Holder::Crashes).await;
 }

@@ -6,6 +6,9 @@
 //!   stale value at once.
 //! - The same with a near cache in every reader process, each holding a copy of the key read
 //!   while it was fresh: still exactly 1 fetch per stale event.
+//! - 4 reader processes × 16 concurrent readers read one cold key at the same moment, the job
+//!   coalescing misses across the fleet: exactly 1 fetch in each of 5 trials, every reader
+//!   gets its value; without fleet coalescing, one fetch per process.
 //! - A worker process `kill -9`ed in the middle of a fetch: another worker process completes
 //!   the refresh after the visibility timeout.
 //!
@@ -48,4 +51,26 @@ fn a_worker_killed_mid_fetch_is_replaced_after_the_visibility_timeout() {
     };
     let took = fleet::killed_worker_is_replaced(&server, QueueKind::Redis, &unique_prefix("kill9"));
     eprintln!("refresh completed {took:?} after the kill (visibility timeout 1 s)");
+}
+
+#[test]
+fn a_cold_key_read_by_four_processes_is_fetched_once_across_the_fleet() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("coldfleet");
+    let readers = 4 * 16;
+    for trial in 0..5 {
+        let (fetches, got_first) = fleet::cold_key_burst(&server, &prefix, trial, true);
+        assert_eq!(fetches, 1, "trial {trial}: one fetch across the fleet");
+        assert_eq!(
+            got_first, readers,
+            "trial {trial}: every reader got that fetch's value"
+        );
+    }
+    // Without it, each process fetches once (a slow process may find another's value, so at
+    // least two fetches is all that is certain).
+    let (fetches, _) = fleet::cold_key_burst(&server, &prefix, 99, false);
+    eprintln!("without fleet coalescing: {fetches} fetches");
+    assert!(fetches >= 2, "without fleet coalescing, {fetches} fetches");
 }

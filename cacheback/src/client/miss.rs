@@ -9,6 +9,7 @@ use tracing::{Instrument, debug_span, warn};
 
 use crate::client::StoreFallback;
 use crate::client::coalesce::AnyValue;
+use crate::client::fleet::{self, Turn};
 use crate::client::handle::{Args, Classified, JobHandle, Mode, Value};
 use crate::client::lookup::{Lookup, Status};
 use crate::clock::Timestamp;
@@ -20,7 +21,7 @@ use crate::job::Job;
 use crate::key::Key;
 use crate::observe::Event;
 use crate::policy::Freshness;
-use crate::store::PutCondition;
+use crate::store::{ClaimToken, PutCondition};
 use crate::tally::Count;
 
 /// The result of a synchronous (coalesced) fetch: the value, and why it was not cached, if it
@@ -274,7 +275,24 @@ impl<J: Job> JobHandle<J> {
             }) as AnyValue);
         }
         let use_store = condition.is_some();
-        let before = backoff::before_fetch(&core, &job, key, core.clock.now(), use_store).await?;
+        let (before, token) = match condition {
+            Some(PutCondition::IfGeneration(seen))
+                if job.policy.fleet_coalescing && core.memory.is_none() =>
+            {
+                match fleet::take_turn(&core, &job, key, seen).await? {
+                    Turn::Fetch { before, token } => (before, token),
+                    Turn::Written(value) => {
+                        let uncached = None;
+                        return Ok(Arc::new(Fetched { value, uncached }) as AnyValue);
+                    }
+                }
+            }
+            _ => {
+                let now = core.clock.now();
+                let before = backoff::before_fetch(&core, &job, key, now, use_store).await?;
+                (before, None)
+            }
+        };
         let tag_clock = if use_store {
             tags::clock_before_fetch(&core, &job).await
         } else {
@@ -284,12 +302,51 @@ impl<J: Job> JobHandle<J> {
             Ok(fetched) => fetched,
             Err(error) => {
                 backoff::record_failure(&core, &job, key, before, &error, use_store).await;
+                if let Some(token) = token {
+                    fleet::release(&core, &job, key, token).await;
+                }
                 return Err(error);
             }
         };
         backoff::record_success(&core, &job, key, before).await;
         let fetched = (value, took, tag_clock);
-        Ok(Self::keep_fetched(&core, &job, key, &args, fetched, condition).await)
+        let kept = match (condition, token) {
+            (Some(condition), Some(token)) => {
+                Self::keep_claimed(&core, &job, key, &args, fetched, condition, token).await
+            }
+            _ => Self::keep_fetched(&core, &job, key, &args, fetched, condition).await,
+        };
+        Ok(kept)
+    }
+
+    /// [`keep_fetched`](Self::keep_fetched) for a fetch that holds the key's claim: the
+    /// write releases it (one round trip), and a value that cannot be stored lets it go.
+    async fn keep_claimed(
+        core: &Arc<Core>,
+        job: &Arc<JobEntry<J>>,
+        key: Key<'_>,
+        args: &Args<J>,
+        (value, took, tag_clock): (Value<J>, Duration, u64),
+        condition: PutCondition,
+        token: ClaimToken,
+    ) -> AnyValue {
+        let value = Arc::new(value);
+        let fetched = value::Fetched {
+            args,
+            value: Arc::clone(&value),
+            took,
+            tag_clock,
+        };
+        let written = match value::prepare_put(core, job, fetched, condition) {
+            Ok(put) => core.put_and_release(key, put, token).await.map(drop),
+            Err(error) => {
+                fleet::release(core, job, key, token).await;
+                Err(error)
+            }
+        };
+        let uncached = Self::count_write_error(job, written.err());
+        Self::report_uncached(core, job, key, uncached.as_ref());
+        Arc::new(Fetched { value, uncached }) as AnyValue
     }
 
     /// Stores a value fetched for `args` (with how long the fetch took and the tag clock read
@@ -316,25 +373,35 @@ impl<J: Job> JobHandle<J> {
                     took,
                     tag_clock,
                 };
-                match value::store_value(core, job, key, fetched, condition).await {
-                    Ok(_) => None,
-                    Err(error) => {
-                        if !matches!(error, Error::TooLarge { .. } | Error::InvalidTag { .. }) {
-                            job.metrics.store_error("put");
-                        }
-                        Some(error)
-                    }
-                }
+                let written = value::store_value(core, job, key, fetched, condition).await;
+                Self::count_write_error(job, written.err())
             }
         };
-        if let Some(error) = &uncached {
-            warn!(job = %job.name, key = %key, error = %Chain(error), "fetched value not cached");
-            core.emit(|| Event::CacheBypassed {
-                job: Arc::clone(&job.name),
-                key: key.to_string(),
-                error: error.clone(),
-            });
-        }
+        Self::report_uncached(core, job, key, uncached.as_ref());
         Arc::new(Fetched { value, uncached }) as AnyValue
+    }
+
+    /// Counts a failed write of a fetched value as a store error, unless the value itself was
+    /// refused (too large, invalid tags).
+    fn count_write_error(job: &JobEntry<J>, error: Option<Error>) -> Option<Error> {
+        if let Some(error) = &error
+            && !matches!(error, Error::TooLarge { .. } | Error::InvalidTag { .. })
+        {
+            job.metrics.store_error("put");
+        }
+        error
+    }
+
+    /// Says why a fetched value was not cached, if it was not.
+    fn report_uncached(core: &Core, job: &JobEntry<J>, key: Key<'_>, uncached: Option<&Error>) {
+        let Some(error) = uncached else {
+            return;
+        };
+        warn!(job = %job.name, key = %key, error = %Chain(error), "fetched value not cached");
+        core.emit(|| Event::CacheBypassed {
+            job: Arc::clone(&job.name),
+            key: key.to_string(),
+            error: error.clone(),
+        });
     }
 }

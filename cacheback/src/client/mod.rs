@@ -18,6 +18,7 @@ use crate::worker::{Worker, WorkerBuilder, WorkerReport};
 
 mod builder;
 mod coalesce;
+mod fleet;
 pub(crate) mod global;
 mod handle;
 mod hints;

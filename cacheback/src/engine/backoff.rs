@@ -77,15 +77,27 @@ pub(crate) async fn before_fetch<J>(
     };
     match retry_after {
         Some(retry_after) if retry_after > now => {
-            job.metrics.claim_backing_off.increment(1);
-            Err(Error::BackingOff {
-                job: Arc::clone(&job.name),
-                failures,
-                retry_after,
-                last: local.map(|f| f.error),
-            })
+            Err(backing_off(core, job, key, failures, retry_after))
         }
         _ => Ok(Before { failures }),
+    }
+}
+
+/// The error of a read refused because its key backs off until `retry_after` (counted), with
+/// the last failure this process saw as its cause.
+pub(crate) fn backing_off<J>(
+    core: &Core,
+    job: &JobEntry<J>,
+    key: Key<'_>,
+    failures: u32,
+    retry_after: Timestamp,
+) -> Error {
+    job.metrics.claim_backing_off.increment(1);
+    Error::BackingOff {
+        job: Arc::clone(&job.name),
+        failures,
+        retry_after,
+        last: core.recent_failures.map.get(&key.digest()).map(|f| f.error),
     }
 }
 

@@ -4,7 +4,8 @@
 //! `Router` or handler included, with the semantics of jobs: a Fresh response is served from
 //! the store, a Stale one is served at once while **one** background revalidation per key
 //! (across the fleet, with a shared store) calls the origin again, and a miss is fetched once
-//! per key per process however many requests wait for it.
+//! per key however many requests wait for it: once per process, and once across the fleet on
+//! a shared store ([`Policy::fleet_coalescing`], on by default here).
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -179,7 +180,8 @@ impl CachebackLayer {
             defaults: Policy::default()
                 .lifetime(Duration::from_secs(60))
                 .stale_ttl(Duration::from_secs(60))
-                .fetch_timeout(Duration::from_secs(10)),
+                .fetch_timeout(Duration::from_secs(10))
+                .fleet_coalescing(true),
             max_body_bytes: 1 << 20,
             key_headers: Vec::new(),
             scope: Arc::new(|parts: &Parts| {
@@ -269,7 +271,9 @@ impl CachebackLayerBuilder {
     /// `stale-if-error` (counted from the end of freshness); and the job knobs: fetch timeout,
     /// claim timeout, backoff, jitter, queue. Misses are always fetched, and a failing origin
     /// does not make later misses fail without trying. Default: fresh 60 s, stale 60 s, no
-    /// `stale-if-error`, fetch timeout 10 s.
+    /// `stale-if-error`, fetch timeout 10 s, and a miss fetched once across the fleet on a
+    /// shared store ([`Policy::fleet_coalescing`]: keep it in a policy you give here, unless
+    /// one origin call per process and cold URL is what you want).
     pub fn policy(mut self, defaults: Policy) -> Self {
         self.defaults = defaults;
         self

@@ -98,6 +98,8 @@ struct FleetJob {
     redis: redis::Client,
     prefix: String,
     sleep: Duration,
+    /// [`Policy::fleet_coalescing`].
+    coalesce: bool,
 }
 
 impl Job for FleetJob {
@@ -113,6 +115,7 @@ impl Job for FleetJob {
         Policy::default()
             .lifetime(LIFETIME)
             .stale_ttl(Duration::from_secs(3600))
+            .fleet_coalescing(self.coalesce)
     }
 
     async fn fetch(&self, n: u64) -> Result<String, redis::RedisError> {
@@ -160,10 +163,20 @@ impl Fleet {
     }
 
     fn job(&self, cache: &Cacheback, sleep: Duration) -> JobHandle<FleetJob> {
+        self.job_coalescing(cache, sleep, false)
+    }
+
+    fn job_coalescing(
+        &self,
+        cache: &Cacheback,
+        sleep: Duration,
+        coalesce: bool,
+    ) -> JobHandle<FleetJob> {
         cache.job(FleetJob {
             redis: redis::Client::open(self.redis_url.as_str()).unwrap(),
             prefix: self.prefix.clone(),
             sleep,
+            coalesce,
         })
     }
 
@@ -210,6 +223,7 @@ pub fn child_main() -> bool {
     runtime.block_on(async move {
         match role.as_str() {
             "reader" => reader_process(&fleet, now).await,
+            "miss_reader" => miss_reader_process(&fleet, now).await,
             "worker" => {
                 let sleep = Duration::from_millis(env("CB_FETCH_MS").parse().unwrap());
                 worker_process(&fleet, now, sleep).await;
@@ -242,29 +256,9 @@ async fn reader_process(fleet: &Fleet, now: Timestamp) {
         job.get(n).await.unwrap();
         clock.set(now);
     }
-    let redis = redis::Client::open(fleet.redis_url.as_str()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     // Warm the store's connection (another key), so the burst is not a connection race.
     job.peek(u64::MAX).await.unwrap();
-    let prefix = &fleet.prefix;
-    let _: u64 = redis::cmd("INCR")
-        .arg(format!("{prefix}:ready:{n}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let go: Option<String> = redis::cmd("GET")
-            .arg(format!("{prefix}:go:{n}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if go.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no go signal");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    ready_and_wait_for_go(fleet, n).await;
     let reads = (0..READERS_PER_PROCESS).map(|_| {
         let job = job.clone();
         tokio::spawn(async move {
@@ -290,6 +284,94 @@ async fn reader_process(fleet: &Fleet, now: Timestamp) {
         "READER triggered={triggered} stale={stale} slowest_us={}",
         slowest.as_micros()
     );
+}
+
+/// Says this process is ready (`<prefix>:ready:<n>`), then waits for `<prefix>:go:<n>`.
+async fn ready_and_wait_for_go(fleet: &Fleet, n: u64) {
+    let redis = redis::Client::open(fleet.redis_url.as_str()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let prefix = &fleet.prefix;
+    let _: u64 = redis::cmd("INCR")
+        .arg(format!("{prefix}:ready:{n}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let go: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}:go:{n}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if go.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no go signal");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Builds a client whose job coalesces misses across the fleet or not (`CB_COALESCE`),
+/// reports ready, waits for the go signal, then runs 16 concurrent reads of the cold key
+/// (each fetching a miss) and prints how many got the fleet's first fetch's value.
+async fn miss_reader_process(fleet: &Fleet, now: Timestamp) {
+    let n: u64 = env("CB_ARGS").parse().unwrap();
+    let coalesce = env("CB_COALESCE") == "1";
+    let cache = fleet.client(now, Duration::from_secs(30));
+    let job = fleet.job_coalescing(&cache, Duration::from_millis(MISS_FETCH_MS), coalesce);
+    job.peek(u64::MAX).await.unwrap();
+    ready_and_wait_for_go(fleet, n).await;
+    let reads = (0..READERS_PER_PROCESS).map(|_| {
+        let job = job.clone();
+        tokio::spawn(async move { job.get(n).await.unwrap() })
+    });
+    let first = format!("fresh {n} #1");
+    let mut got_first = 0;
+    for value in futures_util::future::join_all(reads).await {
+        got_first += usize::from(*value.unwrap() == first);
+    }
+    cache.shutdown(Duration::from_secs(10)).await;
+    println!("MISS_READER got_first={got_first}");
+}
+
+/// How long a miss reader's fetch takes.
+const MISS_FETCH_MS: u64 = 300;
+
+/// 4 reader processes × 16 concurrent readers read one cold key at the same moment, their
+/// job coalescing misses across the fleet (`coalesce`) or only within each process. Returns
+/// the fetches made and how many readers got the value of the fetch counted first.
+pub fn cold_key_burst(server: &RedisServer, prefix: &str, n: u64, coalesce: bool) -> (u64, u64) {
+    let fleet = Fleet {
+        redis_url: server.url(),
+        store_url: server.url(),
+        prefix: prefix.to_owned(),
+        queue: QueueKind::Redis,
+        near: false,
+    };
+    let now = Timestamp::from_millis(T0);
+    let vars = fleet.vars(
+        now,
+        &[
+            ("CB_ARGS", n.to_string()),
+            ("CB_COALESCE", u8::from(coalesce).to_string()),
+        ],
+    );
+    let readers: Vec<Proc> = (0..READER_PROCESSES)
+        .map(|_| spawn_self("miss_reader", &vars))
+        .collect();
+    let ready_key = format!("{prefix}:ready:{n}");
+    wait_for("readers ready", Duration::from_secs(30), || {
+        server.cmd::<Option<u64>>(&["GET", &ready_key]) == Some(READER_PROCESSES as u64)
+    });
+    let _: () = server.cmd(&["SET", &format!("{prefix}:go:{n}"), "1"]);
+    let mut got_first = 0;
+    for reader in readers {
+        let lines = finish(reader, "MISS_READER", Duration::from_secs(60));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        got_first += field(&lines[0], "got_first");
+    }
+    let fetches: Option<u64> = server.cmd(&["GET", &fetches_key(prefix, n)]);
+    (fetches.unwrap_or(0), got_first)
 }
 
 /// Drains the queue until `<prefix>:stop` is set.

@@ -28,6 +28,7 @@ fn shared_cache() -> Arc<Cacheback> {
     stale_threshold = "10m",
     stale_if_error = "1h",
     fetch_on_miss = false,
+    fleet_coalescing = true,
     early_refresh = 1,
     jitter = 0.1,
     queue = "reports",
