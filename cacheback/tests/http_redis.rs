@@ -1,6 +1,7 @@
 //! The HTTP layer on Redis (`RedisStore` + `RedisQueue` drained by the client's in-process worker), on a
 //! spawned `redis-server`, through real HTTP: responses stored as bytes, one revalidation per
-//! stale burst, `stale-if-error`, and entries that do not decode read as misses.
+//! stale burst, `stale-if-error`, entries that do not decode read as misses, and uncacheable
+//! streams handed to the request whose fetch found them (a refresh from the queue drops them).
 
 mod http_support;
 mod support;
@@ -197,4 +198,113 @@ async fn old_and_corrupt_stored_responses_read_as_misses() {
         "stored again"
     );
     assert_eq!(fx.origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn an_uncacheable_stream_is_handed_on_and_a_refresh_from_the_queue_drops_it() {
+    let Some(fx) = fixture(Reply::ok("max-age=10, stale-while-revalidate=60")).await else {
+        return;
+    };
+    let event = Bytes::from_static(b"data: 1\n\n");
+    fx.client.get("/r").await;
+    fx.origin
+        .set(Reply::ok("no-store").streamed(vec![event.clone()], true));
+
+    // A miss: the fetch's response is the request's, streaming.
+    let mut events = fx.client.open("GET", "/events", &[]).await;
+    assert_eq!(
+        events.cache_status(),
+        "cacheback; fwd=miss; detail=no-store"
+    );
+    assert_eq!(events.chunk().await.as_ref(), Some(&event));
+    assert_eq!(fx.origin.calls(), 2);
+    let again = fx.client.open("GET", "/events", &[]).await;
+    assert_eq!(
+        again.cache_status(),
+        "cacheback; fwd=bypass; detail=no-store"
+    );
+    assert_eq!(fx.origin.calls(), 3);
+
+    // A refresh through the Redis stream has no request to hand it to: it lets it go (the
+    // two streams above are still being read).
+    fx.clock.advance(15 * SECOND);
+    let stale = fx.client.get("/r").await;
+    assert!(stale.cache_status().contains("stale-while-revalidate"));
+    eventually("the refresh to let the stream go", 10 * SECOND, || async {
+        fx.origin.calls() == 4 && fx.origin.streams_dropped() == 1
+    })
+    .await;
+    eventually("the URL marked pass", 10 * SECOND, || async {
+        let open = fx.client.open("GET", "/r", &[]).await;
+        open.cache_status() == "cacheback; fwd=bypass; detail=no-store"
+    })
+    .await;
+}
+
+/// A layer in its own "process" (client, store connection, HTTP server) on `server`.
+async fn process(server: &RedisServer, prefix: &str, origin: &std::sync::Arc<Origin>) -> Client {
+    let cache = Cacheback::builder()
+        .prefix(prefix)
+        .store(RedisStore::from_url(&server.url()).unwrap())
+        .build()
+        .unwrap();
+    let layer = CachebackLayer::builder(&cache)
+        .name("pages")
+        .build(origin.routes())
+        .unwrap();
+    Client::new(serve(origin.routes().layer(layer)).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_url_costs_the_origin_one_call_across_two_processes() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("httpfleet");
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = Origin::new(Reply {
+        gate: Some(std::sync::Arc::clone(&gate)),
+        ..Reply::ok("max-age=60")
+    });
+    let (a, b) = (
+        process(&server, &prefix, &origin).await,
+        process(&server, &prefix, &origin).await,
+    );
+    let burst = |client: &Client| {
+        (0..32)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.get("/cold").await })
+            })
+            .collect::<Vec<_>>()
+    };
+    // A's fetch reaches the origin (and waits at its gate), holding the URL's claim.
+    let from_a = burst(&a);
+    eventually("A's fetch at the origin", 10 * SECOND, || async {
+        origin.calls() == 1
+    })
+    .await;
+    // B's fetch finds the claim held and polls for A's write: two more claim scripts.
+    let scripts = server.command_calls("evalsha");
+    let from_b = burst(&b);
+    eventually("B waiting for A's fetch", 10 * SECOND, || async {
+        server.command_calls("evalsha") >= scripts + 2
+    })
+    .await;
+    assert_eq!(origin.calls(), 1, "B did not call the origin itself");
+    gate.add_permits(1);
+    for request in from_a.into_iter().chain(from_b) {
+        let got = request.await.unwrap();
+        assert_eq!(
+            (got.status, got.body.as_ref()),
+            (StatusCode::OK, &b"v1"[..])
+        );
+        let status = got.cache_status();
+        assert!(status.contains("fwd=miss"), "{status}");
+    }
+    assert_eq!(
+        origin.calls(),
+        1,
+        "one origin call for 64 requests in 2 processes"
+    );
 }

@@ -2,16 +2,20 @@
 //! holds (configured ones, and those the response's `Vary` names), and the scope the user's
 //! key function gave the request. It is also everything a refresh sends to the origin.
 
+use std::fmt;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
+
+use crate::http::handoff::Handoff;
 
 /// One request header in a key: its lowercase name and its value, if the request had it.
 pub(crate) type KeyHeader = (String, Option<Bytes>);
 
 /// The args of the response job: what identifies one cached response, and the request a
 /// refresh rebuilds from it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct RequestKey {
     pub(crate) method: String,
     /// Path and query, normalised (see [`normalise_target`]).
@@ -23,6 +27,23 @@ pub(crate) struct RequestKey {
     /// `None` for the URL's primary key; for a variant of a response with `Vary`, the values
     /// of the headers it names.
     pub(crate) vary: Option<Vec<KeyHeader>>,
+    /// Where a fetch in this process leaves the request that read with this key a response it
+    /// does not store. No part of the key: not serialized (so not in its digest, and `None`
+    /// after a queue), compared, hashed or printed.
+    #[serde(skip)]
+    pub(crate) handoff: Handoff,
+}
+
+impl fmt::Debug for RequestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestKey")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("scope", &self.scope)
+            .field("headers", &self.headers)
+            .field("vary", &self.vary)
+            .finish()
+    }
 }
 
 impl RequestKey {
@@ -40,7 +61,13 @@ impl RequestKey {
             scope,
             headers: values_of(names.iter().map(HeaderName::as_str), headers),
             vary: None,
+            handoff: Handoff::default(),
         }
+    }
+
+    /// The key with `handoff`, for a request that takes what its fetch does not store.
+    pub(crate) fn with_handoff(self, handoff: Handoff) -> Self {
+        RequestKey { handoff, ..self }
     }
 
     /// The key of the variant that `headers` select among the ones `vary` names.
@@ -185,5 +212,35 @@ mod tests {
             "only the key's headers"
         );
         assert!(request.headers().get("x-absent").is_none());
+    }
+
+    #[test]
+    fn the_handoff_is_no_part_of_the_key() {
+        let key = RequestKey::primary(
+            &Method::GET,
+            "/p".into(),
+            String::new(),
+            &[],
+            &HeaderMap::new(),
+        );
+        let armed = key.clone().with_handoff(Handoff::armed());
+        let encode = |key: &RequestKey| {
+            let mut out = Vec::new();
+            crate::key::canonical_encode(key, &mut out).unwrap();
+            out
+        };
+        assert_eq!(encode(&armed), encode(&key), "the canonical encoding");
+        assert_eq!(
+            crate::key::digest("p", "pages", &armed).unwrap(),
+            crate::key::digest("p", "pages", &key).unwrap()
+        );
+        assert_eq!(armed, key);
+        assert_eq!(format!("{armed:?}"), format!("{key:?}"));
+        // After a queue (the codec's bytes), the key has no handoff.
+        let bytes = postcard::to_stdvec(&armed).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&key).unwrap());
+        let back: RequestKey = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, key);
+        assert!(back.handoff.take().is_none(), "nothing to take from");
     }
 }

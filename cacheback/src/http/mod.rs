@@ -47,8 +47,21 @@
 //! `no-cache`, sets a cookie, says `Vary: *`, has a status that is not cacheable by default
 //! (RFC 9110: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501), a body over
 //! [`max_body_bytes`](CachebackLayerBuilder::max_body_bytes), or no time to live at all. The
-//! URL then goes past the cache ("hit-for-pass") for
-//! [`pass_ttl`](CachebackLayerBuilder::pass_ttl), after which one fetch looks again.
+//! fetch decides from the response's head first: a response refused by its headers, or whose
+//! `Content-Length` is over the limit, is not read at all; a body of unknown length is read
+//! up to the limit and no further.
+//!
+//! Such a response is not thrown away: the request whose fetch found it (in this process: its
+//! miss, its new variant, its own `no-cache`) is answered with it, unless that request carries
+//! credentials (`Cookie`, `Authorization`, `Proxy-Authorization`: the origin's answer to the
+//! request rebuilt from the key, which has none of them, may not be the answer to it; it goes
+//! to the inner service as it came, a second origin call), as the origin sent it, its
+//! body streaming (the bytes the fetch read, then the rest as the origin sends them, never
+//! buffered whole; an endless event stream flows through). That request costs the origin one
+//! call. Requests that joined the same fetch, and every request for the URL during
+//! [`pass_ttl`](CachebackLayerBuilder::pass_ttl), go past the cache to the inner service
+//! ("hit-for-pass"); after that, one fetch looks again. A refresh (which no request waits
+//! for) drops such a response without reading further.
 //!
 //! ## Windows
 //!
@@ -68,8 +81,10 @@
 //! `cacheback; hit; ttl=-3; detail=stale-while-revalidate` (stale, one refresh running),
 //! `detail=stale-if-error` (stale past that window because refreshes fail),
 //! `cacheback; fwd=miss; fwd-status=200; ttl=60; stored` (fetched for this request; `vary-miss`
-//! for a new variant, `request` for a request's own `no-cache`), `cacheback; fwd=bypass;
-//! detail=set-cookie` (not cacheable), `fwd=method`. Stored responses carry `Age`. A request's
+//! for a new variant, `request` for a request's own `no-cache`), `cacheback; fwd=miss;
+//! detail=no-store` (fetched for this request and not stored, with the reason: `private`,
+//! `set-cookie`, `body-too-large`, ...), `cacheback; fwd=bypass; detail=set-cookie` (the URL
+//! goes past the cache), `fwd=method`. Stored responses carry `Age`. A request's
 //! `If-None-Match` (weak comparison) or `If-Modified-Since` that matches the stored `ETag` or
 //! `Last-Modified` of a 200 is answered `304 Not Modified`. A request's `Cache-Control:
 //! no-cache` fetches from the origin only with
@@ -93,9 +108,14 @@
 //! bytes (status, headers, body), and an entry that does not decode (another version of
 //! the layer, corrupt bytes) is a miss.
 //!
-//! Bodies are read whole (up to `max_body_bytes`) before they are stored: streaming
-//! responses are cached only once complete, and a response too large is forwarded as is.
-//! Requests that go past the cache reach the inner service unchanged.
+//! A fetch reads a body only when its response is to be stored (or is an origin error, kept
+//! to answer with), whole and up to `max_body_bytes`, before anyone is answered: a stream
+//! whose headers allow caching is served once complete, or fails at
+//! [`Policy::fetch_timeout`] (mark endless streams `no-store`). A response that is not stored
+//! goes to the request that caused its fetch as described above; like every fetched
+//! response, it is the origin's answer to the request rebuilt from the key, not to the
+//! client's own request (a `Set-Cookie` in it was made for that rebuilt request; `HEAD`
+//! gets no body). Requests that go past the cache reach the inner service unchanged.
 //!
 //! Fleet note: a refresh request on a [`RedisQueue`](crate::queue) carries the key, and so the
 //! values of the key and `Vary` headers (a `Cookie`, when a response varies on it), to the
@@ -118,6 +138,7 @@ use crate::policy::Policy;
 
 mod body;
 mod control;
+mod handoff;
 mod key;
 mod origin;
 mod respond;
@@ -279,7 +300,9 @@ impl CachebackLayerBuilder {
         self
     }
 
-    /// Responses with a larger body are not cached. Default: 1 MiB.
+    /// Responses with a larger body are not cached: a fetch reads no more of a body than
+    /// this (none of one whose `Content-Length` is larger), and hands the response on to the
+    /// request that caused it, its body streaming. Default: 1 MiB.
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         self.max_body_bytes = limit;
         self

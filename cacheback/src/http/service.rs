@@ -1,6 +1,8 @@
 //! [`CachebackService`]: a request's way through the layer. `GET` and `HEAD` with a scope are
 //! read through the response job (a miss is fetched from the origin, coalesced; a stale
-//! response is served while one refresh runs); everything else goes to the inner service.
+//! response is served while one refresh runs); everything else goes to the inner service. A
+//! request whose own fetch found a response that is not stored is answered with that
+//! response, its body streaming; a URL marked pass sends requests to the inner service.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,10 +16,11 @@ use tower_service::Service;
 use tracing::warn;
 
 use crate::client::{JobHandle, Status};
-use crate::error::{Chain, Error, Result};
+use crate::error::{BoxError, Chain, Error, Result};
 use crate::http::Shared;
 use crate::http::body::CacheBody;
 use crate::http::control::Directives;
+use crate::http::handoff::{Handed, Handoff};
 use crate::http::key::{RequestKey, normalise_target};
 use crate::http::origin::{OriginError, ResponseJob};
 use crate::http::respond::{CACHE_STATUS, CacheStatus, Fwd, Served, from_stored};
@@ -38,6 +41,7 @@ where
     S::Error: Send + 'static,
     ReqB: Send + 'static,
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
@@ -83,7 +87,16 @@ where
         return pass(inner, parts, body, status).await;
     };
     let forced = shared.honour_no_cache && Directives::request_wants_origin(&parts.headers);
-    match read(shared, key, &parts, forced).await {
+    // Where a fetch this request makes leaves a response it does not store (one small
+    // allocation per request; a hit never looks inside). Such a response answers the request
+    // rebuilt from the key: a request with credentials of its own (a cookie, authorization)
+    // could have had another answer, so it goes to the inner service as it came instead.
+    let handoff = if carries_credentials(&parts.headers) {
+        Handoff::default()
+    } else {
+        Handoff::armed()
+    };
+    match read(shared, key.with_handoff(handoff.clone()), &parts, forced).await {
         Ok(Found { value, served, age }) => match &*value {
             Cached::Response(stored) => Ok(from_stored(
                 &parts.method,
@@ -99,7 +112,12 @@ where
                     _ => Fwd::Bypass,
                 };
                 let status = CacheStatus::forwarded(cache, fwd, Some(reason));
-                pass(inner, parts, body, status).await
+                match handoff.take().filter(|_| fwd != Fwd::Bypass) {
+                    // This request's own fetch: its response, as the origin sent it.
+                    Some(handed) => Ok(handed_on(&parts.method, handed, &status)),
+                    // Joined someone else's fetch, or found the URL marked pass.
+                    None => pass(inner, parts, body, status).await,
+                }
             }
             // A variant that asks for variants: the origin's `Vary` changed meanwhile.
             Cached::Variants { .. } => {
@@ -189,6 +207,37 @@ where
     Ok(response)
 }
 
+/// Whether a request says who sent it: what the request rebuilt from its key leaves out and
+/// an uncacheable response may depend on.
+fn carries_credentials(headers: &http::HeaderMap) -> bool {
+    [
+        http::header::COOKIE,
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+}
+
+/// The response a fetch did not store, handed to the request that caused the fetch: the
+/// origin's head with our `Cache-Status`, its body streaming on from what the fetch read
+/// (none for `HEAD`; the origin's body is then let go).
+fn handed_on<B>(
+    method: &Method,
+    handed: Handed,
+    status: &CacheStatus<'_>,
+) -> Response<CacheBody<B>> {
+    let Handed { head, read, rest } = handed;
+    let body = if method == Method::HEAD {
+        CacheBody::bytes(Bytes::new())
+    } else {
+        CacheBody::origin(read, rest)
+    };
+    let mut response = Response::from_parts(head, body);
+    response.headers_mut().append(CACHE_STATUS, status.value());
+    response
+}
+
 /// The answer when the origin could not give one and no stored response could stand in: the
 /// origin's own error response if it sent one, else a bare 502 or 504. Nothing internal
 /// leaks into it; the whole cause is logged.
@@ -259,5 +308,74 @@ impl Shared {
             &self.key_headers,
             &parts.headers,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+
+    /// A body whose drop is seen.
+    struct Watched(Full<Bytes>, Arc<AtomicBool>);
+
+    impl http_body::Body for Watched {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            std::pin::Pin::new(&mut self.0)
+                .poll_frame(cx)
+                .map_err(|never| match never {})
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn handed(dropped: &Arc<AtomicBool>) -> Handed {
+        let mut head = Response::new(()).into_parts().0;
+        head.headers
+            .insert("set-cookie", HeaderValue::from_static("id=1"));
+        let rest = Watched(Full::new(Bytes::from_static(b"rest")), Arc::clone(dropped));
+        Handed {
+            head,
+            read: vec![Bytes::from_static(b"read, ")],
+            rest: rest.boxed_unsync(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handed_response_keeps_its_head_and_streams_its_body() {
+        let status = CacheStatus::forwarded("cb", Fwd::Miss, Some("set-cookie"));
+        let dropped = Arc::new(AtomicBool::new(false));
+        let response: Response<CacheBody<Full<Bytes>>> =
+            handed_on(&Method::GET, handed(&dropped), &status);
+        assert_eq!(response.headers()["set-cookie"], "id=1");
+        assert_eq!(
+            response.headers()[CACHE_STATUS],
+            "cb; fwd=miss; detail=set-cookie"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "read, rest");
+
+        let dropped = Arc::new(AtomicBool::new(false));
+        let response: Response<CacheBody<Full<Bytes>>> =
+            handed_on(&Method::HEAD, handed(&dropped), &status);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "HEAD lets the origin's body go"
+        );
+        assert_eq!(response.headers()["set-cookie"], "id=1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
     }
 }

@@ -87,6 +87,14 @@ pub(crate) struct StoredResponse {
     pub(crate) age: u64,
 }
 
+/// A response's `Age` in seconds (0 when it has none, or one that does not parse).
+pub(crate) fn age_of(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Headers that describe one connection or one cache's view, never stored.
 const NOT_STORED: [HeaderName; 9] = [
     header::CONNECTION,
@@ -102,10 +110,7 @@ const NOT_STORED: [HeaderName; 9] = [
 
 impl StoredResponse {
     pub(crate) fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
-        let age = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-            .unwrap_or(0);
+        let age = age_of(headers);
         StoredResponse {
             status: status.as_u16(),
             headers: headers

@@ -3,9 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
@@ -14,7 +17,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,6 +34,18 @@ pub struct Reply {
     pub hang: bool,
     /// Append the request's value of this header to the body (to see what the origin saw).
     pub echo: Option<&'static str>,
+    /// Send these chunks instead of `body` (chunked, no `Content-Length`).
+    pub stream: Option<Streamed>,
+    /// Wait for a permit of this semaphore before answering (the permit is given back).
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A body sent as it streams.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub chunks: Vec<Bytes>,
+    /// Never end after the chunks (an event stream).
+    pub endless: bool,
 }
 
 impl Reply {
@@ -39,7 +56,15 @@ impl Reply {
             body: Bytes::from_static(b"v1"),
             hang: false,
             echo: None,
+            stream: None,
+            gate: None,
         }
+    }
+
+    /// The same reply with its body streamed in `chunks`, ending or not.
+    pub fn streamed(mut self, chunks: Vec<Bytes>, endless: bool) -> Self {
+        self.stream = Some(Streamed { chunks, endless });
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -54,6 +79,8 @@ pub struct Origin {
     pub reply: Mutex<Reply>,
     pub calls: AtomicUsize,
     pub seen: Mutex<Vec<HeaderMap>>,
+    /// Streamed bodies dropped (finished or not) by whoever read them.
+    pub streams_dropped: AtomicUsize,
 }
 
 impl Origin {
@@ -62,11 +89,16 @@ impl Origin {
             reply: Mutex::new(reply),
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            streams_dropped: AtomicUsize::new(0),
         })
     }
 
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn streams_dropped(&self) -> usize {
+        self.streams_dropped.load(Ordering::SeqCst)
     }
 
     pub fn set(&self, reply: Reply) {
@@ -92,6 +124,9 @@ async fn answer(State(origin): State<Arc<Origin>>, request: Request) -> Response
     if reply.hang {
         std::future::pending::<()>().await;
     }
+    if let Some(gate) = &reply.gate {
+        drop(gate.acquire().await.unwrap());
+    }
     let mut body = reply.body.to_vec();
     if let Some(name) = reply.echo
         && let Some(value) = request.headers().get(name)
@@ -99,7 +134,22 @@ async fn answer(State(origin): State<Arc<Origin>>, request: Request) -> Response
         body.extend_from_slice(b" ");
         body.extend_from_slice(value.as_bytes());
     }
-    let mut response = Response::new(Body::from(body));
+    let body = match reply.stream {
+        Some(streamed) => {
+            let chunks = stream::iter(streamed.chunks).map(Ok::<_, Infallible>);
+            let chunks = if streamed.endless {
+                chunks.chain(stream::pending()).boxed()
+            } else {
+                chunks.boxed()
+            };
+            Body::from_stream(Counted {
+                chunks,
+                origin: Arc::clone(&origin),
+            })
+        }
+        None => Body::from(body),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = reply.status;
     for (name, value) in reply.headers {
         response.headers_mut().append(
@@ -108,6 +158,26 @@ async fn answer(State(origin): State<Arc<Origin>>, request: Request) -> Response
         );
     }
     response
+}
+
+/// A streamed body that counts itself dropped.
+struct Counted {
+    chunks: BoxStream<'static, Result<Bytes, Infallible>>,
+    origin: Arc<Origin>,
+}
+
+impl Stream for Counted {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.chunks.poll_next_unpin(cx)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.origin.streams_dropped.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Serves `app` on a free loopback port until the test ends.
@@ -163,6 +233,16 @@ impl Client {
     }
 
     pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+        let open = self.open(method, path, headers).await;
+        Got {
+            status: open.status,
+            headers: open.headers,
+            body: open.body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    /// The response's head, its body still to be read.
+    pub async fn open(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Open {
         let mut request = axum::http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
@@ -175,10 +255,38 @@ impl Client {
             .await
             .unwrap();
         let (parts, body) = response.into_parts();
-        Got {
+        Open {
             status: parts.status,
             headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
+            body,
+        }
+    }
+}
+
+/// A response whose body is read as it comes.
+#[derive(Debug)]
+pub struct Open {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+}
+
+impl Open {
+    /// The `Cache-Status` header.
+    pub fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The next chunk of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Option<Bytes> {
+        loop {
+            let frame = self.body.frame().await?.unwrap();
+            if let Ok(data) = frame.into_data() {
+                return Some(data);
+            }
         }
     }
 }
