@@ -160,6 +160,94 @@ async fn redis_queue_conforms() {
     testing::queue_suite(&queue).await;
 }
 
+/// Writes entry `n` of a batch test: its payload is `n`'s bytes.
+async fn put_numbered(store: &RedisStore, prefix: &str, n: u32) {
+    let now = Timestamp::now();
+    let meta = EntryMeta::new(
+        now,
+        now.saturating_add(Duration::from_secs(60)),
+        now.saturating_add(Duration::from_secs(120)),
+    );
+    let bytes = n.to_be_bytes().to_vec();
+    let entry = Entry::new(meta, Payload::encoded(1, bytes.into()));
+    let put = Put::new(entry, PutCondition::Always, Duration::from_secs(120));
+    store
+        .put(Key::new(prefix, "job", u128::from(n)), put)
+        .await
+        .unwrap();
+}
+
+/// The number a read entry of a batch test carries.
+fn number_of(entry: &Entry) -> u32 {
+    let (_, bytes) = entry.payload.as_encoded().unwrap();
+    u32::from_be_bytes(bytes[..].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn concurrent_reads_share_commands_and_each_gets_its_own_entry() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    const N: u32 = 300;
+    for n in 0..N {
+        put_numbered(&store, "batch", n).await;
+    }
+    store.get(Key::new("batch", "job", 0)).await.unwrap();
+    let commands = || server.command_calls("get") + server.command_calls("mget");
+    let before = commands();
+    // One task polls them all: two go out at once, the rest wait and go out together.
+    let reads = (0..N).map(|n| store.get(Key::new("batch", "job", u128::from(n))));
+    let entries = futures_util::future::join_all(reads).await;
+    for (n, entry) in (0..N).zip(entries) {
+        assert_eq!(number_of(&entry.unwrap().unwrap()), n, "read {n}");
+    }
+    let sent = commands() - before;
+    assert!(sent <= 6, "{N} concurrent reads sent {sent} commands");
+    // A missing key in a batch is a miss, the others still entries.
+    let keys = [7u128, 1_000_000, 8];
+    let reads = keys.map(|n| store.get(Key::new("batch", "job", n)));
+    let [a, missing, b] = futures_util::future::join_all(reads)
+        .await
+        .try_into()
+        .ok()
+        .unwrap();
+    assert_eq!(number_of(&a.unwrap().unwrap()), 7);
+    assert!(missing.unwrap().is_none());
+    assert_eq!(number_of(&b.unwrap().unwrap()), 8);
+}
+
+#[tokio::test]
+async fn readers_that_give_up_leave_no_batched_reader_waiting() {
+    use futures_util::FutureExt;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    for n in 0..4 {
+        put_numbered(&store, "giveup", n).await;
+    }
+    let key = |n: u32| Key::new("giveup", "job", u128::from(n));
+    store.get(key(0)).await.unwrap();
+    // Two reads take the two places in flight and are dropped before their replies; a third
+    // waits for a place meanwhile. It still gets its entry.
+    let mut first = Box::pin(store.get(key(1)));
+    let mut second = Box::pin(store.get(key(2)));
+    assert!((&mut first).now_or_never().is_none());
+    assert!((&mut second).now_or_never().is_none());
+    let mut waiting = Box::pin(store.get(key(3)));
+    assert!((&mut waiting).now_or_never().is_none());
+    drop((first, second));
+    let entry = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting read was not stranded")
+        .unwrap()
+        .unwrap();
+    assert_eq!(number_of(&entry), 3);
+    // And the places were given back: reads go on.
+    assert_eq!(number_of(&store.get(key(0)).await.unwrap().unwrap()), 0);
+}
+
 #[tokio::test]
 async fn a_read_is_exactly_one_get() {
     let Some(server) = RedisServer::start() else {

@@ -7,6 +7,7 @@
 
 mod changes;
 mod layout;
+mod reads;
 mod scripts;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use self::layout::{
     HEAD_LEN, claim_key, clamp_u32, entry_key, fail_key, failure_record, parse_claim,
     parse_failure, parse_tag_record, tag_clock_key, tag_key, time_text, undecodable,
 };
+use self::reads::{Reads, get_many, get_one};
 use self::scripts::{ClaimReply, PutReply, ReleaseMode, Scripts};
 use crate::clock::Timestamp;
 use crate::entry::{ENVELOPE_HEADER_LEN, Entry, decode_envelope, encode_envelope};
@@ -69,7 +71,10 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 ///
 /// # Commands
 ///
-/// - `get`: one plain `GET` of the entry key, and nothing else; `get_many`: one `MGET`.
+/// - `get`: one plain `GET` of the entry key, and nothing else. Under load, reads share
+///   commands: while two reads of the store are on their way (on one Redis; not on a
+///   cluster), further reads wait for one of them to return and then go out together in one
+///   `MGET`, so a burst of reads costs Redis one command per batch. `get_many`: one `MGET`.
 /// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
 ///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
 ///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
@@ -123,6 +128,8 @@ pub struct RedisStore {
     max_entry_bytes: usize,
     expiry_grace: Duration,
     scripts: Scripts,
+    /// Single reads, batched while others are in flight (one Redis; not a cluster).
+    reads: Arc<Reads>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -241,6 +248,7 @@ impl RedisStoreBuilder {
             max_entry_bytes: self.max_entry_bytes,
             expiry_grace: self.expiry_grace,
             scripts: Scripts::new(),
+            reads: Arc::default(),
         })
     }
 }
@@ -414,18 +422,12 @@ impl RedisStore {
     }
 
     async fn do_get(&self, key: Key<'_>) -> Result<Option<Entry>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(entry_key(key));
-        let reply: Value = self
-            .conn
-            .query(&cmd, "GET")
-            .await
-            .map_err(Failure::into_store)?;
-        match reply {
-            Value::Nil => Ok(None),
-            Value::BulkString(b) => Ok(Some(self.decode(key, Bytes::from(b)))),
-            other => Err(Failure::protocol("GET", format!("{other:?}")).into_store()),
-        }
+        let raw = if self.conn.is_cluster() {
+            get_one(&self.conn, &entry_key(key)).await?
+        } else {
+            self.reads.get(&self.conn, entry_key(key)).await?
+        };
+        Ok(raw.map(|bytes| self.decode(key, bytes)))
     }
 
     /// One `MGET` of the entries of `keys`.
@@ -433,30 +435,13 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("MGET");
-        for &key in keys {
-            cmd.arg(entry_key(key));
-        }
-        let reply: Value = self
-            .conn
-            .query(&cmd, "MGET")
-            .await
-            .map_err(Failure::into_store)?;
-        let Value::Array(values) = reply else {
-            return Err(Failure::protocol("MGET", format!("{reply:?}")).into_store());
-        };
-        if values.len() != keys.len() {
-            let message = format!("{} replies to {} keys", values.len(), keys.len());
-            return Err(Failure::protocol("MGET", message).into_store());
-        }
-        keys.iter()
-            .zip(values)
-            .map(|(&key, value)| match value {
-                Value::Nil => Ok(None),
-                Value::BulkString(b) => Ok(Some(self.decode(key, Bytes::from(b)))),
-                other => Err(Failure::protocol("MGET", format!("{other:?}")).into_store()),
-            })
-            .collect()
+        let names: Vec<Vec<u8>> = keys.iter().map(|&key| entry_key(key)).collect();
+        let raws = get_many(&self.conn, names.iter().map(Vec::as_slice)).await?;
+        Ok(keys
+            .iter()
+            .zip(raws)
+            .map(|(&key, raw)| raw.map(|bytes| self.decode(key, bytes)))
+            .collect())
     }
 
     /// Runs one of the store's scripts and decodes its reply.

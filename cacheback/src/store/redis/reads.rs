@@ -1,0 +1,191 @@
+//! Reads of single entries, batched under load: while [`IN_FLIGHT`] reads of a store are
+//! already on their way to one Redis, a further read waits for one of them to come back, and
+//! every read that waited meanwhile goes out together in one `MGET`. A lone read is a plain
+//! `GET` with nothing added; a burst of reads costs Redis (and this process) one command per
+//! batch rather than one per read. Not used on a Redis Cluster, where the keys of a batch live
+//! in different slots.
+//!
+//! A batch runs in a task of its own, so a reader that gives up (its future dropped) never
+//! strands the readers batched after it; a waiter that gives up simply does not take its reply.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use redis::Value;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::redis_support::{Conn, Failure};
+
+/// Reads sent at once before further reads wait to be batched.
+const IN_FLIGHT: usize = 2;
+
+/// The most keys in one `MGET`: a bigger backlog goes out as several batches, one after the
+/// other, so that no one command keeps Redis busy for long.
+const PER_BATCH: usize = 256;
+
+/// An entry key's bytes as Redis returned them (`None`: no such key).
+pub(super) type Raw = Option<Bytes>;
+
+/// The reads of one store (shared by its clones).
+#[derive(Default)]
+pub(super) struct Reads {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Reads (or batches) on their way to Redis.
+    in_flight: usize,
+    /// Reads waiting for the next batch.
+    waiting: Vec<Waiter>,
+}
+
+struct Waiter {
+    key: Vec<u8>,
+    reply: oneshot::Sender<Result<Raw>>,
+}
+
+/// A place among the reads in flight; giving it back sends the reads that waited for it.
+struct Slot {
+    reads: Arc<Reads>,
+    conn: Conn,
+}
+
+impl Reads {
+    /// Reads the entry key `key`: at once when few reads are in flight, else in the next batch.
+    pub(super) async fn get(self: &Arc<Self>, conn: &Conn, key: Vec<u8>) -> Result<Raw> {
+        let waiting = {
+            let mut state = self.lock();
+            if state.in_flight < IN_FLIGHT {
+                state.in_flight += 1;
+                Err(key)
+            } else {
+                let (reply, waiting) = oneshot::channel();
+                state.waiting.push(Waiter { key, reply });
+                Ok(waiting)
+            }
+        };
+        let waiting = match waiting {
+            Ok(waiting) => waiting,
+            Err(key) => {
+                let slot = Slot {
+                    reads: Arc::clone(self),
+                    conn: conn.clone(),
+                };
+                let read = get_one(conn, &key).await;
+                drop(slot);
+                return read;
+            }
+        };
+        waiting.await.unwrap_or_else(|_| {
+            Err(
+                Failure::protocol("MGET", "the batch of reads was dropped with its runtime")
+                    .into_store(),
+            )
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.reads.lock();
+        if state.waiting.is_empty() {
+            state.in_flight -= 1;
+            return;
+        }
+        let take = state.waiting.len().min(PER_BATCH);
+        let batch: Vec<Waiter> = state.waiting.drain(..take).collect();
+        drop(state);
+        // The place passes on to the batch, which gives it back when it is done.
+        let slot = Slot {
+            reads: Arc::clone(&self.reads),
+            conn: self.conn.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(send(batch, slot));
+            }
+            // No runtime to send them from (it is going away): the waiters get an error and
+            // the place is given back (by `slot`'s own drop, which finds no one waiting or
+            // fails the next ones the same way).
+            Err(_) => drop(batch),
+        }
+    }
+}
+
+/// Sends a batch: one `GET` for a single read, else one `MGET`, and hands each waiter its
+/// reply (all of them the error, if the command failed).
+async fn send(batch: Vec<Waiter>, slot: Slot) {
+    let replies = if let [one] = batch.as_slice() {
+        get_one(&slot.conn, &one.key).await.map(|raw| vec![raw])
+    } else {
+        get_batch(&slot.conn, &batch).await
+    };
+    drop(slot);
+    match replies {
+        Ok(replies) => {
+            for (waiter, raw) in batch.into_iter().zip(replies) {
+                let _ = waiter.reply.send(Ok(raw));
+            }
+        }
+        Err(error) => {
+            for waiter in batch {
+                let _ = waiter.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// One `GET`.
+pub(super) async fn get_one(conn: &Conn, key: &[u8]) -> Result<Raw> {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    let reply: Value = conn.query(&cmd, "GET").await.map_err(Failure::into_store)?;
+    raw_of("GET", reply)
+}
+
+/// One `MGET` of every waiter's key, its replies in their order.
+async fn get_batch(conn: &Conn, batch: &[Waiter]) -> Result<Vec<Raw>> {
+    get_many(conn, batch.iter().map(|waiter| waiter.key.as_slice())).await
+}
+
+/// One `MGET` of `keys` (at least one), the replies in their order.
+pub(super) async fn get_many<'k>(
+    conn: &Conn,
+    keys: impl ExactSizeIterator<Item = &'k [u8]>,
+) -> Result<Vec<Raw>> {
+    let asked = keys.len();
+    let mut cmd = redis::cmd("MGET");
+    for key in keys {
+        cmd.arg(key);
+    }
+    let reply: Value = conn
+        .query(&cmd, "MGET")
+        .await
+        .map_err(Failure::into_store)?;
+    let Value::Array(values) = reply else {
+        return Err(Failure::protocol("MGET", format!("{reply:?}")).into_store());
+    };
+    if values.len() != asked {
+        let message = format!("{} replies to {asked} keys", values.len());
+        return Err(Failure::protocol("MGET", message).into_store());
+    }
+    values
+        .into_iter()
+        .map(|value| raw_of("MGET", value))
+        .collect()
+}
+
+/// An entry key's reply: its bytes, or `None`.
+fn raw_of(what: &'static str, value: Value) -> Result<Raw, Error> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
+        other => Err(Failure::protocol(what, format!("{other:?}")).into_store()),
+    }
+}
