@@ -6,9 +6,11 @@
 //! - **no cache**: the handler alone (the baseline);
 //! - **cacheback**: `CachebackLayer` on the memory store (in-process worker of 64), and on
 //!   `RedisStore` + `RedisQueue` (the same worker in this process);
-//! - **hitbox**: `hitbox_tower::Cache` on its moka backend, configured as the header says:
-//!   stale after 2 s, kept 62 s, `StalePolicy::OffloadRevalidate` (background revalidation by an
-//!   `OffloadManager`), dogpile prevention with a `BroadcastConcurrencyManager` of 1;
+//! - **hitbox**: `hitbox_tower::Cache` on its moka backend, and on its Redis backend
+//!   (`hitbox_redis::RedisBackend`, against the same `redis-server` as cacheback's Redis row),
+//!   configured as the header says: stale after 2 s, kept 62 s, `StalePolicy::OffloadRevalidate`
+//!   (background revalidation by an `OffloadManager`), dogpile prevention with a
+//!   `BroadcastConcurrencyManager` of 1;
 //! - **http-cache-tower-server**: `ServerCacheLayer` on its moka manager (no stale serving: a
 //!   stale entry calls the handler).
 //!
@@ -102,8 +104,11 @@ impl Subject {
             (Subject::Cacheback, true) => {
                 "CachebackLayer (route_layer), RedisStore + RedisQueue + in-process worker of 64"
             }
-            (Subject::Hitbox, _) => {
+            (Subject::Hitbox, false) => {
                 "hitbox_tower::Cache (layer), MokaBackend; Method + Path extractors; stale 2 s, ttl 62 s, StalePolicy::OffloadRevalidate with an OffloadManager, BroadcastConcurrencyManager limit 1"
+            }
+            (Subject::Hitbox, true) => {
+                "hitbox_tower::Cache (layer), hitbox_redis::RedisBackend (one multiplexed ConnectionManager; HMGET + PTTL per read; Bincode values, Bitcode keys, no compression); Method + Path extractors; stale 2 s, ttl 62 s, StalePolicy::OffloadRevalidate with an OffloadManager, BroadcastConcurrencyManager limit 1"
             }
             (Subject::HttpCacheServer, _) => {
                 "http_cache_tower_server::ServerCacheLayer (layer), MokaManager, DefaultKeyer; honours max-age, serves no stale response"
@@ -158,7 +163,7 @@ fn cacheback_app(client: &cacheback::Cacheback, origin: &Arc<Fetcher>) -> Result
     Ok(routes(origin).route_layer(layer))
 }
 
-/// The app of `subject` on the memory (or, for cacheback, Redis at `redis`) store.
+/// The app of `subject` on the memory (or, for cacheback and hitbox, Redis at `redis`) store.
 async fn app(
     subject: Subject,
     origin: &Arc<Fetcher>,
@@ -193,7 +198,26 @@ async fn app(
             .map_err(|e| e.to_string())?;
             Ok((cacheback_app(&client, origin)?, Some(client)))
         }
-        Subject::Hitbox => Ok((with_hitbox(routes(origin)), None)),
+        Subject::Hitbox => match redis {
+            None => {
+                let backend = hitbox_moka::MokaBackend::builder()
+                    .max_entries(10_000)
+                    .build();
+                Ok((with_hitbox(routes(origin), backend), None))
+            }
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                // The backend's defaults, which its docs recommend for production: Bincode
+                // values, Bitcode keys, no compression (the bodies are ~100 bytes).
+                let backend = hitbox_redis::RedisBackend::builder()
+                    .connection(hitbox_redis::ConnectionMode::single(url))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok((with_hitbox(routes(origin), backend), None))
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => Err("built without the redis feature".to_owned()),
+        },
         Subject::HttpCacheServer => {
             let manager = http_cache::MokaManager::default();
             let layer = http_cache_tower_server::ServerCacheLayer::new(manager);
@@ -209,9 +233,13 @@ async fn app(
     }
 }
 
-/// `router` behind hitbox's layer, configured for what the handler's `Cache-Control` says
-/// (hitbox takes its lifetimes from its configuration, not from the response).
-fn with_hitbox(router: Router) -> Router {
+/// `router` behind hitbox's layer on `backend`, configured for what the handler's
+/// `Cache-Control` says (hitbox takes its lifetimes from its configuration, not from the
+/// response).
+fn with_hitbox<B>(router: Router, backend: B) -> Router
+where
+    B: hitbox::backend::CacheBackend + Clone + Send + Sync + 'static,
+{
     use axum::body::Body;
     use hitbox::concurrency::BroadcastConcurrencyManager;
     use hitbox::offload::OffloadManager;
@@ -234,11 +262,7 @@ fn with_hitbox(router: Router) -> Router {
         )
         .build();
     let layer = hitbox_tower::Cache::builder()
-        .backend(
-            hitbox_moka::MokaBackend::builder()
-                .max_entries(10_000)
-                .build(),
-        )
+        .backend(backend)
         .config(config)
         .concurrency_manager(BroadcastConcurrencyManager::new())
         .offload(OffloadManager::with_defaults())
@@ -421,7 +445,7 @@ async fn measure(
     Ok(r)
 }
 
-/// The subjects measured on memory; cacheback alone on Redis.
+/// The subjects measured on memory; cacheback and hitbox on Redis.
 const MEMORY_SUBJECTS: [Subject; 4] = [
     Subject::NoCache,
     Subject::Cacheback,
@@ -466,7 +490,8 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
-/// W11 with cacheback on Redis, next to the handler alone in the same run.
+/// W11 with cacheback on Redis, next to the handler alone and hitbox on the same Redis in the
+/// same run.
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let url = ctx.redis()?.url();
@@ -475,6 +500,7 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let mut records = vec![
         rt.block_on(measure(Subject::NoCache, None, length, "Redis"))?,
         rt.block_on(measure(Subject::Cacheback, Some(&url), length, "Redis"))?,
+        rt.block_on(measure(Subject::Hitbox, Some(&url), length, "Redis"))?,
     ];
     with_baseline(&mut records);
     Ok(records)
