@@ -429,16 +429,28 @@ fn redis_summary(cb: &Measured, raw: &Measured, commands_per_read: f64) -> Strin
 
 /// The targets of W1 on the Redis store; `ratio` is cacheback's throughput ÷ raw `GET`'s.
 fn redis_checks(r: &mut Record, pass: &RedisPass, cb: Spread, ratio: f64) {
+    // Concurrent hits share `MGET`s, so under load a hit costs a fraction of a command.
     r.check(
-        "exactly 1 Redis command per hit",
+        "at most 1 Redis command per hit (exactly 1 for a lone reader)",
         format!("{:.3}", pass.commands_per_read),
-        (pass.commands_per_read - 1.0).abs() < 0.001,
+        if pass.tasks == 1 {
+            (pass.commands_per_read - 1.0).abs() < 0.001
+        } else {
+            pass.commands_per_read <= 1.001
+        },
     );
     r.check(
         "≥ 0.9× raw redis-rs GET throughput at equal concurrency",
         report::times(ratio),
         ratio >= 0.9,
     );
+    if pass.tasks == 64 {
+        r.check(
+            "≥ 0.95× raw redis-rs GET throughput with 64 tasks",
+            report::times(ratio),
+            ratio >= 0.95,
+        );
+    }
     if pass.tasks == 64 {
         r.check(
             "with 64 concurrent tasks ≥ 100,000 reads/s on 2 cores",

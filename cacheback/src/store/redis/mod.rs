@@ -241,14 +241,14 @@ impl RedisStoreBuilder {
         // so nothing to announce either.
         let announce = self.announce && !conn.is_cluster();
         Ok(RedisStore {
-            conn,
             watcher,
             announce,
             eviction_checked: Arc::new(AtomicBool::new(false)),
             max_entry_bytes: self.max_entry_bytes,
             expiry_grace: self.expiry_grace,
+            reads: Arc::new(Reads::new(conn.clone())),
+            conn,
             scripts: Scripts::new(),
-            reads: Arc::default(),
         })
     }
 }
@@ -425,7 +425,7 @@ impl RedisStore {
         let raw = if self.conn.is_cluster() {
             get_one(&self.conn, &entry_key(key)).await?
         } else {
-            self.reads.get(&self.conn, entry_key(key)).await?
+            self.reads.get(entry_key(key)).await?
         };
         Ok(raw.map(|bytes| self.decode(key, bytes)))
     }

@@ -28,8 +28,8 @@ const PER_BATCH: usize = 256;
 pub(super) type Raw = Option<Bytes>;
 
 /// The reads of one store (shared by its clones).
-#[derive(Default)]
 pub(super) struct Reads {
+    conn: Conn,
     state: Mutex<State>,
 }
 
@@ -49,12 +49,19 @@ struct Waiter {
 /// A place among the reads in flight; giving it back sends the reads that waited for it.
 struct Slot {
     reads: Arc<Reads>,
-    conn: Conn,
 }
 
 impl Reads {
+    /// The reads of a store on `conn` (one Redis).
+    pub(super) fn new(conn: Conn) -> Self {
+        Reads {
+            conn,
+            state: Mutex::default(),
+        }
+    }
+
     /// Reads the entry key `key`: at once when few reads are in flight, else in the next batch.
-    pub(super) async fn get(self: &Arc<Self>, conn: &Conn, key: Vec<u8>) -> Result<Raw> {
+    pub(super) async fn get(self: &Arc<Self>, key: Vec<u8>) -> Result<Raw> {
         let waiting = {
             let mut state = self.lock();
             if state.in_flight < IN_FLIGHT {
@@ -71,9 +78,8 @@ impl Reads {
             Err(key) => {
                 let slot = Slot {
                     reads: Arc::clone(self),
-                    conn: conn.clone(),
                 };
-                let read = get_one(conn, &key).await;
+                let read = get_one(&self.conn, &key).await;
                 drop(slot);
                 return read;
             }
@@ -104,7 +110,6 @@ impl Drop for Slot {
         // The place passes on to the batch, which gives it back when it is done.
         let slot = Slot {
             reads: Arc::clone(&self.reads),
-            conn: self.conn.clone(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -122,9 +127,11 @@ impl Drop for Slot {
 /// reply (all of them the error, if the command failed).
 async fn send(batch: Vec<Waiter>, slot: Slot) {
     let replies = if let [one] = batch.as_slice() {
-        get_one(&slot.conn, &one.key).await.map(|raw| vec![raw])
+        get_one(&slot.reads.conn, &one.key)
+            .await
+            .map(|raw| vec![raw])
     } else {
-        get_batch(&slot.conn, &batch).await
+        get_batch(&slot.reads.conn, &batch).await
     };
     drop(slot);
     match replies {
