@@ -58,10 +58,12 @@ pub struct Policy {
     /// `stale_threshold`) on a store shared by a fleet (Redis, memcached) is made once per key
     /// across the fleet rather than once per process: the process that takes the key's claim
     /// fetches, and readers in other processes wait for its write (polling the store, at
-    /// most `fetch_timeout`) instead of calling the upstream too. If the fetch fails, one
-    /// waiter takes the claim and tries; a claim left by a crashed process expires after
-    /// `fetch_timeout`. A claim held by a *refresh* also makes readers wait for that refresh,
-    /// so this suits jobs whose refreshes run promptly. It costs one claim round trip per
+    /// most `fetch_timeout`) instead of calling the upstream too. If the fetch fails, the
+    /// waiters get [`Error::BackingOff`](crate::Error::BackingOff) under `miss_backoff`;
+    /// without it one waiter takes the claim and tries in turn, so with an upstream that
+    /// hangs a read can take up to twice `fetch_timeout`. A claim left by a crashed process
+    /// expires after `fetch_timeout`. A claim held by a *refresh* also makes readers wait for
+    /// that refresh, so this suits jobs whose refreshes run promptly. It costs one claim round trip per
     /// synchronous fetch (it replaces `miss_backoff`'s read of the key's failure state).
     /// No effect on the in-process memory store, where one fetch per key per process is
     /// already one per store, nor on [`get_many`](crate::JobHandle::get_many)'s batch

@@ -675,3 +675,84 @@ async fn a_cold_key_whose_fetching_process_gives_up_is_fetched_by_a_waiting_read
 async fn a_cold_key_whose_fetching_process_crashed_is_fetched_once_its_claim_expires() {
     cold_key_waits_for_the_claim_holder(Holder::Crashes).await;
 }
+
+/// Fails every fetch, once let through its gate; says when a fetch has started.
+struct FailsAtGate {
+    started: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Job for FailsAtGate {
+    type Args = u64;
+    type Value = String;
+    type Error = std::io::Error;
+
+    fn name(&self) -> &str {
+        "failing"
+    }
+
+    fn policy(&self) -> Policy {
+        policy().fleet_coalescing(true)
+    }
+
+    async fn fetch(&self, _: u64) -> Result<String, std::io::Error> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        drop(self.gate.acquire().await);
+        Err(std::io::Error::other("upstream down"))
+    }
+}
+
+#[tokio::test]
+async fn readers_waiting_for_a_fetch_that_fails_back_off_with_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("fleetfail");
+    let clock = TestClock::new();
+    let started = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = Arc::new(AtomicUsize::new(0));
+    let url = server.url();
+    // Two "processes": A fetches, B finds A's claim (its store counts what it finds held).
+    let a = Cacheback::builder()
+        .prefix(&prefix)
+        .clock(clock.clone())
+        .store(RedisStore::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    let b = Cacheback::builder()
+        .prefix(&prefix)
+        .clock(clock.clone())
+        .store(CountingHeld {
+            inner: RedisStore::from_url(&url).unwrap(),
+            held: Arc::clone(&held),
+        })
+        .build()
+        .unwrap();
+    let job = |cache: &Cacheback| {
+        cache.job(FailsAtGate {
+            started: Arc::clone(&started),
+            gate: Arc::clone(&gate),
+        })
+    };
+    let (job_a, job_b) = (job(&a), job(&b));
+    let read_a = tokio::spawn(async move { job_a.get(1).await });
+    eventually("A's fetch started", WITHIN, || async {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let read_b = tokio::spawn(async move { job_b.get(1).await });
+    eventually("B waiting for A's fetch", WITHIN, || async {
+        held.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    gate.add_permits(1);
+    let error_a = read_a.await.unwrap().unwrap_err();
+    assert!(matches!(error_a, Error::Fetch { .. }), "{error_a:?}");
+    let error_b = read_b.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error_b, Error::BackingOff { failures: 1, .. }),
+        "B shares A's failure: {error_b:?}"
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 1, "one fetch in the fleet");
+}
