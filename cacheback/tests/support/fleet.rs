@@ -334,6 +334,26 @@ async fn miss_reader_process(fleet: &Fleet, now: Timestamp) {
     println!("MISS_READER got_first={got_first}");
 }
 
+/// Spawns the reader processes (`role`) of round `n`, waits until each says it is ready, then
+/// gives them the go signal together.
+fn start_readers(
+    server: &RedisServer,
+    prefix: &str,
+    n: u64,
+    role: &str,
+    vars: &[(&'static str, String)],
+) -> Vec<Proc> {
+    let readers = (0..READER_PROCESSES)
+        .map(|_| spawn_self(role, vars))
+        .collect();
+    let ready_key = format!("{prefix}:ready:{n}");
+    wait_for("readers ready", Duration::from_secs(30), || {
+        server.cmd::<Option<u64>>(&["GET", &ready_key]) == Some(READER_PROCESSES as u64)
+    });
+    let _: () = server.cmd(&["SET", &format!("{prefix}:go:{n}"), "1"]);
+    readers
+}
+
 /// How long a miss reader's fetch takes.
 const MISS_FETCH_MS: u64 = 300;
 
@@ -356,14 +376,7 @@ pub fn cold_key_burst(server: &RedisServer, prefix: &str, n: u64, coalesce: bool
             ("CB_COALESCE", u8::from(coalesce).to_string()),
         ],
     );
-    let readers: Vec<Proc> = (0..READER_PROCESSES)
-        .map(|_| spawn_self("miss_reader", &vars))
-        .collect();
-    let ready_key = format!("{prefix}:ready:{n}");
-    wait_for("readers ready", Duration::from_secs(30), || {
-        server.cmd::<Option<u64>>(&["GET", &ready_key]) == Some(READER_PROCESSES as u64)
-    });
-    let _: () = server.cmd(&["SET", &format!("{prefix}:go:{n}"), "1"]);
+    let readers = start_readers(server, prefix, n, "miss_reader", &vars);
     let mut got_first = 0;
     for reader in readers {
         let lines = finish(reader, "MISS_READER", Duration::from_secs(60));
@@ -491,19 +504,8 @@ fn exactly_one_fetch_of(
         runtime
             .block_on(writer.1.set(trial, "old".to_owned()))
             .unwrap();
-        let readers: Vec<Proc> = (0..READER_PROCESSES)
-            .map(|_| {
-                spawn_self(
-                    "reader",
-                    &fleet.vars(stale_now, &[("CB_ARGS", trial.to_string())]),
-                )
-            })
-            .collect();
-        let ready_key = format!("{prefix}:ready:{trial}");
-        wait_for("readers ready", Duration::from_secs(30), || {
-            server.cmd::<Option<u64>>(&["GET", &ready_key]) == Some(READER_PROCESSES as u64)
-        });
-        let _: () = server.cmd(&["SET", &format!("{prefix}:go:{trial}"), "1"]);
+        let vars = fleet.vars(stale_now, &[("CB_ARGS", trial.to_string())]);
+        let readers = start_readers(server, prefix, trial, "reader", &vars);
         let mut triggered = 0;
         for reader in readers {
             let lines = finish(reader, "READER", Duration::from_secs(30));
