@@ -57,7 +57,8 @@ pub(super) async fn take_turn<J: Job>(
         match core.store.claim(key, now, policy.fetch_timeout).await {
             Ok(ClaimOutcome::Won { token, failures }) => {
                 // The holder may have written and let go between the last look and the claim.
-                if waited && let Some(value) = written(core, job, key, seen).await {
+                if waited && let Some(value) = written(core, job, key, seen, Freshness::Stale).await
+                {
                     release(core, job, key, token).await;
                     return Ok(Turn::Written(value));
                 }
@@ -100,26 +101,32 @@ pub(super) async fn take_turn<J: Job>(
         tokio::time::sleep(pause).await;
         waited = true;
         pause = (pause * 2).min(LONGEST_POLL);
-        if let Some(value) = written(core, job, key, seen).await {
+        if let Some(value) = written(core, job, key, seen, Freshness::Stale).await {
             job.metrics.coalesced.increment(1);
             return Ok(Turn::Written(value));
         }
     }
 }
 
-/// The key's value if it was written since the reader saw generation `seen` and is still
-/// servable (an unreadable store or entry reads as not written).
-async fn written<J: Job>(
+/// The key's value if it was written since the reader saw generation `seen` and is at least
+/// as fresh as `least` (`Stale`: still servable); an unreadable store or entry reads as not
+/// written.
+pub(super) async fn written<J: Job>(
     core: &Core,
     job: &JobEntry<J>,
     key: Key<'_>,
     seen: u64,
+    least: Freshness,
 ) -> Option<Arc<J::Value>> {
     let read = core.store.get(key).await.ok()?;
     let entry = tags::judge(core, read).await?;
     let moved = entry.meta.generation != seen;
-    let servable = entry.meta.freshness(core.clock.now()) != Freshness::Expired;
-    if !(moved && servable) {
+    let fresh_enough = match entry.meta.freshness(core.clock.now()) {
+        Freshness::Fresh => true,
+        Freshness::Stale => least != Freshness::Fresh,
+        _ => false,
+    };
+    if !(moved && fresh_enough) {
         return None;
     }
     value::decode_value(core, job, &entry).ok().flatten()

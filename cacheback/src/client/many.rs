@@ -310,7 +310,10 @@ impl<J: Job> JobHandle<J> {
                             backoff::record_success(core, job, key, before).await;
                             let condition = Some(PutCondition::IfGeneration(generation));
                             let fetched = (value, took, tag_clock);
-                            Ok(Self::keep_fetched(core, job, key, args, fetched, condition).await)
+                            Ok(
+                                Self::keep_fetched(core, job, key, args, fetched, condition, None)
+                                    .await,
+                            )
                         }
                         Some(Err(error)) => {
                             backoff::record_failure(core, job, key, before, &error, true).await;

@@ -263,11 +263,7 @@ impl<J: Job> JobHandle<J> {
         // landed, and reached the coalescer just after that fetch left it, finds the fresh
         // value here instead of fetching a second time.
         if let Some(PutCondition::IfGeneration(seen)) = condition
-            && let Ok(read) = core.store.get(key).await
-            && let Some(entry) = tags::judge(&core, read).await
-            && entry.meta.generation != seen
-            && entry.meta.freshness(core.clock.now()) == Freshness::Fresh
-            && let Ok(Some(value)) = value::decode_value(&core, &job, &entry)
+            && let Some(value) = fleet::written(&core, &job, key, seen, Freshness::Fresh).await
         {
             return Ok(Arc::new(Fetched {
                 value,
@@ -310,48 +306,13 @@ impl<J: Job> JobHandle<J> {
         };
         backoff::record_success(&core, &job, key, before).await;
         let fetched = (value, took, tag_clock);
-        let kept = match (condition, token) {
-            (Some(condition), Some(token)) => {
-                Self::keep_claimed(&core, &job, key, &args, fetched, condition, token).await
-            }
-            _ => Self::keep_fetched(&core, &job, key, &args, fetched, condition).await,
-        };
-        Ok(kept)
-    }
-
-    /// [`keep_fetched`](Self::keep_fetched) for a fetch that holds the key's claim: the
-    /// write releases it (one round trip), and a value that cannot be stored lets it go.
-    async fn keep_claimed(
-        core: &Arc<Core>,
-        job: &Arc<JobEntry<J>>,
-        key: Key<'_>,
-        args: &Args<J>,
-        (value, took, tag_clock): (Value<J>, Duration, u64),
-        condition: PutCondition,
-        token: ClaimToken,
-    ) -> AnyValue {
-        let value = Arc::new(value);
-        let fetched = value::Fetched {
-            args,
-            value: Arc::clone(&value),
-            took,
-            tag_clock,
-        };
-        let written = match value::prepare_put(core, job, fetched, condition) {
-            Ok(put) => core.put_and_release(key, put, token).await.map(drop),
-            Err(error) => {
-                fleet::release(core, job, key, token).await;
-                Err(error)
-            }
-        };
-        let uncached = Self::count_write_error(job, written.err());
-        Self::report_uncached(core, job, key, uncached.as_ref());
-        Arc::new(Fetched { value, uncached }) as AnyValue
+        Ok(Self::keep_fetched(&core, &job, key, &args, fetched, condition, token).await)
     }
 
     /// Stores a value fetched for `args` (with how long the fetch took and the tag clock read
     /// before it) under `condition` (`None`: the store is unreachable), and says so when it
-    /// could not be cached.
+    /// could not be cached. A fetch that holds the key's claim (`token`) releases it with the
+    /// write (one round trip), or lets it go when the value cannot be stored.
     pub(super) async fn keep_fetched(
         core: &Arc<Core>,
         job: &Arc<JobEntry<J>>,
@@ -359,6 +320,7 @@ impl<J: Job> JobHandle<J> {
         args: &Args<J>,
         (value, took, tag_clock): (Value<J>, Duration, u64),
         condition: Option<PutCondition>,
+        token: Option<ClaimToken>,
     ) -> AnyValue {
         let value = Arc::new(value);
         let uncached = match condition {
@@ -373,7 +335,16 @@ impl<J: Job> JobHandle<J> {
                     took,
                     tag_clock,
                 };
-                let written = value::store_value(core, job, key, fetched, condition).await;
+                let written = match (value::prepare_put(core, job, fetched, condition), token) {
+                    (Ok(put), Some(token)) => core.put_and_release(key, put, token).await,
+                    (Ok(put), None) => core.put(key, put).await,
+                    (Err(error), token) => {
+                        if let Some(token) = token {
+                            fleet::release(core, job, key, token).await;
+                        }
+                        Err(error)
+                    }
+                };
                 Self::count_write_error(job, written.err())
             }
         };

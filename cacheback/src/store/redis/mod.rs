@@ -3,7 +3,8 @@
 //!
 //! The files: this one holds the store and its builder, `scripts.rs` the Lua scripts with their
 //! arguments and decoded replies, `layout.rs` key names, records and times as text,
-//! `changes.rs` the announcement of writes and the subscription that watches them.
+//! `reads.rs` single reads, batched into one `MGET` while others are in flight, `changes.rs`
+//! the announcement of writes and the subscription that watches them.
 
 mod changes;
 mod layout;
