@@ -457,7 +457,7 @@ impl<J: Job> JobHandle<J> {
                 warn!(job = %job.name, key = %key, reason, "entry does not decode; reading it as a miss");
                 self.core().emit(|| Event::EntryUndecodable {
                     job: Arc::clone(&job.name),
-                    key: key.to_string(),
+                    key: key.text(),
                     reason: reason.clone(),
                 });
                 Classified::Missing {

@@ -168,7 +168,7 @@ impl<J: Job> JobHandle<J> {
                 let key = Key::new(&self.core().prefix, &job.name, digest);
                 self.core().emit(|| Event::CacheBypassed {
                     job: Arc::clone(&job.name),
-                    key: key.to_string(),
+                    key: key.text(),
                     error,
                 });
                 Ok(Lookup {
@@ -371,7 +371,7 @@ impl<J: Job> JobHandle<J> {
         warn!(job = %job.name, key = %key, error = %Chain(error), "fetched value not cached");
         core.emit(|| Event::CacheBypassed {
             job: Arc::clone(&job.name),
-            key: key.to_string(),
+            key: key.text(),
             error: error.clone(),
         });
     }

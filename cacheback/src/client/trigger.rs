@@ -314,7 +314,7 @@ impl<J: Job> JobHandle<J> {
                 self.forget_hint(key.digest());
                 core.emit(|| Event::EnqueueDropped {
                     job: Arc::clone(&job.name),
-                    key: key.to_string(),
+                    key: key.text(),
                 });
                 Trigger::Retry
             }
@@ -381,7 +381,7 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         Ok(RefreshRequest {
             job: self.job.name.to_string(),
-            key: key.to_string(),
+            key: key.text(),
             args: core.codec.encode(args)?,
             codec: core.codec.id(),
             token: claimed.token,

@@ -184,7 +184,7 @@ impl<J: Job> JobHandle<J> {
             meta: entry.meta,
             freshness: entry.meta.freshness(now),
             claim,
-            key: key.to_string(),
+            key: key.text(),
         }))
     }
 

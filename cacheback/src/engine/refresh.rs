@@ -75,7 +75,7 @@ pub(crate) async fn process_request<J: Job>(
         }
     };
     let key = Key::new(&core.prefix, &job.name, digest);
-    let text = key.to_string();
+    let text = key.text();
     if text != request.key {
         return Processed::Rejected {
             reason: format!(
@@ -173,7 +173,7 @@ pub(crate) async fn refresh_claimed<J: Job>(
                 job.metrics.tally(|t| t.count(Count::RefreshOk));
                 core.emit(|| Event::Refreshed {
                     job: Arc::clone(&job.name),
-                    key: key.to_string(),
+                    key: key.text(),
                     fetch_duration: took,
                     generation,
                 });
@@ -188,7 +188,7 @@ pub(crate) async fn refresh_claimed<J: Job>(
                 job.metrics.refresh_discarded.increment(1);
                 core.emit(|| Event::RefreshDiscarded {
                     job: Arc::clone(&job.name),
-                    key: key.to_string(),
+                    key: key.text(),
                 });
                 RefreshOutcome::Discarded
             }
@@ -234,7 +234,7 @@ async fn record_failure<J: Job>(
     .await;
     core.emit(|| Event::RefreshFailed {
         job: Arc::clone(&job.name),
-        key: key.to_string(),
+        key: key.text(),
         error,
         failures,
         retry_after,

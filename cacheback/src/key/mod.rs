@@ -135,9 +135,54 @@ impl<'a> Key<'a> {
     }
 }
 
+impl Key<'_> {
+    /// The digest as 32 lowercase hex digits.
+    fn hex(&self) -> [u8; 32] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 32];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.digest.to_be_bytes()) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        hex
+    }
+
+    /// The length of the key's text.
+    pub(crate) fn text_len(&self) -> usize {
+        self.prefix.len() + self.job.len() + 34
+    }
+
+    /// Appends the key's text to `out`, written by hand: this runs on every refresh request
+    /// and every Redis command, where `format!` of the 32 hex digits costs about as much as
+    /// the rest of the key handling together.
+    pub(crate) fn write_text(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(self.job.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(&self.hex());
+    }
+
+    /// The key's text (as `to_string` gives it) in one allocation of exactly its length.
+    pub(crate) fn text(&self) -> String {
+        let mut out = Vec::with_capacity(self.text_len());
+        self.write_text(&mut out);
+        // Prefixes, job names and hex digits are ASCII (checked when the job is set up).
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
 impl fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{:032x}", self.prefix, self.job, self.digest)
+        let hex = self.hex();
+        // Hex digits are ASCII.
+        let hex = std::str::from_utf8(&hex).map_err(|_| fmt::Error)?;
+        f.write_str(self.prefix)?;
+        f.write_str(":")?;
+        f.write_str(self.job)?;
+        f.write_str(":")?;
+        f.write_str(hex)
     }
 }
 
@@ -177,6 +222,12 @@ mod tests {
         );
         for key in [Key::new("myapp", job, d), Key::new("p", "a:b:c", 1)] {
             let text = key.to_string();
+            assert_eq!(
+                text,
+                format!("{}:{}:{:032x}", key.prefix, key.job, key.digest)
+            );
+            assert_eq!(key.text(), text, "the allocation-exact text is the same");
+            assert_eq!(key.text().capacity(), key.text_len());
             assert_eq!(Key::parse(&text), Ok(key));
             assert_eq!(Key::parse(&format!("{{{text}}}")), Ok(key));
         }

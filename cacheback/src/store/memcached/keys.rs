@@ -25,14 +25,14 @@ const CONTROL_SUFFIX: &str = ":c";
 
 /// The memcached key of `key`'s entry.
 pub(super) fn entry_key(key: Key<'_>) -> String {
-    safe(key.to_string())
+    safe(key.text())
 }
 
 /// The memcached key of `key`'s control record: its claim and its failure state, in one item
 /// so that one compare-and-swap covers both. An entry's text ends with a hex digit, never with
 /// this suffix, so the two never collide.
 pub(super) fn control_key(key: Key<'_>) -> String {
-    let mut text = key.to_string();
+    let mut text = key.text();
     text.push_str(CONTROL_SUFFIX);
     safe(text)
 }

@@ -14,23 +14,11 @@ use crate::tags::TagState;
 /// How many bytes of an entry [`undecodable`] looks at: up to the generation's end.
 pub(super) const HEAD_LEN: usize = GENERATION_OFFSET + 8;
 
-/// `{<key text>}<suffix>`, written by hand: this runs on every read (`format!` of the 32 hex
-/// digits costs about as much as the rest of the key handling together).
+/// `{<key text>}<suffix>`, in one allocation of its exact length (this runs on every read).
 fn tagged(key: Key<'_>, suffix: &str) -> Vec<u8> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (prefix, job) = (key.prefix().as_bytes(), key.job().as_bytes());
-    let mut out = Vec::with_capacity(prefix.len() + job.len() + 36 + suffix.len());
+    let mut out = Vec::with_capacity(key.text_len() + 2 + suffix.len());
     out.push(b'{');
-    out.extend_from_slice(prefix);
-    out.push(b':');
-    out.extend_from_slice(job);
-    out.push(b':');
-    let mut hex = [0u8; 32];
-    for (pair, byte) in hex.chunks_exact_mut(2).zip(key.digest().to_be_bytes()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
-    out.extend_from_slice(&hex);
+    key.write_text(&mut out);
     out.push(b'}');
     out.extend_from_slice(suffix.as_bytes());
     out
