@@ -53,12 +53,15 @@ impl Timestamp {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 
-    /// The current system time.
+    /// The current system time, to within a few milliseconds.
+    ///
+    /// On Linux this is the kernel's coarse real-time clock: it advances once per scheduler
+    /// tick (1–4 ms) and is read for a fraction of what a precise read costs, which matters
+    /// because every read of a cache entry asks for the time. Freshness, claims and backoff are
+    /// decided in milliseconds against windows of seconds, so a value is at most a tick late
+    /// to turn stale. Elsewhere it is [`SystemTime::now`].
     pub fn now() -> Self {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
-        Timestamp(duration_millis(since_epoch))
+        Timestamp(system_millis())
     }
 }
 
@@ -96,6 +99,25 @@ impl From<Timestamp> for SystemTime {
     fn from(t: Timestamp) -> Self {
         UNIX_EPOCH + Duration::from_millis(t.0)
     }
+}
+
+/// Milliseconds since the Unix epoch, from the coarse real-time clock.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn system_millis() -> u64 {
+    use rustix::time::{ClockId, clock_gettime};
+    let t = clock_gettime(ClockId::RealtimeCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1_000).saturating_add(millis)
+}
+
+/// Milliseconds since the Unix epoch.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn system_millis() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    duration_millis(since_epoch)
 }
 
 pub(crate) fn duration_millis(d: Duration) -> u64 {
@@ -197,5 +219,20 @@ mod tests {
         let t = Timestamp::from_millis(1_700_000_000_123);
         assert_eq!(Timestamp::from(SystemTime::from(t)), t);
         assert!(Timestamp::now() > Timestamp::from_millis(1_600_000_000_000));
+    }
+
+    #[test]
+    fn now_is_the_system_time_to_within_a_tick() {
+        let precise = || duration_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
+        let before = precise();
+        let now = Timestamp::now().as_millis();
+        let after = precise();
+        // The coarse clock is the time of the last tick: never ahead, at most a tick behind
+        // (50 ms leaves room for a preempted test thread).
+        assert!(now <= after, "{now} is ahead of {after}");
+        assert!(
+            now + 50 >= before,
+            "{now} is more than 50 ms behind {before}"
+        );
     }
 }
