@@ -8,7 +8,12 @@
 //!
 //! Definitions, the same for every subject:
 //! - *served past its lifetime*: the value's own timestamp (end of its fetch) plus the lifetime
-//!   is before the read's end; the age past it is the difference.
+//!   is before the read's end; the age past it is the difference. A key nobody reads for a
+//!   while is served that far past its lifetime by its next read (stale-while-revalidate
+//!   refreshes on read), so the age also measures how sparsely a key is read.
+//! - *waited for its refresh*: for a read served past its lifetime, the time since the first
+//!   read of the same key that was served the same value past its lifetime (the read that
+//!   asked for the refresh): how long the refresh has taken so far, whatever the read rate.
 //! - *refresh event*: the fetches of one key, grouped so that a fetch starting more than half a
 //!   lifetime after the group's first starts a new group (no legitimate refresh of a key can
 //!   follow the previous one that soon); *fetch calls per refresh event* = fetches ÷ groups.
@@ -16,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cacheback::Policy;
@@ -164,23 +170,31 @@ struct ReaderTally {
     past_sum_ms: u64,
     /// The largest of those ages, in ms.
     past_max_ms: u64,
+    /// The sum of those reads' waits for their key's refresh, in ms.
+    waited_sum_ms: u64,
+    /// The longest such wait, in ms.
+    waited_max_ms: u64,
     /// Reads by the status they returned.
     statuses: HashMap<&'static str, u64>,
 }
 
 impl ReaderTally {
-    /// Counts a read that has just ended.
-    fn note(&mut self, read: Read) {
+    /// Counts a read of `key` that has just ended.
+    fn note(&mut self, key: u64, read: Read, first_past: &FirstPast) {
         self.reads += 1;
         *self.statuses.entry(read.status).or_default() += 1;
         match read.value {
             None => self.empty += 1,
             Some(v) => {
-                let past = unix_ms().saturating_sub(v.at_ms + LIFETIME_MS);
+                let now = unix_ms();
+                let past = now.saturating_sub(v.at_ms + LIFETIME_MS);
                 if past > 0 {
                     self.past += 1;
                     self.past_sum_ms += past;
                     self.past_max_ms = self.past_max_ms.max(past);
+                    let waited = now.saturating_sub(first_past.seen(key, v.at_ms, now));
+                    self.waited_sum_ms += waited;
+                    self.waited_max_ms = self.waited_max_ms.max(waited);
                 }
             }
         }
@@ -193,8 +207,47 @@ impl ReaderTally {
         self.past += other.past;
         self.past_sum_ms += other.past_sum_ms;
         self.past_max_ms = self.past_max_ms.max(other.past_max_ms);
+        self.waited_sum_ms += other.waited_sum_ms;
+        self.waited_max_ms = self.waited_max_ms.max(other.waited_max_ms);
         for (k, v) in other.statuses {
             *self.statuses.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// For each key, the value (its timestamp) last served past its lifetime and when that was
+/// first seen, shared by the reader tasks; touched only by reads served past the lifetime.
+struct FirstPast {
+    /// Per key, in one word so that readers agree on it: the value's timestamp (its low 32
+    /// bits: enough to tell a key's values apart) above the first sighting's distance from
+    /// that timestamp, in ms.
+    keys: Vec<AtomicU64>,
+}
+
+impl FirstPast {
+    fn new() -> Self {
+        FirstPast {
+            keys: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// When `key`'s value `at_ms` was first served past its lifetime (`now` if this read is
+    /// the first).
+    fn seen(&self, key: u64, at_ms: u64, now: u64) -> u64 {
+        let Some(slot) = usize::try_from(key).ok().and_then(|k| self.keys.get(k)) else {
+            return now;
+        };
+        let tag = at_ms & 0xffff_ffff;
+        let mine = (tag << 32) | (now.saturating_sub(at_ms) & 0xffff_ffff);
+        let mut current = slot.load(Ordering::Acquire);
+        loop {
+            if current >> 32 == tag {
+                return at_ms + (current & 0xffff_ffff);
+            }
+            match slot.compare_exchange(current, mine, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return now,
+                Err(actual) => current = actual,
+            }
         }
     }
 }
@@ -268,12 +321,15 @@ async fn prewarm_keys(subject: &Arc<Subject>) -> Result<(), String> {
 /// `READERS` reader tasks reading Zipf-chosen keys of `subject` for `length`; what they saw.
 async fn read_for(subject: &Arc<Subject>, length: Duration) -> Result<Reads, String> {
     let zipf = Arc::new(Zipf::new(KEYS, ZIPF_S));
+    let first_past = Arc::new(FirstPast::new());
     let start = Instant::now();
     let deadline = start + length;
     let readers: Vec<_> = (0..READERS)
         .map(|i| {
             let (subject, zipf) = (Arc::clone(subject), Arc::clone(&zipf));
-            tokio::spawn(reader(subject, zipf, 0xC0FFEE + i as u64, deadline))
+            let first_past = Arc::clone(&first_past);
+            let seed = 0xC0FFEE + i as u64;
+            tokio::spawn(reader(subject, zipf, first_past, seed, deadline))
         })
         .collect();
     let mut hist = stats::latency_histogram();
@@ -295,6 +351,7 @@ async fn read_for(subject: &Arc<Subject>, length: Duration) -> Result<Reads, Str
 async fn reader(
     subject: Arc<Subject>,
     zipf: Arc<Zipf>,
+    first_past: Arc<FirstPast>,
     seed: u64,
     deadline: Instant,
 ) -> (Histogram<u64>, ReaderTally) {
@@ -306,7 +363,7 @@ async fn reader(
         let t = Instant::now();
         let read = subject.read(key).await;
         stats::record(&mut hist, t.elapsed());
-        tally.note(read);
+        tally.note(key, read, &first_past);
         tokio::task::yield_now().await;
     }
     (hist, tally)
@@ -329,6 +386,8 @@ struct Derived {
     past_share: f64,
     /// The mean age past the lifetime of those, in ms; 0 with none.
     mean_past_ms: f64,
+    /// Their mean wait for their key's refresh, in ms; 0 with none.
+    mean_waited_ms: f64,
 }
 
 impl Derived {
@@ -349,11 +408,8 @@ impl Derived {
             },
             empty_share: share(all.empty),
             past_share: share(all.past),
-            mean_past_ms: if all.past == 0 {
-                0.0
-            } else {
-                all.past_sum_ms as f64 / all.past as f64
-            },
+            mean_past_ms: mean(all.past_sum_ms, all.past),
+            mean_waited_ms: mean(all.waited_sum_ms, all.past),
         }
     }
 
@@ -376,6 +432,8 @@ impl Derived {
                 "share": self.past_share,
                 "mean_age_past_ms": stats::round3(self.mean_past_ms),
                 "max_age_past_ms": all.past_max_ms,
+                "mean_waited_for_refresh_ms": stats::round3(self.mean_waited_ms),
+                "max_waited_for_refresh_ms": all.waited_max_ms,
             }),
         );
         r.figure("statuses", json!(all.statuses));
@@ -388,7 +446,7 @@ impl Derived {
     /// The run's line in the table.
     fn summary(&self, reads: &Reads, backlog: Option<u64>) -> String {
         format!(
-            "{}; p50 {}, p99 {}; {} fetches, {:.2}/event; empty {:.1}%; past lifetime {:.1}% (mean {:.0} ms, max {} ms); backlog {}",
+            "{}; p50 {}, p99 {}; {} fetches, {:.2}/event; empty {:.1}%; past lifetime {:.1}% (mean {:.0} ms, max {} ms; waited for the refresh mean {:.0} ms, max {} ms); backlog {}",
             report::rate(self.reads_per_sec),
             report::micros(stats::ns_to_us(reads.hist.value_at_quantile(0.5))),
             report::micros(stats::ns_to_us(reads.hist.value_at_quantile(0.99))),
@@ -398,9 +456,16 @@ impl Derived {
             100.0 * self.past_share,
             self.mean_past_ms,
             reads.tally.past_max_ms,
+            self.mean_waited_ms,
+            reads.tally.waited_max_ms,
             backlog.map_or("n/a".to_owned(), |b| b.to_string()),
         )
     }
+}
+
+/// `sum / n`, 0 when `n` is 0.
+fn mean(sum: u64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { sum as f64 / n as f64 }
 }
 
 /// Groups each key's fetches into refresh events: a fetch starting more than `gap` after the
@@ -447,5 +512,23 @@ mod tests {
         ];
         assert_eq!(refresh_events(&log, gap), 5);
         assert_eq!(refresh_events(&[], gap), 0);
+    }
+
+    #[test]
+    fn a_wait_counts_from_the_first_read_past_the_lifetime_of_that_value() {
+        let first = FirstPast::new();
+        assert_eq!(first.seen(7, 100, 5_000), 5_000, "the first sighting");
+        assert_eq!(first.seen(7, 100, 5_040), 5_000, "the same value later");
+        assert_eq!(
+            first.seen(7, 200, 9_000),
+            9_000,
+            "a newer value starts again"
+        );
+        assert_eq!(first.seen(8, 100, 9_500), 9_500, "keys are apart");
+        assert_eq!(
+            first.seen(u64::MAX, 1, 3),
+            3,
+            "a key out of range waits nothing"
+        );
     }
 }
