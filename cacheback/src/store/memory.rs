@@ -74,7 +74,8 @@ struct TagBook {
 /// A purge of expired entries runs after this many writes.
 const PURGE_EVERY_WRITES: u64 = 4096;
 
-/// The compact in-memory form of an [`Entry`] (kept small: W7 measures bytes per entry).
+/// The compact in-memory form of an [`Entry`] (kept small: it is most of what an entry costs
+/// in memory).
 #[derive(Clone)]
 struct MemEntry {
     generation: u64,
