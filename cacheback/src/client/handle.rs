@@ -12,7 +12,7 @@ use futures_util::future::{self, BoxFuture, Either};
 use tracing::warn;
 
 use crate::client::lookup::{Lookup, Status};
-use crate::client::{Cacheback, ReadState};
+use crate::client::{Cacheback, QueueFallback, ReadState};
 use crate::clock::Timestamp;
 use crate::engine::Core;
 use crate::engine::near::{NearTier, Ticket};
@@ -298,9 +298,10 @@ impl<J: Job> JobHandle<J> {
         }
     }
 
-    /// A stale read of an in-process store, answered without awaiting when the claim is
-    /// already taken (the common case: every reader of a stale key but the first). The reader
-    /// that wins the claim goes on to enqueue the refresh in a boxed future.
+    /// A stale read of an in-process store: the claim is decided here. The reader that wins
+    /// it hands the refresh request to an in-process queue in a task of the client after
+    /// answering; to any other queue (or with [`QueueFallback::SyncRefresh`], or outside a
+    /// tokio runtime) it enqueues in a boxed future before answering.
     pub(super) fn stale_now(
         &self,
         memory: &MemoryStore,
@@ -317,6 +318,24 @@ impl<J: Job> JobHandle<J> {
         match self.won(outcome) {
             Ok((token, failures)) => {
                 let digest = key.digest();
+                // With an in-process queue the winner answers at once and hands the request
+                // over to a task, unless the policy says a refresh the queue refuses runs
+                // before the answer. The task holds only what the request needs; the rest of
+                // the work is boxed when it first runs, not here.
+                if self.core().queue.in_process()
+                    && self.reads().queue_fallback != QueueFallback::SyncRefresh
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                {
+                    let (this, generation) = (self.clone(), meta.generation);
+                    let hand_off = async move {
+                        let key = Key::new(&this.core().prefix, &this.job.name, digest);
+                        let after =
+                            this.after_claim(key, &args, generation, now, true, token, failures);
+                        Box::pin(after).await;
+                    };
+                    self.core().tasks.spawn_on(hand_off, &runtime);
+                    return Either::Left(Ok(stale(true)));
+                }
                 Either::Right(Box::pin(async move {
                     let key = Key::new(&self.core().prefix, &self.job.name, digest);
                     let started = self

@@ -68,7 +68,13 @@ pub struct Lookup<V> {
     /// How long ago the served value was fetched.
     pub age: Option<Duration>,
     /// Whether this read started a refresh. With the in-process memory store the claim is
-    /// decided during the read, and this says a refresh was enqueued (or ran). With a remote
+    /// decided during the read, and this says this read won it and its request was enqueued
+    /// (or the refresh ran), with one exception: with the in-process queue
+    /// ([`LocalQueue`](crate::LocalQueue)) a stale read hands its request over right
+    /// after it answers (unless the fallback is
+    /// [`QueueFallback::SyncRefresh`](crate::QueueFallback::SyncRefresh)), so a full queue,
+    /// which lets the claim go for the next read to try again, is not reflected here. With a
+    /// remote
     /// store (Redis, memcached, and through a near cache) a read never waits for the claim's
     /// and the enqueue's round trips: they finish in the background, this says the read asked
     /// for the refresh, and the claim decides whether it is enqueued (at most one per stale

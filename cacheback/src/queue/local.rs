@@ -129,6 +129,10 @@ impl Queue for LocalQueue {
         "local"
     }
 
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn enqueue(
         &self,
         request: RefreshRequest,

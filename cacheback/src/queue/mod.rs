@@ -207,6 +207,15 @@ pub trait Queue: Any + Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Whether an enqueue completes in this process at once, with nothing to wait for or
+    /// confirm (an in-memory channel). A stale read of the in-process store then answers
+    /// first and hands its request to such a queue right after; to any other queue it hands
+    /// the request before answering, so a read that says it started a refresh was confirmed
+    /// by the broker. The default is `false`.
+    fn in_process(&self) -> bool {
+        false
+    }
+
     /// Checks that the queue answers (one round trip for a remote queue), for readiness
     /// probes and start-up checks; the error says why not. The default, for in-process queues,
     /// always answers.
