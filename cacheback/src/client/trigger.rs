@@ -16,7 +16,7 @@ use crate::job::Job;
 use crate::key::Key;
 use crate::observe::Event;
 use crate::queue::{EnqueueError, RefreshRequest};
-use crate::store::{ClaimToken, Release};
+use crate::store::{ClaimOutcome, ClaimToken, Release};
 
 impl<J: Job> JobHandle<J> {
     /// Triggers a refresh for a read that serves a stale value or nothing: with the in-process
@@ -217,6 +217,21 @@ impl<J: Job> JobHandle<J> {
             .claim(key, now, job.policy.refresh_timeout)
             .instrument(debug_span!("cacheback.claim"))
             .await;
+        self.trigger_claimed(key, args, generation, now, recheck, outcome)
+            .await
+    }
+
+    /// The rest of [`trigger`](Self::trigger) once the store has answered the claim (asked
+    /// for alone, or with the write that made the key stale).
+    pub(super) async fn trigger_claimed(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        generation: u64,
+        now: Timestamp,
+        recheck: bool,
+        outcome: Result<ClaimOutcome>,
+    ) -> Trigger {
         let decided = match self.won(outcome) {
             Ok((token, failures)) => {
                 self.after_claim(key, args, generation, now, recheck, token, failures)

@@ -133,11 +133,16 @@ impl<J: Job> JobHandle<J> {
                     PutCondition::IfGeneration(seen),
                     core.tombstone_ttl,
                 );
-                let PutOutcome::Written { generation } = core.put(key, fence).await? else {
-                    continue;
+                if !even_if_missing {
+                    match core.put(key, fence).await? {
+                        PutOutcome::Written { .. } => return Ok(false),
+                        PutOutcome::Discarded { .. } => continue,
+                    }
+                }
+                return match self.fence_and_claim(key, &args, fence, now).await? {
+                    Some(started) => Ok(started),
+                    None => continue,
                 };
-                return Ok(even_if_missing
-                    && self.trigger(key, &args, generation, now, false).await == Trigger::Started);
             };
             let mut meta = entry.meta;
             meta.fresh_until = meta.fresh_until.min(now);
@@ -147,16 +152,36 @@ impl<J: Job> JobHandle<J> {
                 PutCondition::IfGeneration(meta.generation),
                 ttl,
             );
-            if let PutOutcome::Written { generation } = core.put(key, put).await? {
-                return Ok(
-                    self.trigger(key, &args, generation, now, false).await == Trigger::Started
-                );
+            if let Some(started) = self.fence_and_claim(key, &args, put, now).await? {
+                return Ok(started);
             }
         }
         Err(Error::store(
             core.store.backend(),
             "invalidate kept racing concurrent writes of the key; gave up after 8 attempts",
         ))
+    }
+
+    /// Writes `put` (which moves the key's generation on) and, once written, takes the key's
+    /// claim in the same store call and enqueues the refresh. `None` when the write's
+    /// generation condition failed (nothing was written or claimed); else whether a refresh
+    /// started.
+    async fn fence_and_claim(
+        &self,
+        key: Key<'_>,
+        args: &Args<J>,
+        put: Put,
+        now: Timestamp,
+    ) -> Result<Option<bool>> {
+        let ttl = self.job.policy.refresh_timeout;
+        let (written, claim) = self.core().put_and_claim(key, put, now, ttl).await?;
+        let (PutOutcome::Written { generation }, Some(claim)) = (written, claim) else {
+            return Ok(None);
+        };
+        let started = self
+            .trigger_claimed(key, args, generation, now, false, Ok(claim))
+            .await;
+        Ok(Some(started == Trigger::Started))
     }
 
     /// The entry of `args` with its metadata and claim state, without any side effect

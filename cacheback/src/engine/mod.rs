@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::key::Key;
 use crate::observe::{Event, EventHook};
 use crate::queue::Queue;
 use crate::store::memory::MemoryStore;
-use crate::store::{ClaimToken, Put, PutOutcome, Store};
+use crate::store::{ClaimOutcome, ClaimToken, Put, PutOutcome, Store};
 
 pub(crate) mod backoff;
 pub(crate) mod fetch;
@@ -84,6 +84,19 @@ impl Core {
         token: ClaimToken,
     ) -> Result<PutOutcome> {
         let outcome = self.store.put_and_release(key, put, token).await;
+        self.forget_near(key.digest());
+        outcome
+    }
+
+    /// [`Store::put_and_claim`], dropping the near copy as [`put`](Self::put) does.
+    pub(crate) async fn put_and_claim(
+        &self,
+        key: Key<'_>,
+        put: Put,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(PutOutcome, Option<ClaimOutcome>)> {
+        let outcome = self.store.put_and_claim(key, put, now, ttl).await;
         self.forget_near(key.digest());
         outcome
     }

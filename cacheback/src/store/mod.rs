@@ -297,6 +297,28 @@ pub trait Store: Any + Send + Sync + fmt::Debug {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>>;
 
+    /// A write that asks for the key's refresh claim once it is written: [`put`](Store::put),
+    /// then, only if the entry was written, [`claim`](Store::claim) at `now` for `ttl`.
+    /// Returns the write's outcome and, when it was written, the claim's. Backends that can
+    /// do both in one round trip (a Redis script) override this; the default makes the two
+    /// calls. An error of the claim after a write leaves the entry written.
+    fn put_and_claim<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: Put,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(PutOutcome, Option<ClaimOutcome>)>> {
+        Box::pin(async move {
+            let outcome = self.put(key, put).await?;
+            let claim = match outcome {
+                PutOutcome::Written { .. } => Some(self.claim(key, now, ttl).await?),
+                PutOutcome::Discarded { .. } => None,
+            };
+            Ok((outcome, claim))
+        })
+    }
+
     /// Tries to take the refresh claims of several keys at `now` for `ttl`: what
     /// [`claim`](Store::claim) of each returns, in the order given, each key decided as if
     /// claimed alone (one failed key does not fail the others). Backends that can take many

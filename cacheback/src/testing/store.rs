@@ -104,6 +104,7 @@ pub async fn store_suite(store: &dyn Store) {
     release_checks_the_token(store).await;
     failures_back_off_and_clear(store).await;
     put_and_release_frees_the_owners_claim(store).await;
+    put_and_claim_claims_only_what_it_writes(store).await;
     concurrent_claims_have_one_winner(store).await;
     claims_of_many_keys_are_each_decided_alone(store).await;
     entries_keep_their_tags(store).await;
@@ -314,6 +315,66 @@ async fn failures_back_off_and_clear(store: &dyn Store) {
     assert!(
         matches!(claim(store, k, NOW).await, ClaimOutcome::BackingOff { .. }),
         "failure state must be recorded even without a live claim"
+    );
+}
+
+async fn put_and_claim_claims_only_what_it_writes(store: &dyn Store) {
+    let k = fresh_key();
+    let put = |text: &str, condition| Put::new(value_entry(text, 0), condition, TTL);
+    let put_and_claim = |p: Put| async move {
+        store
+            .put_and_claim(k, p, NOW, TTL)
+            .await
+            .unwrap_or_else(|e| panic!("put_and_claim failed: {e}"))
+    };
+    // Written: the claim is taken, as `claim` would take it.
+    let (written, won) = put_and_claim(put("one", PutCondition::IfGeneration(0))).await;
+    assert_eq!(written, PutOutcome::Written { generation: 1 });
+    assert_eq!(value_of(&get(store, k).await.expect("written")), "one");
+    let Some(won @ ClaimOutcome::Won { failures: 0, .. }) = won else {
+        panic!("the write's claim must win, got {won:?}");
+    };
+    assert!(
+        matches!(claim(store, k, NOW).await, ClaimOutcome::Held { .. }),
+        "the claim taken with the write holds the key"
+    );
+    // Written while another claim holds the key: the write happens, the claim is refused.
+    let (written, held) = put_and_claim(put("two", PutCondition::Always)).await;
+    assert_eq!(written, PutOutcome::Written { generation: 2 });
+    assert!(
+        matches!(held, Some(ClaimOutcome::Held { .. })),
+        "a held claim is not taken again, got {held:?}"
+    );
+    release(store, k, &won, Release::Abandoned).await;
+    // Discarded: nothing written, nothing claimed.
+    let (discarded, none) = put_and_claim(put("late", PutCondition::IfGeneration(1))).await;
+    assert_eq!(discarded, PutOutcome::Discarded { current: 2 });
+    assert_eq!(none, None, "a discarded write asks for no claim");
+    let state = store
+        .claim_state(k, NOW)
+        .await
+        .unwrap_or_else(|e| panic!("claim_state failed: {e}"));
+    assert_eq!(
+        state.claim, None,
+        "a discarded write leaves the key unclaimed"
+    );
+    // A key backing off after a failure: written, the claim says so.
+    let won = claim(store, k, NOW).await;
+    let retry_after = NOW.saturating_add(Duration::from_secs(30));
+    let failed = Release::Failed {
+        failures: 1,
+        retry_after,
+        forget_at: NOW.saturating_add(Duration::from_secs(600)),
+    };
+    release(store, k, &won, failed).await;
+    let (written, backing_off) = put_and_claim(put("three", PutCondition::Always)).await;
+    assert_eq!(written, PutOutcome::Written { generation: 3 });
+    assert!(
+        matches!(
+            backing_off,
+            Some(ClaimOutcome::BackingOff { failures: 1, .. })
+        ),
+        "the write's claim backs off like any claim, got {backing_off:?}"
     );
 }
 

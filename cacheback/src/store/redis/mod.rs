@@ -30,7 +30,7 @@ use self::layout::{
     parse_failure, parse_tag_record, tag_clock_key, tag_key, time_text, undecodable,
 };
 use self::reads::{Reads, get_many, get_one};
-use self::scripts::{ClaimReply, PutReply, ReleaseMode, Scripts};
+use self::scripts::{AfterPut, ClaimReply, PutReply, ReleaseMode, Scripts};
 use crate::clock::Timestamp;
 use crate::entry::{Entry, decode_envelope, encode_envelope};
 use crate::error::{Chain, Error, Result};
@@ -82,7 +82,9 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 /// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
 ///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
 ///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
-///   it. The envelope layout is passed to the script with every call.
+///   it. The envelope layout is passed to the script with every call. `put_and_release` and
+///   `put_and_claim` are the same script, which then also releases or (once written) takes
+///   the key's claim.
 /// - `claim` / `release`: scripts (`claim.lua`, `release.lua`) over the claim and failure keys;
 ///   `release` deletes the claim only if the token matches.
 /// - `claim_state`: one `MGET` of the claim and failure keys.
@@ -274,6 +276,44 @@ impl RedisStore {
         put: Put,
         release: Option<ClaimToken>,
     ) -> Result<PutOutcome> {
+        let then = release.map_or(AfterPut::Nothing, AfterPut::Release);
+        let invocation = self.put_invocation(key, put, then)?;
+        let reply = self.run(invocation, "put script", PutReply::decode).await?;
+        Ok(put_outcome(reply))
+    }
+
+    /// The put-and-claim script: the claim is asked for only once the entry is written.
+    async fn do_put_and_claim(
+        &self,
+        key: Key<'_>,
+        put: Put,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(PutOutcome, Option<ClaimOutcome>)> {
+        self.check_eviction_once().await;
+        let token = ClaimToken::random();
+        let (now_text, until) = (time_text(now), time_text(now.saturating_add(ttl)));
+        let then = AfterPut::Claim {
+            token,
+            now: &now_text,
+            until: &until,
+            px: px(ttl.saturating_add(self.expiry_grace)),
+        };
+        let invocation = self.put_invocation(key, put, then)?;
+        let what = "put-and-claim script";
+        let (reply, claim) = self
+            .run(invocation, what, PutReply::decode_with_claim)
+            .await?;
+        Ok((put_outcome(reply), claim.map(|c| claim_outcome(c, token))))
+    }
+
+    /// The `put` script's call for `put`, then `then`.
+    fn put_invocation(
+        &self,
+        key: Key<'_>,
+        put: Put,
+        then: AfterPut<'_>,
+    ) -> Result<ScriptInvocation<'_>> {
         let Put {
             entry,
             condition,
@@ -292,15 +332,9 @@ impl RedisStore {
         let px = px(ttl.saturating_add(self.expiry_grace));
         let channel = self.announce.then(|| changes::channel(key.prefix()));
         let announce = channel.as_deref().map(|c| (c, entry.is_tombstone()));
-        let invocation = self
+        Ok(self
             .scripts
-            .put(key, expected, envelope, px, announce, release);
-        Ok(
-            match self.run(invocation, "put script", PutReply::decode).await? {
-                PutReply::Written(generation) => PutOutcome::Written { generation },
-                PutReply::Discarded(current) => PutOutcome::Discarded { current },
-            },
-        )
+            .put(key, expected, envelope, px, announce, then))
     }
 
     async fn do_claim(&self, key: Key<'_>, now: Timestamp, ttl: Duration) -> Result<ClaimOutcome> {
@@ -363,22 +397,7 @@ impl RedisStore {
         Ok(replies
             .into_iter()
             .zip(claims)
-            .map(|(reply, (_, token))| match reply {
-                ClaimReply::Won { failures } => ClaimOutcome::Won {
-                    token,
-                    failures: clamp_u32(failures),
-                },
-                ClaimReply::Held { until } => ClaimOutcome::Held {
-                    until: Timestamp::from_millis(until),
-                },
-                ClaimReply::BackingOff {
-                    retry_after,
-                    failures,
-                } => ClaimOutcome::BackingOff {
-                    retry_after: Timestamp::from_millis(retry_after),
-                    failures: clamp_u32(failures),
-                },
-            })
+            .map(|(reply, (_, token))| claim_outcome(reply, token))
             .collect())
     }
 
@@ -473,6 +492,34 @@ impl RedisStore {
     }
 }
 
+/// What a `put` script's reply says of the write.
+fn put_outcome(reply: PutReply) -> PutOutcome {
+    match reply {
+        PutReply::Written(generation) => PutOutcome::Written { generation },
+        PutReply::Discarded(current) => PutOutcome::Discarded { current },
+    }
+}
+
+/// What a claim's reply says, for the claim `token` asked for.
+fn claim_outcome(reply: ClaimReply, token: ClaimToken) -> ClaimOutcome {
+    match reply {
+        ClaimReply::Won { failures } => ClaimOutcome::Won {
+            token,
+            failures: clamp_u32(failures),
+        },
+        ClaimReply::Held { until } => ClaimOutcome::Held {
+            until: Timestamp::from_millis(until),
+        },
+        ClaimReply::BackingOff {
+            retry_after,
+            failures,
+        } => ClaimOutcome::BackingOff {
+            retry_after: Timestamp::from_millis(retry_after),
+            failures: clamp_u32(failures),
+        },
+    }
+}
+
 /// The warning for Redis memory settings that let claims be evicted, if they do.
 fn eviction_warning(maxmemory: u64, policy: &str) -> Option<String> {
     if maxmemory == 0 || policy == "noeviction" {
@@ -528,6 +575,16 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimOutcome>> {
         Box::pin(self.do_claim(key, now, ttl))
+    }
+
+    fn put_and_claim<'a>(
+        &'a self,
+        key: Key<'a>,
+        put: Put,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(PutOutcome, Option<ClaimOutcome>)>> {
+        Box::pin(self.do_put_and_claim(key, put, now, ttl))
     }
 
     fn claim_many<'a>(

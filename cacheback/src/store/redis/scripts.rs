@@ -1,5 +1,6 @@
-//! The store's Lua scripts (`put.lua`, `claim.lua`, `release.lua` beside this file): the
-//! arguments each takes, and its reply decoded into an enum.
+//! The store's Lua scripts (`put.lua`, `claim.lua`, `release.lua` beside this file, with
+//! `claim_fn.lua` in front of `put` and `claim`): the arguments each takes, and its reply
+//! decoded into an enum.
 //!
 //! The envelope layout the `put` script needs (prefix, header length, generation offset) is
 //! passed in from [`crate::entry`] on every call. The reply codes and release modes are
@@ -15,6 +16,7 @@ use crate::store::ClaimToken;
 
 const PUT_LUA: &str = include_str!("put.lua");
 const CLAIM_LUA: &str = include_str!("claim.lua");
+const CLAIM_FN_LUA: &str = include_str!("claim_fn.lua");
 const RELEASE_LUA: &str = include_str!("release.lua");
 const TAG_LUA: &str = include_str!("tag.lua");
 
@@ -30,16 +32,16 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
-            put: Script::new(PUT_LUA),
-            claim: Script::new(CLAIM_LUA),
+            put: Script::new(&format!("{CLAIM_FN_LUA}\n{PUT_LUA}")),
+            claim: Script::new(&format!("{CLAIM_FN_LUA}\n{CLAIM_LUA}")),
             release: Script::new(RELEASE_LUA),
             tag: Script::new(TAG_LUA),
         }
     }
 
-    /// `put`, or with `release` put-and-release: writes `envelope` if the stored generation is
-    /// `expected` (any generation when `None`), and announces the write on the channel of
-    /// `announce`, if given, saying whether it deletes.
+    /// `put`, put-and-release or put-and-claim (as `then` says): writes `envelope` if the
+    /// stored generation is `expected` (any generation when `None`), and announces the write
+    /// on the channel of `announce`, if given, saying whether it deletes.
     pub(super) fn put(
         &self,
         key: Key<'_>,
@@ -47,10 +49,10 @@ impl Scripts {
         envelope: Vec<u8>,
         px: u64,
         announce: Option<(&str, bool)>,
-        release: Option<ClaimToken>,
+        then: AfterPut<'_>,
     ) -> ScriptInvocation<'_> {
         let mut invocation = self.put.key(entry_key(key));
-        if release.is_some() {
+        if !matches!(then, AfterPut::Nothing) {
             invocation.key(claim_key(key)).key(fail_key(key));
         }
         let expected = expected.map_or_else(Vec::new, |g| g.to_be_bytes().to_vec());
@@ -66,8 +68,24 @@ impl Scripts {
                 key,
                 announce.is_some_and(|(_, deleted)| deleted),
             ));
-        if let Some(token) = release {
-            invocation.arg(token.to_string());
+        match then {
+            AfterPut::Nothing => {}
+            AfterPut::Release(token) => {
+                invocation.arg(token.to_string());
+            }
+            AfterPut::Claim {
+                token,
+                now,
+                until,
+                px,
+            } => {
+                invocation
+                    .arg("")
+                    .arg(now)
+                    .arg(until)
+                    .arg(px)
+                    .arg(token.to_string());
+            }
         }
         invocation
     }
@@ -133,6 +151,23 @@ impl Scripts {
     }
 }
 
+/// What the `put` script does after the write.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum AfterPut<'a> {
+    /// Nothing: a plain put.
+    Nothing,
+    /// Put-and-release: lets go of this token's claim, whether written or not.
+    Release(ClaimToken),
+    /// Put-and-claim: once written, takes the key's claim with this new token at `now` until
+    /// `until` (times as [`time_text`](super::layout::time_text)), expiring after `px` ms.
+    Claim {
+        token: ClaimToken,
+        now: &'a str,
+        until: &'a str,
+        px: u64,
+    },
+}
+
 /// The start of a write's announcement: whether it deletes, then the key's digest.
 fn announcement_head(key: Key<'_>, deleted: bool) -> Vec<u8> {
     let mut head = Vec::with_capacity(17);
@@ -182,11 +217,34 @@ impl PutReply {
             return Err(format!("{reply:?}"));
         };
         let [code, generation] = <[Value; 2]>::try_from(items).map_err(|i| format!("{i:?}"))?;
+        Self::decode_parts(&code, generation)
+    }
+
+    /// Decodes put-and-claim's reply: `{WRITTEN, generation, claim reply}` or `{DISCARDED,
+    /// generation}`.
+    pub(super) fn decode_with_claim(reply: Value) -> Result<(Self, Option<ClaimReply>), String> {
+        let Value::Array(mut items) = reply else {
+            return Err(format!("{reply:?}"));
+        };
+        let claim = match items.len() {
+            3 => items.pop().map(ClaimReply::decode).transpose()?,
+            2 => None,
+            _ => return Err(format!("{items:?}")),
+        };
+        let [code, generation] = <[Value; 2]>::try_from(items).map_err(|i| format!("{i:?}"))?;
+        match (Self::decode_parts(&code, generation)?, claim) {
+            (put @ PutReply::Written(_), Some(claim)) => Ok((put, Some(claim))),
+            (put @ PutReply::Discarded(_), None) => Ok((put, None)),
+            (put, claim) => Err(format!("{put:?} with claim {claim:?}")),
+        }
+    }
+
+    fn decode_parts(code: &Value, generation: Value) -> Result<Self, String> {
         let generation = bytes_of(generation)
             .and_then(|g| <[u8; 8]>::try_from(g).ok())
             .map(u64::from_be_bytes)
             .ok_or("bad generation")?;
-        match int_of(&code) {
+        match int_of(code) {
             Some(Self::WRITTEN) => Ok(PutReply::Written(generation)),
             Some(Self::DISCARDED) => Ok(PutReply::Discarded(generation)),
             other => Err(format!("flag {other:?}")),
@@ -258,9 +316,9 @@ mod tests {
         for (script, name, rust) in [
             (PUT_LUA, "WRITTEN", code(PutReply::WRITTEN)),
             (PUT_LUA, "DISCARDED", code(PutReply::DISCARDED)),
-            (CLAIM_LUA, "WON", code(ClaimReply::WON)),
-            (CLAIM_LUA, "HELD", code(ClaimReply::HELD)),
-            (CLAIM_LUA, "BACKING_OFF", code(ClaimReply::BACKING_OFF)),
+            (CLAIM_FN_LUA, "WON", code(ClaimReply::WON)),
+            (CLAIM_FN_LUA, "HELD", code(ClaimReply::HELD)),
+            (CLAIM_FN_LUA, "BACKING_OFF", code(ClaimReply::BACKING_OFF)),
             (RELEASE_LUA, "REFRESHED", mode(ReleaseMode::Refreshed)),
             (RELEASE_LUA, "FAILED", mode(ReleaseMode::Failed)),
         ] {
@@ -312,6 +370,27 @@ mod tests {
         assert!(reply(vec![Value::Int(1)]).is_err(), "length");
         assert!(reply(vec![Value::Int(1), generation(1), Value::Nil]).is_err());
         assert!(PutReply::decode(Value::Nil).is_err());
+    }
+
+    #[test]
+    fn put_and_claim_replies_decode() {
+        let won = Value::Array(vec![Value::Int(0), bulk(b"2")]);
+        let reply = Value::Array(vec![Value::Int(1), generation(4), won.clone()]);
+        assert_eq!(
+            PutReply::decode_with_claim(reply),
+            Ok((PutReply::Written(4), Some(ClaimReply::Won { failures: 2 })))
+        );
+        let discarded = Value::Array(vec![Value::Int(0), generation(9)]);
+        assert_eq!(
+            PutReply::decode_with_claim(discarded),
+            Ok((PutReply::Discarded(9), None))
+        );
+        // A write always comes with its claim's reply, a discarded write never does.
+        let bare = Value::Array(vec![Value::Int(1), generation(4)]);
+        assert!(PutReply::decode_with_claim(bare).is_err());
+        let odd = Value::Array(vec![Value::Int(0), generation(4), won]);
+        assert!(PutReply::decode_with_claim(odd).is_err());
+        assert!(PutReply::decode_with_claim(Value::Nil).is_err());
     }
 
     #[test]
