@@ -292,12 +292,12 @@ impl RedisStore {
     ) -> Result<(PutOutcome, Option<ClaimOutcome>)> {
         self.check_eviction_once().await;
         let token = ClaimToken::random();
-        let (now_text, until) = (time_text(now), time_text(now.saturating_add(ttl)));
+        let (now_text, until, px) = self.claim_terms(now, ttl);
         let then = AfterPut::Claim {
             token,
             now: &now_text,
             until: &until,
-            px: px(ttl.saturating_add(self.expiry_grace)),
+            px,
         };
         let invocation = self.put_invocation(key, put, then)?;
         let what = "put-and-claim script";
@@ -305,6 +305,14 @@ impl RedisStore {
             .run(invocation, what, PutReply::decode_with_claim)
             .await?;
         Ok((put_outcome(reply), claim.map(|c| claim_outcome(c, token))))
+    }
+
+    /// What a claim at `now` for `ttl` tells the scripts: `now` and the claim's end as
+    /// [`time_text`], and the claim key's PX expiry.
+    fn claim_terms(&self, now: Timestamp, ttl: Duration) -> (String, String, u64) {
+        let until = now.saturating_add(ttl);
+        let px = px(ttl.saturating_add(self.expiry_grace));
+        (time_text(now), time_text(until), px)
     }
 
     /// The `put` script's call for `put`, then `then`.
@@ -383,8 +391,7 @@ impl RedisStore {
             .iter()
             .map(|&key| (key, ClaimToken::random()))
             .collect();
-        let (now_text, until) = (time_text(now), time_text(now.saturating_add(ttl)));
-        let px = px(ttl.saturating_add(self.expiry_grace));
+        let (now_text, until, px) = self.claim_terms(now, ttl);
         let invocation = self.scripts.claim(&claims, &now_text, &until, px);
         let what = "claim script";
         let reply: Value = self
