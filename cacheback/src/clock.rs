@@ -60,6 +60,7 @@ impl Timestamp {
     /// because every read of a cache entry asks for the time. Freshness, claims and backoff are
     /// decided in milliseconds against windows of seconds, so a value is at most a tick late
     /// to turn stale. Elsewhere it is [`SystemTime::now`].
+    #[inline]
     pub fn now() -> Self {
         Timestamp(system_millis())
     }
@@ -103,6 +104,7 @@ impl From<Timestamp> for SystemTime {
 
 /// Milliseconds since the Unix epoch, from the coarse real-time clock.
 #[cfg(any(target_os = "linux", target_os = "android"))]
+#[inline]
 fn system_millis() -> u64 {
     use rustix::time::{ClockId, clock_gettime};
     let t = clock_gettime(ClockId::RealtimeCoarse);

@@ -37,6 +37,7 @@ pub struct CachebackBuilder {
     store: Option<SharedStore>,
     queue: Option<SharedQueue>,
     clock: Arc<dyn Clock>,
+    system_clock: bool,
     prefix: String,
     codec: Codec,
     events: Option<EventHook>,
@@ -57,6 +58,7 @@ impl Default for CachebackBuilder {
             store: None,
             queue: None,
             clock: Arc::new(SystemClock),
+            system_clock: true,
             prefix: "cacheback".to_owned(),
             codec: Codec::default(),
             events: None,
@@ -181,7 +183,8 @@ impl CachebackBuilder {
     }
 
     /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::clock::TestClock).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock<C: Clock>(mut self, clock: C) -> Self {
+        self.system_clock = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
         self.clock = Arc::new(clock);
         self
     }
@@ -356,6 +359,7 @@ impl CachebackBuilder {
             near,
             queue: Arc::clone(&queue),
             clock: self.clock,
+            system_clock: self.system_clock,
             prefix: Arc::from(self.prefix),
             codec: self.codec,
             events: self.events,
@@ -371,6 +375,8 @@ impl CachebackBuilder {
         let reads = ReadState {
             store_fallback: self.store_fallback,
             queue_fallback: self.queue_fallback,
+            hand_off_after_answer: core.queue.in_process()
+                && self.queue_fallback != QueueFallback::SyncRefresh,
             coalescer: Arc::new(Coalescer::default()),
             claim_hints,
         };

@@ -53,7 +53,7 @@ pub(super) async fn take_turn<J: Job>(
     let mut pause = FIRST_POLL;
     let mut waited = false;
     loop {
-        let now = core.clock.now();
+        let now = core.now();
         match core.store.claim(key, now, policy.fetch_timeout).await {
             Ok(ClaimOutcome::Won { token, failures }) => {
                 // The holder may have written and let go between the last look and the claim.
@@ -121,7 +121,7 @@ pub(super) async fn written<J: Job>(
     let read = core.store.get(key).await.ok()?;
     let entry = tags::judge(core, read).await?;
     let moved = entry.meta.generation != seen;
-    let fresh_enough = match entry.meta.freshness(core.clock.now()) {
+    let fresh_enough = match entry.meta.freshness(core.now()) {
         Freshness::Fresh => true,
         Freshness::Stale => least != Freshness::Fresh,
         _ => false,

@@ -12,7 +12,7 @@ use futures_util::future::{self, BoxFuture, Either};
 use tracing::warn;
 
 use crate::client::lookup::{Lookup, Status};
-use crate::client::{Cacheback, QueueFallback, ReadState};
+use crate::client::{Cacheback, ReadState};
 use crate::clock::Timestamp;
 use crate::engine::Core;
 use crate::engine::near::{NearTier, Ticket};
@@ -218,7 +218,7 @@ impl<J: Job> JobHandle<J> {
             }
             return Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>);
         };
-        let now = core.clock.now();
+        let now = core.now();
         let mut entry = memory.get_sync(key);
         if let Some(tagged) = entry.as_ref().and_then(|e| e.tags.as_deref()) {
             let verdict = tags::verdict_now(core, tagged, now);
@@ -245,7 +245,7 @@ impl<J: Job> JobHandle<J> {
         args: Args<J>,
         mode: Mode,
     ) -> NowOrLater<'_, Lookup<Value<J>>> {
-        let now = self.core().clock.now();
+        let now = self.core().now();
         let digest = key.digest();
         match self.near_read(near, key, now) {
             Classified::Hit(lookup) => Either::Left(Ok(lookup)),
@@ -322,8 +322,7 @@ impl<J: Job> JobHandle<J> {
                 // over to a task, unless the policy says a refresh the queue refuses runs
                 // before the answer. The task holds only what the request needs; the rest of
                 // the work is boxed when it first runs, not here.
-                if self.core().queue.in_process()
-                    && self.reads().queue_fallback != QueueFallback::SyncRefresh
+                if self.reads().hand_off_after_answer
                     && let Ok(runtime) = tokio::runtime::Handle::try_current()
                 {
                     let (this, generation) = (self.clone(), meta.generation);
@@ -385,15 +384,12 @@ impl<J: Job> JobHandle<J> {
         let near = core.near.as_deref();
         let ticket = near.and_then(|near| Some((near, near.ticket(digest)?)));
         match core.store.get(key).await {
-            Ok(entry) => match self.classify(
-                key,
-                tags::judge(core, entry).await,
-                core.clock.now(),
-                ticket,
-            ) {
-                Classified::Hit(lookup) => Ok(lookup),
-                slow => self.finish(args, digest, slow, mode).await,
-            },
+            Ok(entry) => {
+                match self.classify(key, tags::judge(core, entry).await, core.now(), ticket) {
+                    Classified::Hit(lookup) => Ok(lookup),
+                    slow => self.finish(args, digest, slow, mode).await,
+                }
+            }
             Err(error) => match near.and_then(|near| near.get_any(digest)) {
                 Some(copy) => self.serve_near_copy(key, args, copy, error, mode).await,
                 None => self.read_without_store(args, digest, error, mode).await,
@@ -414,7 +410,7 @@ impl<J: Job> JobHandle<J> {
         let digest = key.digest();
         self.job.metrics.store_error("get");
         warn!(job = %self.job.name, error = %Chain(&error), "store unreachable; serving this process's near copy");
-        let now = self.core().clock.now();
+        let now = self.core().now();
         // Judged by what this process knows of its tags: the store cannot say more now.
         let copy = match copy.tags.as_deref() {
             Some(tagged) => {

@@ -87,7 +87,7 @@ impl<J: Job> JobHandle<J> {
         let mut batch = Batch::default();
         let mut pending: Vec<Pending<J>> = Vec::new();
         let fetches = self.fetches_misses(Mode::Policy);
-        let now = core.clock.now();
+        let now = core.now();
         for (i, args) in args.into_iter().enumerate() {
             batch.answers.push(None);
             let digest = match self.digest(&args) {
@@ -201,7 +201,7 @@ impl<J: Job> JobHandle<J> {
             .collect();
         match core.store.get_many(&keys).await {
             Ok(entries) => {
-                let now = core.clock.now();
+                let now = core.now();
                 let reads = pending
                     .into_iter()
                     .zip(entries)
@@ -280,7 +280,7 @@ impl<J: Job> JobHandle<J> {
         job: Arc<JobEntry<J>>,
         batch: Vec<(Args<J>, u128, u64)>,
     ) -> Vec<Result<AnyValue>> {
-        let now = core.clock.now();
+        let now = core.now();
         let befores = join_all(batch.iter().map(|&(_, digest, _)| {
             let key = Key::new(&core.prefix, &job.name, digest);
             backoff::before_fetch(&core, &job, key, now, true)

@@ -284,7 +284,7 @@ impl<J: Job> JobHandle<J> {
                 }
             }
             _ => {
-                let now = core.clock.now();
+                let now = core.now();
                 let before = backoff::before_fetch(&core, &job, key, now, use_store).await?;
                 (before, None)
             }

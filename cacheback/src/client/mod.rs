@@ -72,6 +72,9 @@ pub enum QueueFallback {
 pub(crate) struct ReadState {
     pub(crate) store_fallback: StoreFallback,
     pub(crate) queue_fallback: QueueFallback,
+    /// Whether a won claim of an in-process store is handed over in a task after the read
+    /// answers: the queue is in-process and the fallback does not refresh before answering.
+    pub(crate) hand_off_after_answer: bool,
     pub(crate) coalescer: Arc<Coalescer>,
     /// Claim hints for read-triggered refreshes; `None` for in-process stores.
     pub(crate) claim_hints: Option<hints::ClaimHints>,

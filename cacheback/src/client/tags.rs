@@ -72,7 +72,7 @@ impl Cacheback {
         let state = core.store.bump_tag(&core.prefix, tag, action).await?;
         // This process sees its own bump at once, announcement or not.
         let read = TagStates::new(state.invalidated, vec![state]);
-        core.tags.learn(&[tag], &read, core.clock.now());
+        core.tags.learn(&[tag], &read, core.now());
         Ok(())
     }
 }

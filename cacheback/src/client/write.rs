@@ -78,7 +78,7 @@ impl<J: Job> JobHandle<J> {
         let core = self.core();
         let digest = self.digest(&args)?;
         let key = Key::new(&core.prefix, &self.job.name, digest);
-        let tombstone = self.tombstone(core.clock.now());
+        let tombstone = self.tombstone(core.now());
         core.put(
             key,
             Put::new(tombstone, PutCondition::Always, core.tombstone_ttl),
@@ -118,7 +118,7 @@ impl<J: Job> JobHandle<J> {
         let key = Key::new(&core.prefix, &self.job.name, digest);
         // Optimistic loop: another writer may move the generation between read and write.
         for _ in 0..8 {
-            let now = core.clock.now();
+            let now = core.now();
             let current = core.store.get(key).await?;
             let live = current
                 .as_ref()
@@ -197,7 +197,7 @@ impl<J: Job> JobHandle<J> {
         if entry.is_tombstone() {
             return Ok(None);
         }
-        let now = core.clock.now();
+        let now = core.now();
         let claim = core.store.claim_state(key, now).await?;
         let (value, decode_error) = match value::decode_value(core, &self.job, &entry) {
             Ok(value) => (value, None),

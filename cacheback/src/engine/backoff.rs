@@ -115,7 +115,7 @@ pub(crate) async fn record_failure<J>(
         return;
     }
     let failures = before.failures.saturating_add(1);
-    let now = core.clock.now();
+    let now = core.now();
     let backoff = job.policy.retry_backoff;
     let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
     tracing::warn!(

@@ -42,6 +42,9 @@ pub(crate) struct Core {
     pub(crate) near: Option<Arc<near::NearTier>>,
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`](crate::clock::SystemClock): the read path then
+    /// asks the system directly instead of through the trait object.
+    pub(crate) system_clock: bool,
     pub(crate) prefix: Arc<str>,
     pub(crate) codec: Codec,
     pub(crate) events: Option<EventHook>,
@@ -67,6 +70,17 @@ pub(crate) fn in_process_store(store: &Arc<dyn Store>) -> Option<MemoryStore> {
 }
 
 impl Core {
+    /// The client's time: [`Timestamp::now`](crate::clock::Timestamp::now) with the system
+    /// clock (no dynamic call on the read path), else the configured clock's.
+    #[inline]
+    pub(crate) fn now(&self) -> crate::clock::Timestamp {
+        if self.system_clock {
+            crate::clock::Timestamp::now()
+        } else {
+            self.clock.now()
+        }
+    }
+
     /// Writes through the store and drops this process's near copy of the key, so that this
     /// process reads its own writes (other processes drop theirs when the store announces the
     /// write).

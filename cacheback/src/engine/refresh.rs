@@ -86,7 +86,7 @@ pub(crate) async fn process_request<J: Job>(
             kind: "key_mismatch",
         };
     }
-    let lag = core.clock.now().since(request.enqueued_at);
+    let lag = core.now().since(request.enqueued_at);
     job.metrics.queue_lag.record(lag.as_secs_f64());
     job.metrics.tally(|t| t.lag(lag));
     let claimed = Claimed {
@@ -210,7 +210,7 @@ async fn record_failure<J: Job>(
     error: Error,
 ) {
     let failures = claimed.prior_failures.saturating_add(1);
-    let now = core.clock.now();
+    let now = core.now();
     let backoff = job.policy.retry_backoff;
     let retry_after = now.saturating_add(backoff.delay(failures, fastrand::f64()));
     warn!(error = %Chain(&error), failures, "refresh failed; keeping the old value");

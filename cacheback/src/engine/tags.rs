@@ -146,7 +146,7 @@ pub(crate) async fn clock_before_fetch<J>(core: &Core, job: &JobEntry<J>) -> u64
     }
     match core.store.tag_states(&core.prefix, &[]).await {
         Ok(read) => {
-            core.tags.learn(&[], &read, core.clock.now());
+            core.tags.learn(&[], &read, core.now());
             read.clock
         }
         Err(error) => {
@@ -173,7 +173,7 @@ pub(crate) fn verdict_now(core: &Core, tags: &EntryTags, now: Timestamp) -> Opti
 /// process's are older than the check interval. If the store cannot be read, what this
 /// process last knew decides.
 pub(crate) async fn verdict(core: &Core, tags: &EntryTags) -> Verdict {
-    let now = core.clock.now();
+    let now = core.now();
     if let Some(verdict) = verdict_now(core, tags, now) {
         return verdict;
     }
@@ -210,7 +210,7 @@ pub(crate) async fn judge(core: &Core, entry: Option<Entry>) -> Option<Entry> {
         return Some(entry);
     };
     let verdict = verdict(core, &tags).await;
-    Some(judged(entry, verdict, core.clock.now()))
+    Some(judged(entry, verdict, core.now()))
 }
 
 #[cfg(test)]

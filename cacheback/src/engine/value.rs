@@ -71,7 +71,7 @@ pub(crate) fn prepare_put<J: Job>(
         let size = bytes.len();
         (Payload::encoded(core.codec.id(), bytes.into()), size)
     };
-    let now = core.clock.now();
+    let now = core.now();
     let windows = job.policy.windows_of(lifespan, now, fastrand::f64());
     let mut meta = EntryMeta::new(now, windows.fresh_until, windows.stale_until);
     meta.fetch_duration = fetch_duration;

@@ -192,7 +192,7 @@ impl StatsPublisher {
     /// trip). A failed publication loses nothing: its counts go with the next one.
     pub async fn publish(&mut self) -> Result<()> {
         let core = self.cache.core();
-        let now = core.clock.now();
+        let now = core.now();
         let prefix = &*core.prefix;
         let key = slot_key(prefix, slot_of(now));
         let mut pipe = redis::pipe();

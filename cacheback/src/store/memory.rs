@@ -85,6 +85,8 @@ struct MemEntry {
     fetch_ms: u32,
     schema_version: u32,
     size: u32,
+    /// Whether `value` is an [`EncodedBlob`] (known without asking the value its type).
+    encoded: bool,
     /// Milliseconds after the store's epoch when the entry may be dropped.
     expires_ms: u64,
     /// `None` is a tombstone. Encoded payloads (written through the [`Store`] trait; a client
@@ -102,12 +104,13 @@ impl MemEntry {
     fn from_entry(entry: Entry, generation: u64, expires_ms: u64) -> Self {
         let m = entry.meta;
         let tags = entry.tags;
-        let value = match entry.payload.0 {
-            Repr::Live(v) => Some(v),
-            Repr::Encoded { codec, bytes } => {
-                Some(Arc::new(EncodedBlob { codec, bytes }) as Arc<dyn Any + Send + Sync>)
-            }
-            Repr::Tombstone => None,
+        let (value, encoded) = match entry.payload.0 {
+            Repr::Live(v) => (Some(v), false),
+            Repr::Encoded { codec, bytes } => (
+                Some(Arc::new(EncodedBlob { codec, bytes }) as Arc<dyn Any + Send + Sync>),
+                true,
+            ),
+            Repr::Tombstone => (None, false),
         };
         MemEntry {
             generation,
@@ -117,6 +120,7 @@ impl MemEntry {
             fetch_ms: u32::try_from(m.fetch_duration.as_millis()).unwrap_or(u32::MAX),
             schema_version: m.schema_version,
             size: m.size,
+            encoded,
             expires_ms,
             tags: tags.filter(|_| value.is_some()),
             value,
@@ -126,10 +130,11 @@ impl MemEntry {
     fn into_entry(self) -> Entry {
         let payload = match self.value {
             None => Payload::tombstone(),
-            Some(v) => match v.downcast_ref::<EncodedBlob>() {
+            Some(v) if self.encoded => match v.downcast_ref::<EncodedBlob>() {
                 Some(blob) => Payload::encoded(blob.codec, blob.bytes.clone()),
                 None => Payload::live(v),
             },
+            Some(v) => Payload::live(v),
         };
         Entry::new(
             EntryMeta {
@@ -198,7 +203,7 @@ impl Weighter<u128, MemEntry> for EntryWeighter {
 /// Claim records with lazy expiry; dead records are swept when the map doubles.
 #[derive(Default)]
 struct Claims {
-    records: HashMap<u128, ClaimRecord>,
+    records: HashMap<u128, ClaimRecord, DigestHasher>,
     sweep_at: usize,
 }
 

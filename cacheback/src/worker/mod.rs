@@ -287,7 +287,7 @@ impl Worker {
         self.health
             .inner
             .last_poll_ms
-            .store(self.core.clock.now().as_millis(), Ordering::Relaxed);
+            .store(self.core.now().as_millis(), Ordering::Relaxed);
         match batch {
             Ok(deliveries) => Step::Batch(first, deliveries),
             Err(error) => {
@@ -333,7 +333,7 @@ impl Worker {
                 self.health.clone(),
             );
             if let Ok(request) = &delivery.message
-                && let Some(grown) = concurrency.on_received(request.enqueued_at, core.clock.now())
+                && let Some(grown) = concurrency.on_received(request.enqueued_at, core.now())
             {
                 health.inner.concurrency.store(grown, Ordering::Relaxed);
             }
