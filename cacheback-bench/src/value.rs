@@ -129,6 +129,8 @@ pub(crate) struct ClientSetup {
     pub(crate) policy: Policy,
     pub(crate) queue_capacity: usize,
     pub(crate) worker: Option<usize>,
+    /// A near cache of this many copies in front of a remote store (none by default).
+    pub(crate) near: Option<u64>,
 }
 
 impl ClientSetup {
@@ -138,6 +140,7 @@ impl ClientSetup {
             policy,
             queue_capacity: 10_000,
             worker: Some(16),
+            near: None,
         }
     }
 }
@@ -217,6 +220,9 @@ pub(crate) fn queued_client(
         .in_process_worker(setup.worker.is_some());
     if let Some(concurrency) = setup.worker {
         builder = builder.worker_options(WorkerOptions::default().concurrency(concurrency));
+    }
+    if let Some(copies) = setup.near {
+        builder = builder.near_cache(cacheback::NearCache::new().max_entries(copies));
     }
     let client = builder.build().map_err(|e| e.to_string())?;
     let handle = client.job(BenchJob {

@@ -92,20 +92,32 @@ pub(crate) fn memory(ctx: &Ctx) -> Result<Vec<Record>, String> {
 }
 
 /// W4 on Redis, as WORKLOADS.md defines it: `RedisStore` + `RedisQueue` and a worker of 128 in
-/// this process; cold start and prewarmed, a fresh key prefix each.
+/// this process; cold start and prewarmed, a fresh key prefix each. Then the same with a near
+/// cache in front of Redis (room for every key), as a service that reads a hot key set would
+/// run it, and as amalgam-cache (memory L1 + Redis L2) runs in W6.
 #[cfg(feature = "redis")]
 pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
     let url = ctx.redis()?.url();
     let rt = runtime();
     let mut records = Vec::new();
-    for (variant, prewarm) in [("Redis, cold start", false), ("Redis, prewarmed", true)] {
+    let variants = [
+        ("Redis, cold start", false, false),
+        ("Redis, prewarmed", true, false),
+        ("Redis + near cache, cold start", false, true),
+        ("Redis + near cache, prewarmed", true, true),
+    ];
+    for (variant, prewarm, near) in variants {
         let record = rt.block_on(async {
             let fetcher = Fetcher::new(FETCH);
             let mut setup = ClientSetup::new(Policy::default().lifetime(W4_LIFETIME));
             setup.worker = Some(WORKER_CONCURRENCY);
-            let prefix = format!("w4-{prewarm}-{}", std::process::id());
+            setup.near = near.then_some(2 * KEYS as u64);
+            let prefix = format!("w4-{prewarm}-{near}-{}", std::process::id());
             let (client, handle, queue) =
                 crate::value::redis_client(&url, &prefix, &setup, Arc::clone(&fetcher))?;
+            if near {
+                near_live(&client).await?;
+            }
             let subject = Arc::new(Subject::Cacheback {
                 handle,
                 queue: queue.into(),
@@ -115,12 +127,27 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             Ok::<_, String>(
                 r.param("worker_concurrency", WORKER_CONCURRENCY as u64)
                     .param("store", "RedisStore")
-                    .param("queue", "RedisQueue"),
+                    .param("queue", "RedisQueue")
+                    .param("near_cache", near),
             )
         })?;
         records.push(with_targets(record));
     }
     Ok(records)
+}
+
+/// Waits (at most 5 s) for `client`'s near cache to go live (its subscription confirmed), so
+/// that the run measures the near cache serving rather than its start.
+#[cfg(feature = "redis")]
+async fn near_live(client: &cacheback::Cacheback) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.near_cache_live() != Some(true) {
+        if Instant::now() > deadline {
+            return Err("the near cache never went live".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// Decides the targets of WORKLOADS.md on a W4 record, from its figures.
