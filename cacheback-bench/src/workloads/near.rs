@@ -59,7 +59,7 @@ fn client(url: &str, prefix: &str, near: bool) -> Result<(Cacheback, JobHandle<S
 }
 
 /// Waits (bounded) for a client's near cache to go live.
-async fn live(client: &Cacheback) -> Result<(), String> {
+pub(crate) async fn live(client: &Cacheback) -> Result<(), String> {
     for _ in 0..1_000 {
         if client.near_cache_live() == Some(true) {
             return Ok(());

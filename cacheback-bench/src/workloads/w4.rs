@@ -116,7 +116,8 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
             let (client, handle, queue) =
                 crate::value::redis_client(&url, &prefix, &setup, Arc::clone(&fetcher))?;
             if near {
-                near_live(&client).await?;
+                // Measure the near cache serving, not its start.
+                crate::workloads::near::live(&client).await?;
             }
             let subject = Arc::new(Subject::Cacheback {
                 handle,
@@ -134,20 +135,6 @@ pub(crate) fn redis(ctx: &Ctx) -> Result<Vec<Record>, String> {
         records.push(with_targets(record));
     }
     Ok(records)
-}
-
-/// Waits (at most 5 s) for `client`'s near cache to go live (its subscription confirmed), so
-/// that the run measures the near cache serving rather than its start.
-#[cfg(feature = "redis")]
-async fn near_live(client: &cacheback::Cacheback) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client.near_cache_live() != Some(true) {
-        if Instant::now() > deadline {
-            return Err("the near cache never went live".to_owned());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 /// Decides the targets of WORKLOADS.md on a W4 record, from its figures.
