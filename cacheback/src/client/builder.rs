@@ -36,8 +36,8 @@ type SharedQueue = Arc<dyn Queue>;
 pub struct CachebackBuilder {
     store: Option<SharedStore>,
     queue: Option<SharedQueue>,
-    clock: Arc<dyn Clock>,
-    system_clock: bool,
+    /// `None`: the [`SystemClock`], read without the trait object.
+    clock: Option<Arc<dyn Clock>>,
     prefix: String,
     codec: Codec,
     events: Option<EventHook>,
@@ -57,8 +57,7 @@ impl Default for CachebackBuilder {
         CachebackBuilder {
             store: None,
             queue: None,
-            clock: Arc::new(SystemClock),
-            system_clock: true,
+            clock: None,
             prefix: "cacheback".to_owned(),
             codec: Codec::default(),
             events: None,
@@ -184,8 +183,8 @@ impl CachebackBuilder {
 
     /// The wall clock (default: [`SystemClock`]); tests pass a [`TestClock`](crate::clock::TestClock).
     pub fn clock<C: Clock>(mut self, clock: C) -> Self {
-        self.system_clock = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
-        self.clock = Arc::new(clock);
+        let system = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
+        self.clock = (!system).then(|| Arc::new(clock) as Arc<dyn Clock>);
         self
     }
 
@@ -358,8 +357,8 @@ impl CachebackBuilder {
             memory,
             near,
             queue: Arc::clone(&queue),
-            clock: self.clock,
-            system_clock: self.system_clock,
+            system_clock: self.clock.is_none(),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             prefix: Arc::from(self.prefix),
             codec: self.codec,
             events: self.events,
