@@ -606,3 +606,122 @@ async fn a_misbehaving_fetch_many_fails_its_keys_with_a_clear_error() {
     assert_eq!(answers[1].as_ref().unwrap().value.as_deref(), Some(&20));
     assert_eq!(*batchy.get(2).await.unwrap(), 20, "stored");
 }
+
+// Every read is counted once, under its status, whichever path answers it: a fresh hit, a batch
+// read (fresh, stale and missing keys), a stale read, an early refresh's fresh read.
+#[tokio::test(start_paused = true)]
+async fn every_read_is_counted_once_under_its_status() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A snapshot drains the counters: each call returns the counts since the last one.
+    let reads = || {
+        let mut counts = std::collections::BTreeMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            if key.name() != "cacheback_reads_total" {
+                continue;
+            }
+            let status = key
+                .labels()
+                .find(|l| l.key() == "status")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            if let metrics_util::debugging::DebugValue::Counter(n) = value
+                && n > 0
+            {
+                *counts.entry(status).or_insert(0) += n;
+            }
+        }
+        counts
+    };
+    let counted = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|&(status, n)| (status.to_owned(), n))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let fx = Fixture::new();
+    let (squares, early) = metrics::with_local_recorder(&recorder, || {
+        (
+            fx.cache.job(job("squares", policy(), &fx.upstream)),
+            fx.cache
+                .job(job("early", policy().early_refresh(1.0), &fx.upstream)),
+        )
+    });
+    squares.set(1, "one".into()).await.unwrap();
+    squares.set(2, "two".into()).await.unwrap();
+    early.set(1, "one".into()).await.unwrap();
+    reads();
+
+    assert_eq!(
+        squares.get_with_status(1).await.unwrap().status,
+        Status::Hit
+    );
+    assert_eq!(early.get_with_status(1).await.unwrap().status, Status::Hit);
+    assert_eq!(reads(), counted(&[("hit", 2)]));
+
+    let batch = squares.get_many([1, 2, 3]).await;
+    let statuses: Vec<_> = batch.iter().map(|r| r.as_ref().unwrap().status).collect();
+    assert_eq!(statuses, [Status::Hit, Status::Hit, Status::MissFetched]);
+    assert_eq!(reads(), counted(&[("hit", 2), ("miss_fetched", 1)]));
+
+    fx.clock.advance(LIFETIME);
+    assert_eq!(
+        squares.get_with_status(1).await.unwrap().status,
+        Status::Stale
+    );
+    assert_eq!(reads(), counted(&[("stale", 1)]));
+}
+
+// Clients that share one memory store under one job name never serve each other's entries when
+// they cannot be theirs (another schema version, another value type): such an entry is read as
+// a miss, fetched and overwritten.
+#[tokio::test(start_paused = true)]
+async fn a_shared_memory_entry_of_another_schema_or_type_is_a_miss() {
+    let store = MemoryStore::new();
+    let clock = TestClock::new();
+    let client = || {
+        Cacheback::builder()
+            .clock(clock.clone())
+            .store(store.clone())
+            .queue(LocalQueue::new(10))
+            .build()
+            .expect("client builds")
+    };
+    let upstream = Arc::new(Upstream::default());
+    let texts = client().job(job("shared", policy(), &upstream));
+    let texts_v2 = client().job(job("shared", policy().schema_version(2), &upstream));
+    let numbers = client().job(job_fn("shared", policy(), |n: u64| async move {
+        Ok::<_, std::io::Error>(n * 100)
+    }));
+
+    texts.set(7, "seven".into()).await.unwrap();
+    assert_eq!(texts.get_with_status(7).await.unwrap().status, Status::Hit);
+    // Another schema version: fetched, and now the entry is the new version's.
+    let read = texts_v2.get_with_status(7).await.unwrap();
+    assert_eq!(read.status, Status::MissFetched);
+    assert_eq!(
+        read.value.as_deref().map(String::as_str),
+        Some("value 7 #1")
+    );
+    assert_eq!(
+        texts_v2.get_with_status(7).await.unwrap().status,
+        Status::Hit
+    );
+    // Another type under the reader's own schema version.
+    texts.set(8, "eight".into()).await.unwrap();
+    let read = numbers.get_with_status(8).await.unwrap();
+    assert_eq!(read.status, Status::MissFetched);
+    assert_eq!(read.value.as_deref(), Some(&800));
+    let read = texts.get_with_status(8).await.unwrap();
+    assert_eq!(read.status, Status::MissFetched);
+    assert_eq!(
+        read.value.as_deref().map(String::as_str),
+        Some("value 8 #2")
+    );
+    // A batch read sees the same.
+    let batch = numbers.get_many([8]).await;
+    let read = batch[0].as_ref().unwrap();
+    assert_eq!(read.status, Status::MissFetched);
+    assert_eq!(read.value.as_deref(), Some(&800));
+}

@@ -25,7 +25,7 @@ use crate::job::Job;
 use crate::key::{self, Key};
 use crate::observe::Event;
 use crate::policy::Freshness;
-use crate::store::memory::MemoryStore;
+use crate::store::memory::{MemRead, MemoryStore};
 use crate::store::{ClaimOutcome, ClaimToken};
 use crate::tags::Verdict;
 use crate::tally::Count;
@@ -219,19 +219,53 @@ impl<J: Job> JobHandle<J> {
             return Either::Right(Box::pin(self.get_remote(args, digest, mode)) as BoxFuture<'_, _>);
         };
         let now = core.now();
-        let mut entry = memory.get_sync(key);
+        let read = self.memory_read(memory, key, now);
+        self.answer_memory(memory, key, args, read, mode)
+    }
+
+    /// A read of the in-process store, classified (and counted, if it is a hit): a fresh live
+    /// value is taken as it is; anything else is judged against its tags' states.
+    #[inline]
+    pub(super) fn memory_read(
+        &self,
+        memory: &MemoryStore,
+        key: Key<'_>,
+        now: Timestamp,
+    ) -> Classified<Value<J>> {
+        let policy = &self.job.policy;
+        let fresh_wanted = policy.early_refresh.is_none();
+        let mut entry = match memory.read(key, now, policy.schema_version, fresh_wanted) {
+            MemRead::Fresh { value, fetched_at } => {
+                return Classified::Hit(self.hit(value, fetched_at, now));
+            }
+            MemRead::Entry(entry) => entry,
+        };
         if let Some(tagged) = entry.as_ref().and_then(|e| e.tags.as_deref()) {
-            let verdict = tags::verdict_now(core, tagged, now);
+            let verdict = tags::verdict_now(self.core(), tagged, now);
             entry = entry.map(|e| tags::judged(e, verdict.unwrap_or(Verdict::Current), now));
         }
-        match self.classify(key, entry, now, None) {
+        self.classify(key, entry, now, None)
+    }
+
+    /// The answer to a read of the in-process store: a hit now, a stale value now (the claim
+    /// decided here), anything else in a future.
+    #[inline]
+    pub(super) fn answer_memory(
+        &self,
+        memory: &MemoryStore,
+        key: Key<'_>,
+        args: Args<J>,
+        read: Classified<Value<J>>,
+        mode: Mode,
+    ) -> NowOrLater<'_, Lookup<Value<J>>> {
+        match read {
             Classified::Hit(lookup) => Either::Left(Ok(lookup)),
             Classified::Stale { value, meta, now } if !self.refetch(mode, now, &meta) => {
                 self.stale_now(memory, key, args, value, meta, now)
             }
-            slow => {
-                Either::Right(Box::pin(self.finish(args, digest, slow, mode)) as BoxFuture<'_, _>)
-            }
+            slow => Either::Right(
+                Box::pin(self.finish(args, key.digest(), slow, mode)) as BoxFuture<'_, _>
+            ),
         }
     }
 
@@ -483,21 +517,28 @@ impl<J: Job> JobHandle<J> {
         }
     }
 
+    /// A fresh hit on a value fetched at `fetched_at`, counted.
+    #[inline]
+    fn hit(&self, value: Arc<Value<J>>, fetched_at: Timestamp, now: Timestamp) -> Lookup<Value<J>> {
+        let metrics = &self.job.metrics;
+        metrics.hit.increment(1);
+        let age = now.since(fetched_at);
+        metrics.tally(|t| t.served(Count::Hit, age));
+        Lookup {
+            value: Some(value),
+            status: Status::Hit,
+            age: Some(age),
+            refresh_triggered: false,
+        }
+    }
+
     /// Sorts a decoded value by its freshness at `now`.
     #[inline]
     fn sort(&self, value: Arc<Value<J>>, meta: EntryMeta, now: Timestamp) -> Classified<Value<J>> {
         let job = &*self.job;
         match meta.freshness(now) {
             Freshness::Fresh if job.policy.early_refresh.is_none() => {
-                job.metrics.hit.increment(1);
-                let age = now.since(meta.fetched_at);
-                job.metrics.tally(|t| t.served(Count::Hit, age));
-                Classified::Hit(Lookup {
-                    value: Some(value),
-                    status: Status::Hit,
-                    age: Some(age),
-                    refresh_triggered: false,
-                })
+                Classified::Hit(self.hit(value, meta.fetched_at, now))
             }
             Freshness::Fresh => Classified::FreshMaybeEarly { value, meta, now },
             Freshness::Stale => Classified::Stale { value, meta, now },

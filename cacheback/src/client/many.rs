@@ -110,14 +110,14 @@ impl<J: Job> JobHandle<J> {
                 }
                 continue;
             };
-            if let Classified::Missing { generation, .. } =
-                self.classify(key, memory.get_sync(key), now, None)
+            let read = self.memory_read(memory, key, now);
+            if let Classified::Missing { generation, .. } = read
                 && fetches
             {
                 batch.missing.push((i, args, digest, generation));
                 continue;
             }
-            match self.lookup(args, Mode::Policy) {
+            match self.answer_memory(memory, key, args, read, Mode::Policy) {
                 Either::Left(answer) => batch.answers[i] = Some(answer),
                 Either::Right(later) => batch.slow.push((i, later)),
             }

@@ -74,6 +74,17 @@ struct TagBook {
 /// A purge of expired entries runs after this many writes.
 const PURGE_EVERY_WRITES: u64 = 4096;
 
+/// What [`MemoryStore::read`] found.
+pub(crate) enum MemRead<V> {
+    /// A fresh live value of the reader's type, and when it was fetched.
+    Fresh {
+        value: Arc<V>,
+        fetched_at: Timestamp,
+    },
+    /// Anything else: the entry, if there is one.
+    Entry(Option<Entry>),
+}
+
 /// The compact in-memory form of an [`Entry`] (kept small: it is most of what an entry costs
 /// in memory).
 #[derive(Clone)]
@@ -362,6 +373,41 @@ impl MemoryStore {
             .entries
             .get(&key.digest())
             .map(MemEntry::into_entry)
+    }
+
+    /// Reads an entry for a reader of values of type `V`, without awaiting: the client's hit
+    /// path. A live value of type `V` that is fresh at `now`, untagged and of `schema_version`
+    /// comes back as itself (with no [`Entry`] built around it) when `fresh_wanted`; anything
+    /// else comes back as the entry, for the reader to classify.
+    #[inline]
+    pub(crate) fn read<V: Any + Send + Sync>(
+        &self,
+        key: Key<'_>,
+        now: Timestamp,
+        schema_version: u32,
+        fresh_wanted: bool,
+    ) -> MemRead<V> {
+        let Some(mut entry) = self.inner.entries.get(&key.digest()) else {
+            return MemRead::Entry(None);
+        };
+        let fresh = fresh_wanted
+            && now < entry.fresh_until
+            && entry.tags.is_none()
+            && entry.schema_version == schema_version
+            && !entry.encoded;
+        if fresh && let Some(value) = entry.value.take() {
+            match value.downcast::<V>() {
+                Ok(value) => {
+                    return MemRead::Fresh {
+                        value,
+                        fetched_at: entry.fetched_at,
+                    };
+                }
+                // A value of another type: the reader reports it.
+                Err(value) => entry.value = Some(value),
+            }
+        }
+        MemRead::Entry(Some(entry.into_entry()))
     }
 
     fn put_sync(&self, key: Key<'_>, put: Put) -> PutOutcome {
