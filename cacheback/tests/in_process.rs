@@ -660,6 +660,26 @@ async fn every_read_is_counted_once_under_its_status() {
     assert_eq!(early.get_with_status(1).await.unwrap().status, Status::Hit);
     assert_eq!(reads(), counted(&[("hit", 2)]));
 
+    // Every read form answers a fresh hit with the value (and its age), counted once.
+    fx.clock.advance(Duration::from_secs(3));
+    assert_eq!(squares.get(1).await.unwrap().as_str(), "one");
+    assert_eq!(
+        squares
+            .get_cached(2)
+            .await
+            .unwrap()
+            .as_deref()
+            .map(String::as_str),
+        Some("two")
+    );
+    let hit = squares.get_with_status(1).await.unwrap();
+    assert_eq!(
+        (hit.status, hit.age, hit.refresh_triggered),
+        (Status::Hit, Some(Duration::from_secs(3)), false)
+    );
+    assert_eq!(hit.value.as_deref().map(String::as_str), Some("one"));
+    assert_eq!(reads(), counted(&[("hit", 3)]));
+
     let batch = squares.get_many([1, 2, 3]).await;
     let statuses: Vec<_> = batch.iter().map(|r| r.as_ref().unwrap().status).collect();
     assert_eq!(statuses, [Status::Hit, Status::Hit, Status::MissFetched]);

@@ -7,6 +7,7 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::{self, BoxFuture, Either};
 use tracing::warn;
@@ -46,6 +47,9 @@ pub(super) enum Mode {
 
 /// An answer available now, or a future for it.
 pub(super) type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
+
+/// What a read returns: a future complete at once, or one for the rest of the read.
+type Answer<'a, T> = Either<future::Ready<Result<T>>, BoxFuture<'a, Result<T>>>;
 
 /// A read entry, sorted by what answering it takes.
 pub(super) enum Classified<V> {
@@ -133,6 +137,7 @@ impl<J: Job> JobHandle<J> {
         Ok(Key::new(&self.core().prefix, &self.job.name, self.digest(args)?).to_string())
     }
 
+    #[inline]
     pub(super) fn digest(&self, args: &Args<J>) -> Result<u128> {
         key::digest_seeded(self.job.seed, args).map_err(|e| Error::Key {
             message: e.to_string(),
@@ -150,7 +155,17 @@ impl<J: Job> JobHandle<J> {
     /// cannot be hashed, or the store is down and the client is configured with
     /// [`StoreFallback::Fail`](crate::StoreFallback::Fail). A refresh that cannot be queued
     /// never fails a read.
+    #[inline]
     pub fn get(&self, args: Args<J>) -> impl Future<Output = Result<Arc<Value<J>>>> + Send + '_ {
+        match self.fresh_hit(&args) {
+            Some((hit, _)) => Either::Left(future::ready(Ok(hit))),
+            None => self.get_read(args),
+        }
+    }
+
+    /// [`get`](Self::get) past a fresh in-process hit.
+    #[inline(never)]
+    fn get_read(&self, args: Args<J>) -> Answer<'_, Arc<Value<J>>> {
         let name = &self.job.name;
         let value = move |lookup: Result<Lookup<Value<J>>>| match lookup {
             Ok(Lookup {
@@ -175,6 +190,15 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Option<Arc<Value<J>>>>> + Send + '_ {
+        match self.fresh_hit(&args) {
+            Some((hit, _)) => Either::Left(future::ready(Ok(Some(hit)))),
+            None => self.get_cached_read(args),
+        }
+    }
+
+    /// [`get_cached`](Self::get_cached) past a fresh in-process hit.
+    #[inline(never)]
+    fn get_cached_read(&self, args: Args<J>) -> Answer<'_, Option<Arc<Value<J>>>> {
         match self.lookup(args, Mode::Cached) {
             Either::Left(now) => Either::Left(future::ready(now.map(|lookup| lookup.value))),
             Either::Right(later) => {
@@ -197,10 +221,45 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Lookup<Value<J>>>> + Send + '_ {
+        match self.fresh_hit(&args) {
+            Some((hit, age_ms)) => Either::Left(future::ready(Ok(Lookup {
+                value: Some(hit),
+                status: Status::Hit,
+                age: Some(Duration::from_millis(age_ms)),
+                refresh_triggered: false,
+            }))),
+            None => self.get_with_status_read(args),
+        }
+    }
+
+    /// [`get_with_status`](Self::get_with_status) past a fresh in-process hit.
+    #[inline(never)]
+    fn get_with_status_read(&self, args: Args<J>) -> Answer<'_, Lookup<Value<J>>> {
         match self.lookup(args, Mode::Policy) {
             Either::Left(now) => Either::Left(future::ready(now)),
             Either::Right(later) => Either::Right(later),
         }
+    }
+
+    /// A fresh hit of the in-process store, counted, with its age in milliseconds; `None` for
+    /// anything else, which [`lookup`](Self::lookup) then reads in full (digesting the args
+    /// again: only reads that are not fresh hits pay for that). Two words come back, in
+    /// registers: the hit path moves no larger structure between functions.
+    #[inline]
+    fn fresh_hit(&self, args: &Args<J>) -> Option<(Arc<Value<J>>, u64)> {
+        let core = self.core();
+        let memory = core.memory.as_ref()?;
+        let policy = &self.job.policy;
+        if policy.early_refresh.is_some() {
+            return None;
+        }
+        let digest = self.digest(args).ok()?;
+        let key = Key::new(&core.prefix, &self.job.name, digest);
+        let now = core.now();
+        let (value, fetched_at) = memory.read_fresh(key, now, policy.schema_version)?;
+        let age = now.since(fetched_at);
+        self.count_hit(age);
+        Some((value, crate::clock::duration_millis(age)))
     }
 
     /// A read answered now (an in-process hit, or an error) or a future for the rest.
@@ -520,16 +579,22 @@ impl<J: Job> JobHandle<J> {
     /// A fresh hit on a value fetched at `fetched_at`, counted.
     #[inline]
     fn hit(&self, value: Arc<Value<J>>, fetched_at: Timestamp, now: Timestamp) -> Lookup<Value<J>> {
-        let metrics = &self.job.metrics;
-        metrics.hit.increment(1);
         let age = now.since(fetched_at);
-        metrics.tally(|t| t.served(Count::Hit, age));
+        self.count_hit(age);
         Lookup {
             value: Some(value),
             status: Status::Hit,
             age: Some(age),
             refresh_triggered: false,
         }
+    }
+
+    /// Counts a fresh hit on a value `age` old.
+    #[inline]
+    fn count_hit(&self, age: Duration) {
+        let metrics = &self.job.metrics;
+        metrics.hit.increment(1);
+        metrics.tally(|t| t.served(Count::Hit, age));
     }
 
     /// Sorts a decoded value by its freshness at `now`.

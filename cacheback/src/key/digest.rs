@@ -44,7 +44,7 @@ pub(crate) fn job_seed(prefix: &str, job: &str) -> u64 {
 }
 
 /// [`digest`] with the job's seed already computed: the read path's form.
-#[inline]
+#[inline(always)]
 pub(crate) fn digest_seeded<A: Serialize + ?Sized>(seed: u64, args: &A) -> Result<u128, KeyError> {
     let in_scratch = SCRATCH.try_with(|scratch| {
         // Already borrowed means a `Serialize` impl is computing a digest from inside `digest`;
@@ -65,6 +65,7 @@ pub(crate) fn digest_seeded<A: Serialize + ?Sized>(seed: u64, args: &A) -> Resul
     }
 }
 
+#[inline(always)]
 fn digest_with<A: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     seed: u64,
