@@ -51,6 +51,31 @@ pub(super) type NowOrLater<'a, T> = Either<Result<T>, BoxFuture<'a, Result<T>>>;
 /// What a read returns: a future complete at once, or one for the rest of the read.
 type Answer<'a, T> = Either<future::Ready<Result<T>>, BoxFuture<'a, Result<T>>>;
 
+/// What the first step of a read found.
+enum First<V> {
+    /// A fresh hit of the in-process store, counted: the value and its age in milliseconds.
+    Hit(Arc<V>, u64),
+    /// The in-process store's entry of the key (if any) at `now`: not a fresh live hit.
+    Read {
+        digest: u128,
+        now: Timestamp,
+        entry: Option<Entry>,
+    },
+    /// Nothing read: no in-process store, or args that do not digest.
+    Unread,
+}
+
+/// The answer to a fresh hit `age_ms` old.
+#[inline]
+fn hit_lookup<V>(value: Arc<V>, age_ms: u64) -> Lookup<V> {
+    Lookup {
+        value: Some(value),
+        status: Status::Hit,
+        age: Some(Duration::from_millis(age_ms)),
+        refresh_triggered: false,
+    }
+}
+
 /// A read entry, sorted by what answering it takes.
 pub(super) enum Classified<V> {
     Hit(Lookup<V>),
@@ -157,15 +182,15 @@ impl<J: Job> JobHandle<J> {
     /// never fails a read.
     #[inline]
     pub fn get(&self, args: Args<J>) -> impl Future<Output = Result<Arc<Value<J>>>> + Send + '_ {
-        match self.fresh_hit(&args) {
-            Some((hit, _)) => Either::Left(future::ready(Ok(hit))),
-            None => self.get_read(args),
+        match self.first_read(&args) {
+            First::Hit(hit, _) => Either::Left(future::ready(Ok(hit))),
+            first => self.get_read(args, first),
         }
     }
 
     /// [`get`](Self::get) past a fresh in-process hit.
     #[inline(never)]
-    fn get_read(&self, args: Args<J>) -> Answer<'_, Arc<Value<J>>> {
+    fn get_read(&self, args: Args<J>, first: First<Value<J>>) -> Answer<'_, Arc<Value<J>>> {
         let name = &self.job.name;
         let value = move |lookup: Result<Lookup<Value<J>>>| match lookup {
             Ok(Lookup {
@@ -174,7 +199,7 @@ impl<J: Job> JobHandle<J> {
             Ok(_) => Err(no_value(name)),
             Err(error) => Err(error),
         };
-        match self.lookup(args, Mode::Fetch) {
+        match self.lookup_after(args, first, Mode::Fetch) {
             Either::Left(now) => Either::Left(future::ready(value(now))),
             Either::Right(later) => {
                 Either::Right(Box::pin(async move { value(later.await) }) as BoxFuture<'_, _>)
@@ -190,16 +215,20 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Option<Arc<Value<J>>>>> + Send + '_ {
-        match self.fresh_hit(&args) {
-            Some((hit, _)) => Either::Left(future::ready(Ok(Some(hit)))),
-            None => self.get_cached_read(args),
+        match self.first_read(&args) {
+            First::Hit(hit, _) => Either::Left(future::ready(Ok(Some(hit)))),
+            first => self.get_cached_read(args, first),
         }
     }
 
     /// [`get_cached`](Self::get_cached) past a fresh in-process hit.
     #[inline(never)]
-    fn get_cached_read(&self, args: Args<J>) -> Answer<'_, Option<Arc<Value<J>>>> {
-        match self.lookup(args, Mode::Cached) {
+    fn get_cached_read(
+        &self,
+        args: Args<J>,
+        first: First<Value<J>>,
+    ) -> Answer<'_, Option<Arc<Value<J>>>> {
+        match self.lookup_after(args, first, Mode::Cached) {
             Either::Left(now) => Either::Left(future::ready(now.map(|lookup| lookup.value))),
             Either::Right(later) => {
                 Either::Right(
@@ -221,45 +250,68 @@ impl<J: Job> JobHandle<J> {
         &self,
         args: Args<J>,
     ) -> impl Future<Output = Result<Lookup<Value<J>>>> + Send + '_ {
-        match self.fresh_hit(&args) {
-            Some((hit, age_ms)) => Either::Left(future::ready(Ok(Lookup {
-                value: Some(hit),
-                status: Status::Hit,
-                age: Some(Duration::from_millis(age_ms)),
-                refresh_triggered: false,
-            }))),
-            None => self.get_with_status_read(args),
+        match self.first_read(&args) {
+            First::Hit(hit, age_ms) => Either::Left(future::ready(Ok(hit_lookup(hit, age_ms)))),
+            first => self.get_with_status_read(args, first),
         }
     }
 
     /// [`get_with_status`](Self::get_with_status) past a fresh in-process hit.
     #[inline(never)]
-    fn get_with_status_read(&self, args: Args<J>) -> Answer<'_, Lookup<Value<J>>> {
-        match self.lookup(args, Mode::Policy) {
+    fn get_with_status_read(
+        &self,
+        args: Args<J>,
+        first: First<Value<J>>,
+    ) -> Answer<'_, Lookup<Value<J>>> {
+        match self.lookup_after(args, first, Mode::Policy) {
             Either::Left(now) => Either::Left(future::ready(now)),
             Either::Right(later) => Either::Right(later),
         }
     }
 
-    /// A fresh hit of the in-process store, counted, with its age in milliseconds; `None` for
-    /// anything else, which [`lookup`](Self::lookup) then reads in full (digesting the args
-    /// again: only reads that are not fresh hits pay for that). Two words come back, in
-    /// registers: the hit path moves no larger structure between functions.
+    /// The first step of a read: with the in-process store, its entry of the key, read once;
+    /// a fresh hit (counted) comes back as two words, without any structure built around
+    /// it. Inlined into the caller, so a hit moves nothing between functions.
     #[inline]
-    fn fresh_hit(&self, args: &Args<J>) -> Option<(Arc<Value<J>>, u64)> {
+    fn first_read(&self, args: &Args<J>) -> First<Value<J>> {
         let core = self.core();
-        let memory = core.memory.as_ref()?;
-        let policy = &self.job.policy;
-        if policy.early_refresh.is_some() {
-            return None;
-        }
-        let digest = self.digest(args).ok()?;
+        let Some(memory) = &core.memory else {
+            return First::Unread;
+        };
+        let Ok(digest) = self.digest(args) else {
+            return First::Unread;
+        };
         let key = Key::new(&core.prefix, &self.job.name, digest);
         let now = core.now();
-        let (value, fetched_at) = memory.read_fresh(key, now, policy.schema_version)?;
-        let age = now.since(fetched_at);
-        self.count_hit(age);
-        Some((value, crate::clock::duration_millis(age)))
+        let policy = &self.job.policy;
+        let fresh_wanted = policy.early_refresh.is_none();
+        match memory.read(key, now, policy.schema_version, fresh_wanted) {
+            MemRead::Fresh { value, fetched_at } => {
+                let age = now.since(fetched_at);
+                self.count_hit(age);
+                First::Hit(value, crate::clock::duration_millis(age))
+            }
+            MemRead::Entry(entry) => First::Read { digest, now, entry },
+        }
+    }
+
+    /// The rest of a read whose first step found `first`.
+    fn lookup_after(
+        &self,
+        args: Args<J>,
+        first: First<Value<J>>,
+        mode: Mode,
+    ) -> NowOrLater<'_, Lookup<Value<J>>> {
+        let core = self.core();
+        match (first, &core.memory) {
+            (First::Hit(value, age_ms), _) => Either::Left(Ok(hit_lookup(value, age_ms))),
+            (First::Read { digest, now, entry }, Some(memory)) => {
+                let key = Key::new(&core.prefix, &self.job.name, digest);
+                let read = self.judge_memory(key, entry, now);
+                self.answer_memory(memory, key, args, read, mode)
+            }
+            _ => self.lookup(args, mode),
+        }
     }
 
     /// A read answered now (an in-process hit, or an error) or a future for the rest.
@@ -293,12 +345,22 @@ impl<J: Job> JobHandle<J> {
     ) -> Classified<Value<J>> {
         let policy = &self.job.policy;
         let fresh_wanted = policy.early_refresh.is_none();
-        let mut entry = match memory.read(key, now, policy.schema_version, fresh_wanted) {
+        match memory.read(key, now, policy.schema_version, fresh_wanted) {
             MemRead::Fresh { value, fetched_at } => {
-                return Classified::Hit(self.hit(value, fetched_at, now));
+                Classified::Hit(self.hit(value, fetched_at, now))
             }
-            MemRead::Entry(entry) => entry,
-        };
+            MemRead::Entry(entry) => self.judge_memory(key, entry, now),
+        }
+    }
+
+    /// An entry of the in-process store that is not a fresh live hit, judged against its tags'
+    /// states and classified (counted, if it is a hit after all).
+    fn judge_memory(
+        &self,
+        key: Key<'_>,
+        mut entry: Option<Entry>,
+        now: Timestamp,
+    ) -> Classified<Value<J>> {
         if let Some(tagged) = entry.as_ref().and_then(|e| e.tags.as_deref()) {
             let verdict = tags::verdict_now(self.core(), tagged, now);
             entry = entry.map(|e| tags::judged(e, verdict.unwrap_or(Verdict::Current), now));

@@ -375,28 +375,6 @@ impl MemoryStore {
             .map(MemEntry::into_entry)
     }
 
-    /// The live value of `key` and when it was fetched, if it is a fresh value of type `V` at
-    /// `now`, untagged and of `schema_version`; `None` for anything else (read it with
-    /// [`read`](Self::read)). Returns two words, so that a hit travels in registers.
-    #[inline]
-    pub(crate) fn read_fresh<V: Any + Send + Sync>(
-        &self,
-        key: Key<'_>,
-        now: Timestamp,
-        schema_version: u32,
-    ) -> Option<(Arc<V>, Timestamp)> {
-        let entry = self.inner.entries.get(&key.digest())?;
-        let fresh = now < entry.fresh_until
-            && entry.tags.is_none()
-            && entry.schema_version == schema_version
-            && !entry.encoded;
-        if !fresh {
-            return None;
-        }
-        let value = entry.value?.downcast::<V>().ok()?;
-        Some((value, entry.fetched_at))
-    }
-
     /// Reads an entry for a reader of values of type `V`, without awaiting: the client's hit
     /// path. A live value of type `V` that is fresh at `now`, untagged and of `schema_version`
     /// comes back as itself (with no [`Entry`] built around it) when `fresh_wanted`; anything
