@@ -745,3 +745,32 @@ async fn a_shared_memory_entry_of_another_schema_or_type_is_a_miss() {
     assert_eq!(read.status, Status::MissFetched);
     assert_eq!(read.value.as_deref(), Some(&800));
 }
+
+// Args that cannot be made into a key (here: over the 1 MiB limit on their encoding) fail every
+// read form with a key error, before the store or the upstream is asked anything.
+#[tokio::test(start_paused = true)]
+async fn args_that_do_not_make_a_key_fail_every_read_form() {
+    let fx = Fixture::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let lengths = fx.cache.job(job_fn("lengths", policy(), move |s: String| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, std::io::Error>(s.len()) }
+    }));
+    let huge = "x".repeat((1 << 20) + 1);
+    assert!(matches!(
+        lengths.get(huge.clone()).await,
+        Err(Error::Key { .. })
+    ));
+    assert!(matches!(
+        lengths.get_cached(huge.clone()).await,
+        Err(Error::Key { .. })
+    ));
+    assert!(matches!(
+        lengths.get_with_status(huge).await,
+        Err(Error::Key { .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The job still answers args that do make a key.
+    assert_eq!(*lengths.get("abc".to_owned()).await.unwrap(), 3);
+}
