@@ -287,9 +287,7 @@ impl<J: Job> JobHandle<J> {
         let fresh_wanted = policy.early_refresh.is_none();
         match memory.read(key, now, policy.schema_version, fresh_wanted) {
             MemRead::Fresh { value, fetched_at } => {
-                let age = now.since(fetched_at);
-                self.count_hit(age);
-                First::Hit(value, crate::clock::duration_millis(age))
+                First::Hit(value, self.count_hit(fetched_at, now))
             }
             MemRead::Entry(entry) => First::Read { digest, now, entry },
         }
@@ -641,22 +639,17 @@ impl<J: Job> JobHandle<J> {
     /// A fresh hit on a value fetched at `fetched_at`, counted.
     #[inline]
     fn hit(&self, value: Arc<Value<J>>, fetched_at: Timestamp, now: Timestamp) -> Lookup<Value<J>> {
-        let age = now.since(fetched_at);
-        self.count_hit(age);
-        Lookup {
-            value: Some(value),
-            status: Status::Hit,
-            age: Some(age),
-            refresh_triggered: false,
-        }
+        hit_lookup(value, self.count_hit(fetched_at, now))
     }
 
-    /// Counts a fresh hit on a value `age` old.
+    /// Counts a fresh hit at `now` on a value fetched at `fetched_at`; its age in milliseconds.
     #[inline]
-    fn count_hit(&self, age: Duration) {
+    fn count_hit(&self, fetched_at: Timestamp, now: Timestamp) -> u64 {
+        let age = now.since(fetched_at);
         let metrics = &self.job.metrics;
         metrics.hit.increment(1);
         metrics.tally(|t| t.served(Count::Hit, age));
+        crate::clock::duration_millis(age)
     }
 
     /// Sorts a decoded value by its freshness at `now`.
