@@ -217,6 +217,57 @@ async fn concurrent_reads_share_commands_and_each_gets_its_own_entry() {
     assert_eq!(number_of(&b.unwrap().unwrap()), 8);
 }
 
+/// The server's `keyspace_hits`: one per key a command found.
+fn keyspace_hits(server: &RedisServer) -> u64 {
+    let info: String = server.cmd(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("keyspace_hits:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has keyspace_hits")
+}
+
+#[tokio::test]
+async fn a_batch_asks_redis_for_each_key_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::from_url(&server.url()).unwrap();
+    for n in 0..4 {
+        put_numbered(&store, "hot", n).await;
+    }
+    let key = |n: u32| Key::new("hot", "job", u128::from(n));
+    store.get(key(0)).await.unwrap();
+    let (gets, mgets, hits) = (
+        server.command_calls("get"),
+        server.command_calls("mget"),
+        keyspace_hits(&server),
+    );
+    // 100 readers of one key from one task: two go out at once, the 98 that wait share one
+    // `GET`, and each reader gets the entry.
+    let reads = (0..100).map(|_| store.get(key(1)));
+    for entry in futures_util::future::join_all(reads).await {
+        assert_eq!(number_of(&entry.unwrap().unwrap()), 1);
+    }
+    assert_eq!(server.command_calls("get") - gets, 3);
+    assert_eq!(server.command_calls("mget") - mgets, 0);
+    assert_eq!(keyspace_hits(&server) - hits, 3);
+
+    // 100 readers of four keys (and one missing key), interleaved: the waiting 98 share one
+    // `MGET` that names each of the five keys once, and each reader gets its own key's entry.
+    let asked = |i: u32| if i % 5 == 4 { 1_000 } else { i % 5 };
+    let (mgets, hits) = (server.command_calls("mget"), keyspace_hits(&server));
+    let reads = (0..100).map(|i| store.get(key(asked(i))));
+    for (i, entry) in (0..100).zip(futures_util::future::join_all(reads).await) {
+        match asked(i) {
+            1_000 => assert!(entry.unwrap().is_none(), "read {i}"),
+            n => assert_eq!(number_of(&entry.unwrap().unwrap()), n, "read {i}"),
+        }
+    }
+    assert_eq!(server.command_calls("mget") - mgets, 1);
+    // The two sent alone, and the four keys that exist once each in the `MGET`.
+    assert_eq!(keyspace_hits(&server) - hits, 2 + 4);
+}
+
 #[tokio::test]
 async fn readers_that_give_up_leave_no_batched_reader_waiting() {
     use futures_util::FutureExt;

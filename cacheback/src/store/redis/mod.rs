@@ -78,7 +78,9 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 /// - `get`: one plain `GET` of the entry key, and nothing else. Under load, reads share
 ///   commands: while two reads of the store are on their way (on one Redis; not on a
 ///   cluster), further reads wait for one of them to return and then go out together in one
-///   `MGET`, so a burst of reads costs Redis one command per batch. `get_many`: one `MGET`.
+///   `MGET` that names each key once (a `GET` when they all read one key), so a burst of
+///   reads costs Redis one command per batch and each key once per batch. `get_many`: one
+///   `MGET`.
 /// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
 ///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
 ///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into

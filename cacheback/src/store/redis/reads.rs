@@ -2,12 +2,14 @@
 //! already on their way to one Redis, a further read waits for one of them to come back, and
 //! every read that waited meanwhile goes out together in one `MGET`. A lone read is a plain
 //! `GET` with nothing added; a burst of reads costs Redis (and this process) one command per
-//! batch rather than one per read. Not used on a Redis Cluster, where the keys of a batch live
-//! in different slots.
+//! batch rather than one per read, and each key once per batch however many of its readers
+//! waited (a hot key's burst is one `GET`). Not used on a Redis Cluster, where the keys of a
+//! batch live in different slots.
 //!
 //! A batch runs in a task of its own, so a reader that gives up (its future dropped) never
 //! strands the readers batched after it; a waiter that gives up simply does not take its reply.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -123,21 +125,23 @@ impl Drop for Slot {
     }
 }
 
-/// Sends a batch: one `GET` for a single read, else one `MGET`, and hands each waiter its
-/// reply (all of them the error, if the command failed).
+/// Sends a batch: one `GET` when its readers all want one key, else one `MGET` of each of its
+/// keys once, and hands each waiter its reply (all of them the error, if the command failed).
+///
+/// Readers of the same key share one reply: each of them was waiting before the command went
+/// out, so the reply is as recent as one they had sent themselves.
 async fn send(batch: Vec<Waiter>, slot: Slot) {
-    let replies = if let [one] = batch.as_slice() {
-        get_one(&slot.reads.conn, &one.key)
-            .await
-            .map(|raw| vec![raw])
+    let (keys, places) = distinct_keys(&batch);
+    let replies = if let [one] = keys.as_slice() {
+        get_one(&slot.reads.conn, one).await.map(|raw| vec![raw])
     } else {
-        get_batch(&slot.reads.conn, &batch).await
+        get_many(&slot.reads.conn, keys.iter().copied()).await
     };
     drop(slot);
     match replies {
         Ok(replies) => {
-            for (waiter, raw) in batch.into_iter().zip(replies) {
-                let _ = waiter.reply.send(Ok(raw));
+            for (waiter, place) in batch.into_iter().zip(places) {
+                let _ = waiter.reply.send(Ok(replies[place].clone()));
             }
         }
         Err(error) => {
@@ -148,17 +152,36 @@ async fn send(batch: Vec<Waiter>, slot: Slot) {
     }
 }
 
+/// The distinct keys of `batch` in the order first asked, and for each waiter the place of its
+/// key among them.
+fn distinct_keys(batch: &[Waiter]) -> (Vec<&[u8]>, Vec<usize>) {
+    let Some(first) = batch.first() else {
+        return (Vec::new(), Vec::new());
+    };
+    // A hot key's readers are the common batch: all of one key needs no map.
+    if batch.iter().all(|waiter| waiter.key == first.key) {
+        return (vec![first.key.as_slice()], vec![0; batch.len()]);
+    }
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut seen: HashMap<&[u8], usize> = HashMap::with_capacity(batch.len());
+    let places = batch
+        .iter()
+        .map(|waiter| {
+            *seen.entry(waiter.key.as_slice()).or_insert_with(|| {
+                keys.push(waiter.key.as_slice());
+                keys.len() - 1
+            })
+        })
+        .collect();
+    (keys, places)
+}
+
 /// One `GET`.
 pub(super) async fn get_one(conn: &Conn, key: &[u8]) -> Result<Raw> {
     let mut cmd = redis::cmd("GET");
     cmd.arg(key);
     let reply: Value = conn.query(&cmd, "GET").await.map_err(Failure::into_store)?;
     raw_of("GET", reply)
-}
-
-/// One `MGET` of every waiter's key, its replies in their order.
-async fn get_batch(conn: &Conn, batch: &[Waiter]) -> Result<Vec<Raw>> {
-    get_many(conn, batch.iter().map(|waiter| waiter.key.as_slice())).await
 }
 
 /// One `MGET` of `keys` (at least one), the replies in their order.
