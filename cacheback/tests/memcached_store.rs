@@ -1,6 +1,7 @@
 //! `MemcachedStore` against a real memcached: the Store conformance suite and the client suite,
-//! key names memcached would refuse, the item size limit, expiry times, compare-and-swap under
-//! concurrent writers, and plain-words errors through a memcached restart.
+//! concurrent readers of one key sharing commands, key names memcached would refuse, the item
+//! size limit, expiry times, compare-and-swap under concurrent writers, and plain-words errors
+//! through a memcached restart.
 
 mod support;
 
@@ -93,6 +94,78 @@ async fn a_read_is_exactly_one_mg() {
     // A key cacheback builds is stored under its own text.
     let reply = server.cmd(&format!("mg {key} s")).unwrap();
     assert!(reply.starts_with("HD s"), "{reply}");
+}
+
+#[tokio::test]
+async fn concurrent_readers_of_one_key_share_commands_and_each_gets_the_entry() {
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let store = MemcachedStore::from_url(&server.url()).unwrap();
+    let key = |n: u8| Key::new("hot", "job", u128::from(n));
+    for n in 0..4 {
+        put(&store, key(n), vec![n; 100]).await.unwrap();
+    }
+    read(&store, key(0)).await;
+    // 100 readers of one key from one task: the first sends its `mg`, the 99 that asked
+    // meanwhile share the next one, and each reader gets the entry.
+    let gets = server.stat("cmd_get").unwrap();
+    let reads = (0..100).map(|_| read(&store, key(1)));
+    for value in futures_util::future::join_all(reads).await {
+        assert_eq!(value, Some(vec![1; 100]));
+    }
+    assert_eq!(server.stat("cmd_get").unwrap() - gets, 2);
+
+    // Readers of four keys and a missing one, interleaved: two commands per key, and each
+    // reader gets its own key's entry.
+    let asked = |i: u8| if i % 5 == 4 { 200 } else { i % 5 };
+    let gets = server.stat("cmd_get").unwrap();
+    let reads = (0..100).map(|i| read(&store, key(asked(i))));
+    for (i, value) in (0..100).zip(futures_util::future::join_all(reads).await) {
+        match asked(i) {
+            200 => assert_eq!(value, None, "read {i}"),
+            n => assert_eq!(value, Some(vec![n; 100]), "read {i}"),
+        }
+    }
+    assert_eq!(server.stat("cmd_get").unwrap() - gets, 2 * 5);
+
+    // Sequential reads are each a command of their own: no reply is reused later.
+    let gets = server.stat("cmd_get").unwrap();
+    put(&store, key(1), vec![9; 10]).await.unwrap();
+    assert_eq!(read(&store, key(1)).await, Some(vec![9; 10]));
+    assert_eq!(
+        server.stat("cmd_get").unwrap() - gets,
+        2,
+        "the put's mg and the read's"
+    );
+}
+
+#[tokio::test]
+async fn readers_waiting_behind_one_that_gives_up_still_get_the_entry() {
+    use futures_util::FutureExt;
+    let Some(server) = MemcachedServer::start() else {
+        return;
+    };
+    let store = MemcachedStore::from_url(&server.url()).unwrap();
+    let key = Key::new("giveup", "job", 1);
+    put(&store, key, vec![5; 10]).await.unwrap();
+    // The first reader sends its command and is dropped before the reply; two readers wait
+    // for the next command meanwhile. They still get the entry.
+    let mut first = Box::pin(store.get(key));
+    assert!((&mut first).now_or_never().is_none());
+    let waiting = futures_util::future::join(store.get(key), store.get(key));
+    let mut waiting = Box::pin(waiting);
+    assert!((&mut waiting).now_or_never().is_none());
+    drop(first);
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting readers were not stranded");
+    assert_eq!(value_of(&a.unwrap().unwrap()), vec![5; 10]);
+    assert_eq!(value_of(&b.unwrap().unwrap()), vec![5; 10]);
+    // And the key is free again: a lone read is one command.
+    let gets = server.stat("cmd_get").unwrap();
+    assert_eq!(read(&store, key).await, Some(vec![5; 10]));
+    assert_eq!(server.stat("cmd_get").unwrap() - gets, 1);
 }
 
 #[tokio::test]

@@ -249,10 +249,15 @@ fn memcached(
             report::micros(redis.p50_us()),
             stats::round3(gets_per_read),
         );
+        // Concurrent readers of one key share `mg`s, so under load a hit costs a fraction.
         r.check(
-            "exactly 1 memcached get per hit",
+            "at most 1 memcached get per hit (exactly 1 for a lone reader)",
             format!("{gets_per_read:.3}"),
-            (gets_per_read - 1.0).abs() < 0.001,
+            if tasks == 1 {
+                (gets_per_read - 1.0).abs() < 0.001
+            } else {
+                gets_per_read <= 1.001
+            },
         );
         r.latencies = Some(mc.latency);
         records.push(r);

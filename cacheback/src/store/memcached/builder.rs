@@ -117,6 +117,7 @@ impl MemcachedStoreBuilder {
         });
         Ok(MemcachedStore {
             pool: Arc::new(pool),
+            reads: Arc::default(),
             command_timeout: self.command_timeout,
             max_item_bytes: self.max_item_bytes,
             expiry_grace: self.expiry_grace,

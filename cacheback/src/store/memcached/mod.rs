@@ -4,13 +4,15 @@
 //! The files: this one holds the store, its entries and its consistency contract;
 //! `builder.rs` the builder and URLs; `claims.rs` claims and failure state over `record.rs`,
 //! the control record; `keys.rs` memcached key names; `conn.rs` the connection pool and the
-//! commands; `failure.rs` errors in plain words.
+//! commands; `reads.rs` the readers of one key sharing commands; `failure.rs` errors in plain
+//! words.
 
 mod builder;
 mod claims;
 mod conn;
 mod failure;
 mod keys;
+mod reads;
 mod record;
 
 use std::fmt;
@@ -26,6 +28,7 @@ pub use self::builder::MemcachedStoreBuilder;
 use self::conn::{Pool, Write};
 use self::failure::{BACKEND, Failure};
 use self::keys::entry_key;
+use self::reads::{Reads, Turn};
 use self::record::exptime;
 use crate::clock::Timestamp;
 use crate::entry::{
@@ -70,7 +73,11 @@ const ITEM_OVERHEAD: usize = 64;
 ///
 /// memcached's meta protocol (memcached 1.6 or later), through a pool of connections:
 ///
-/// - `get`: one `mg` of the entry, and nothing else.
+/// - `get`: one `mg` of the entry, and nothing else. Under load, readers of one key share
+///   commands: while a read of the key is on its way, further reads of it wait for it to
+///   return and then go out together as one `mg` (sent after each of them asked, so none
+///   reads an entry older than a write that finished before it began). A hot key's burst
+///   costs memcached two commands rather than one per reader.
 /// - `put`: `mg` of the entry (its generation and CAS value), then `ms` with the new
 ///   generation stamped into the envelope, as an `add` when the key is missing and as a
 ///   compare-and-swap otherwise. A lost race reads again, so the generation check is exact.
@@ -124,6 +131,7 @@ const ITEM_OVERHEAD: usize = 64;
 #[derive(Clone)]
 pub struct MemcachedStore {
     pool: Arc<Pool>,
+    reads: Arc<Reads>,
     command_timeout: Duration,
     max_item_bytes: usize,
     expiry_grace: Duration,
@@ -178,20 +186,58 @@ impl MemcachedStore {
 
     async fn do_get(&self, key: Key<'_>) -> Result<Option<Entry>> {
         let name = entry_key(key);
-        let item = self
-            .pool
-            .get("get", &name)
-            .await
-            .map_err(Failure::into_store)?;
-        Ok(item.map(|item| self.decode(key, item.data)))
+        match self.reads.turn(&name) {
+            Turn::Wait(reply) => match reply.await {
+                Ok(reply) => reply,
+                // The key was given up before a command went out for this reader.
+                Err(_) => self.read_entry(&name).await,
+            },
+            Turn::Send => {
+                let sending = Sending { store: self, name };
+                self.read_entry(&sending.name).await
+            }
+        }
     }
 
-    fn decode(&self, key: Key<'_>, data: Vec<u8>) -> Entry {
+    /// One `mg` of the entry key `name`, decoded.
+    async fn read_entry(&self, name: &str) -> Result<Option<Entry>> {
+        let item = self
+            .pool
+            .get("get", name)
+            .await
+            .map_err(Failure::into_store)?;
+        Ok(item.map(|item| self.decode(name, item.data)))
+    }
+
+    /// Sends the next command for the readers of `name` that waited while one was in flight
+    /// (from a task of its own, bounded by the command timeout), or frees the key when none
+    /// did.
+    fn hand_on(&self, name: String) {
+        let waiting = self.reads.done(&name);
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to send it from (it is going away): the waiters read on their own.
+            self.reads.abandon(&name);
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            let reply = store.bounded("get", store.read_entry(&name)).await;
+            store.hand_on(name);
+            for waiter in waiting {
+                let _ = waiter.send(reply.clone());
+            }
+        });
+    }
+
+    fn decode(&self, name: &str, data: Vec<u8>) -> Entry {
         let generation = generation_of(&data);
         match decode_envelope(Bytes::from(data), self.max_item_bytes) {
             Ok(entry) => entry,
             Err(error) => {
-                debug!(key = %key, error = %Chain(&error), "entry is not a valid envelope");
+                debug!(key = name, error = %Chain(&error), "entry is not a valid envelope");
                 undecodable(generation)
             }
         }
@@ -277,6 +323,19 @@ fn undecodable(generation: u64) -> Entry {
     let mut meta = EntryMeta::new(Timestamp::EPOCH, Timestamp::EPOCH, Timestamp::EPOCH);
     meta.generation = generation;
     Entry::new(meta, Payload::encoded(0, Bytes::new()))
+}
+
+/// A reader's command for a key in flight; when it is over (or given up), the readers that
+/// waited meanwhile get the next one.
+struct Sending<'s> {
+    store: &'s MemcachedStore,
+    name: String,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.store.hand_on(std::mem::take(&mut self.name));
+    }
 }
 
 impl Store for MemcachedStore {
