@@ -2,7 +2,8 @@
 //! started once for this binary (`harness = false`) and shared by its tests, which run one
 //! after the other (the last ones reshard it and kill a master).
 //!
-//! - The store, queue and client suites pass on the cluster; a hit is one `GET`; the queue's
+//! - The store, queue and client suites pass on the cluster; a hit is one `GET`, and
+//!   concurrent readers of one key share `GET`s; the queue's
 //!   shards spread over the masters, and its names, stats and dead letters (paged, found,
 //!   replayed, removed) are read over every shard; a near cache is refused clearly.
 //! - 4 reader processes × 16 readers on one stale key, a worker process: exactly one fetch per
@@ -141,6 +142,30 @@ fn a_read_is_exactly_one_get(fx: &Fixture) {
             }
         }
         assert_eq!(gets, [100], "one GET per read, all to the key's master");
+
+        // 100 readers of the key from one task: the first sends its `GET`, the 99 that asked
+        // meanwhile share the next one, and each reader gets the entry. (Two `GET`s; the
+        // cluster client may send one again when a reply is slow on a loaded machine.)
+        let before = counts();
+        let reads = (0..100).map(|_| store.get(key));
+        for entry in futures_util::future::join_all(reads).await {
+            assert_eq!(entry.unwrap().unwrap().meta.generation, 1);
+        }
+        let after = counts();
+        let gets: Vec<u64> = after
+            .iter()
+            .zip(&before)
+            .map(|(after, before)| {
+                after.get("get").copied().unwrap_or(0) - before.get("get").copied().unwrap_or(0)
+            })
+            .filter(|&delta| delta > 0)
+            .collect();
+        assert_eq!(gets.len(), 1, "all to the key's master: {gets:?}");
+        assert!(
+            (2..=4).contains(&gets[0]),
+            "100 concurrent readers of one key sent {} GETs",
+            gets[0]
+        );
     });
 }
 

@@ -26,6 +26,8 @@ pub(crate) mod memcached;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+mod same_key;
 
 #[cfg(feature = "memcached")]
 pub use self::memcached::MemcachedStoreBuilder;

@@ -4,15 +4,14 @@
 //! The files: this one holds the store, its entries and its consistency contract;
 //! `builder.rs` the builder and URLs; `claims.rs` claims and failure state over `record.rs`,
 //! the control record; `keys.rs` memcached key names; `conn.rs` the connection pool and the
-//! commands; `reads.rs` the readers of one key sharing commands; `failure.rs` errors in plain
-//! words.
+//! commands; `failure.rs` errors in plain words. Readers of one key share commands through
+//! `store/same_key.rs`.
 
 mod builder;
 mod claims;
 mod conn;
 mod failure;
 mod keys;
-mod reads;
 mod record;
 
 use std::fmt;
@@ -28,7 +27,6 @@ pub use self::builder::MemcachedStoreBuilder;
 use self::conn::{Pool, Write};
 use self::failure::{BACKEND, Failure};
 use self::keys::entry_key;
-use self::reads::{Reads, Turn};
 use self::record::exptime;
 use crate::clock::Timestamp;
 use crate::entry::{
@@ -37,6 +35,7 @@ use crate::entry::{
 };
 use crate::error::{Chain, Error, Result};
 use crate::key::Key;
+use crate::store::same_key::{SameKey, Turn};
 use crate::store::{
     ClaimOutcome, ClaimState, ClaimToken, Put, PutCondition, PutOutcome, Release, Store,
 };
@@ -131,7 +130,7 @@ const ITEM_OVERHEAD: usize = 64;
 #[derive(Clone)]
 pub struct MemcachedStore {
     pool: Arc<Pool>,
-    reads: Arc<Reads>,
+    reads: Arc<SameKey<Result<Option<Entry>>>>,
     command_timeout: Duration,
     max_item_bytes: usize,
     expiry_grace: Duration,
@@ -186,7 +185,7 @@ impl MemcachedStore {
 
     async fn do_get(&self, key: Key<'_>) -> Result<Option<Entry>> {
         let name = entry_key(key);
-        match self.reads.turn(&name) {
+        match self.reads.turn(name.as_bytes()) {
             Turn::Wait(reply) => match reply.await {
                 Ok(reply) => reply,
                 // The key was given up before a command went out for this reader.
@@ -213,13 +212,13 @@ impl MemcachedStore {
     /// (from a task of its own, bounded by the command timeout), or frees the key when none
     /// did.
     fn hand_on(&self, name: String) {
-        let waiting = self.reads.done(&name);
+        let waiting = self.reads.done(name.as_bytes());
         if waiting.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to send it from (it is going away): the waiters read on their own.
-            self.reads.abandon(&name);
+            self.reads.abandon(name.as_bytes());
             return;
         };
         let store = self.clone();

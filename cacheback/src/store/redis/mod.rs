@@ -29,7 +29,7 @@ use self::layout::{
     HEAD_LEN, claim_key, clamp_u32, entry_key, fail_key, failure_record, parse_claim,
     parse_failure, parse_tag_record, tag_clock_key, tag_key, time_text, undecodable,
 };
-use self::reads::{Reads, get_many, get_one};
+use self::reads::{Reads, get_many};
 use self::scripts::{AfterPut, ClaimReply, PutReply, ReleaseMode, Scripts};
 use crate::clock::Timestamp;
 use crate::entry::{Entry, decode_envelope, encode_envelope};
@@ -79,8 +79,9 @@ pub(crate) const DEFAULT_EXPIRY_GRACE: Duration = Duration::from_secs(60);
 ///   commands: while two reads of the store are on their way (on one Redis; not on a
 ///   cluster), further reads wait for one of them to return and then go out together in one
 ///   `MGET` that names each key once (a `GET` when they all read one key), so a burst of
-///   reads costs Redis one command per batch and each key once per batch. `get_many`: one
-///   `MGET`.
+///   reads costs Redis one command per batch and each key once per batch. On a cluster, only
+///   readers of one key share: while a `GET` of a key is on its way, further reads of it wait
+///   for it and then share the next `GET`. `get_many`: one `MGET`.
 /// - `put`: a script (`put.lua`) that reads the current generation at byte offset 8 of the
 ///   stored envelope (8 bytes, big-endian, compared and incremented as a byte string), checks
 ///   the condition, writes the new envelope with `SET ... PX` and stamps the new generation into
@@ -136,7 +137,7 @@ pub struct RedisStore {
     max_entry_bytes: usize,
     expiry_grace: Duration,
     scripts: Scripts,
-    /// Single reads, batched while others are in flight (one Redis; not a cluster).
+    /// Single reads, batched while others are in flight (on a cluster, readers of one key only).
     reads: Arc<Reads>,
 }
 
@@ -235,7 +236,7 @@ impl RedisStore {
 
     async fn do_get(&self, key: Key<'_>) -> Result<Option<Entry>> {
         let raw = if self.conn.is_cluster() {
-            get_one(&self.conn, &entry_key(key)).await?
+            self.reads.get_on_cluster(entry_key(key)).await?
         } else {
             self.reads.get(entry_key(key)).await?
         };

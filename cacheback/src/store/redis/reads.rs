@@ -3,8 +3,9 @@
 //! every read that waited meanwhile goes out together in one `MGET`. A lone read is a plain
 //! `GET` with nothing added; a burst of reads costs Redis (and this process) one command per
 //! batch rather than one per read, and each key once per batch however many of its readers
-//! waited (a hot key's burst is one `GET`). Not used on a Redis Cluster, where the keys of a
-//! batch live in different slots.
+//! waited (a hot key's burst is one `GET`). On a Redis Cluster, where the keys of a batch
+//! live in different slots, only readers of one key share commands (`store/same_key.rs`):
+//! while a `GET` of a key is on its way, further reads of it wait and share the next one.
 //!
 //! A batch runs in a task of its own, so a reader that gives up (its future dropped) never
 //! strands the readers batched after it; a waiter that gives up simply does not take its reply.
@@ -18,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::redis_support::{Conn, Failure};
+use crate::store::same_key::{SameKey, Turn};
 
 /// Reads sent at once before further reads wait to be batched.
 const IN_FLIGHT: usize = 2;
@@ -33,6 +35,8 @@ pub(super) type Raw = Option<Bytes>;
 pub(super) struct Reads {
     conn: Conn,
     state: Mutex<State>,
+    /// On a cluster: the keys being read, with the readers waiting for their next `GET`.
+    same_key: SameKey<Result<Raw>>,
 }
 
 #[derive(Default)]
@@ -59,6 +63,7 @@ impl Reads {
         Reads {
             conn,
             state: Mutex::default(),
+            same_key: SameKey::default(),
         }
     }
 
@@ -94,8 +99,60 @@ impl Reads {
         })
     }
 
+    /// Reads the entry key `key` on a cluster: at once when no read of the key is on its way,
+    /// else in the `GET` sent when that read returns, shared with the key's other readers.
+    pub(super) async fn get_on_cluster(self: &Arc<Self>, key: Vec<u8>) -> Result<Raw> {
+        match self.same_key.turn(&key) {
+            Turn::Wait(reply) => match reply.await {
+                Ok(reply) => reply,
+                // The key was given up before a command went out for this reader.
+                Err(_) => get_one(&self.conn, &key).await,
+            },
+            Turn::Send => {
+                let sending = Sending { reads: self, key };
+                get_one(&self.conn, &sending.key).await
+            }
+        }
+    }
+
+    /// Sends the next `GET` of `key` for its readers that waited while one was in flight (from
+    /// a task of its own; the connection bounds it with its command timeout), or frees the key
+    /// when none did.
+    fn hand_on(self: &Arc<Self>, key: Vec<u8>) {
+        let waiting = self.same_key.done(&key);
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to send it from (it is going away): the waiters read on their own.
+            self.same_key.abandon(&key);
+            return;
+        };
+        let reads = Arc::clone(self);
+        runtime.spawn(async move {
+            let reply = get_one(&reads.conn, &key).await;
+            reads.hand_on(key);
+            for waiter in waiting {
+                let _ = waiter.send(reply.clone());
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A cluster reader's `GET` of a key in flight; when it is over (or given up), the readers
+/// that waited meanwhile get the next one.
+struct Sending<'r> {
+    reads: &'r Arc<Reads>,
+    key: Vec<u8>,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.reads.hand_on(std::mem::take(&mut self.key));
     }
 }
 
