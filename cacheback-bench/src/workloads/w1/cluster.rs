@@ -230,10 +230,15 @@ async fn pass<C: HitRead, S: HitRead>(
         one_us,
         busiest_us,
     );
+    // Concurrent readers of one key share `GET`s, so under load a hit costs a fraction.
     r.check(
-        "exactly 1 Redis command per hit on the cluster",
+        "at most 1 Redis command per hit on the cluster (exactly 1 for a lone reader)",
         format!("{commands_per_read:.3}"),
-        (commands_per_read - 1.0).abs() < 0.001,
+        if tasks == 1 {
+            (commands_per_read - 1.0).abs() < 0.001
+        } else {
+            commands_per_read <= 1.001
+        },
     );
     r.latencies = Some(ours.latency);
     Ok(r)
